@@ -1,0 +1,71 @@
+"""Builds a small random-initialised mT5 directory with an offline SentencePiece tokenizer.
+
+The result is an ordinary Hugging Face directory (config.json, weights, spiece.model), loaded
+with the same `from_pretrained` code as google/mt5-base, so the demo and the tests run with
+no download.
+
+    python tiny_mt5.py --corpus sentences.txt --out pretrained_weight/tiny-mt5
+"""
+import argparse
+import io
+import os
+
+import sentencepiece as spm
+import torch
+from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
+
+PROMPT_WORDS = "Translate sign language video to English Chinese:"
+
+
+def train_spiece(sentences, vocab_size):
+    """Trains a unigram SentencePiece model with mT5's special ids (pad 0, eos 1, unk 2)."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(sentences) + [PROMPT_WORDS] * 4),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
+                   num_layers=2, num_heads=4, d_kv=32, seed=0):
+    """Writes tokenizer and random mT5 weights to `out_dir`; returns the directory."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
+        f.write(train_spiece(sentences, vocab_size))
+    tokenizer = T5Tokenizer.from_pretrained(out_dir, extra_ids=0, legacy=False)
+    tokenizer.save_pretrained(out_dir)
+    config = MT5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_ff=d_ff, d_kv=d_kv,
+        num_layers=num_layers, num_decoder_layers=num_layers, num_heads=num_heads,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1,
+    )
+    torch.manual_seed(seed)
+    MT5ForConditionalGeneration(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, help="text file, one sentence per line")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--vocab_size", type=int, default=256)
+    parser.add_argument("--d_model", type=int, default=128)
+    parser.add_argument("--num_layers", type=int, default=2)
+    args = parser.parse_args()
+    with open(args.corpus, encoding="utf-8") as f:
+        sentences = [line.strip() for line in f if line.strip()]
+    build_tiny_mt5(args.out, sentences, vocab_size=args.vocab_size,
+                   d_model=args.d_model, d_ff=2 * args.d_model, num_layers=args.num_layers)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
