@@ -1,0 +1,124 @@
+"""Checkpoints: Uni-Sign-compatible weight files and resumable DeepSpeed training states.
+
+Weight files hold `{'model': state_dict, ...}` like Uni-Sign's `checkpoint_{epoch}.pth` and
+`best_checkpoint.pth`, so `--finetune` accepts ours and theirs. Every file and directory is first
+written under a temporary name, flushed, then renamed, so a run killed while saving leaves the
+previous checkpoint intact.
+"""
+import glob
+import json
+import os
+import shutil
+
+import torch
+
+import utils
+
+
+def _atomic_write(path, mode, write):
+    """Writes through `write(file)` to a temporary file, syncs it, then renames it over `path`."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj, path):
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path, text):
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def plain_args(args):
+    """The flags as plain values, loadable with torch.load(weights_only=True)."""
+    keep = (str, int, float, bool, type(None))
+    out = {}
+    for key, value in vars(args).items():
+        if isinstance(value, keep) or (isinstance(value, list) and all(isinstance(v, keep) for v in value)):
+            out[key] = value
+    return out
+
+
+def full_state_dict(engine):
+    """The whole model's state dict on rank 0 (gathered from ZeRO-3 partitions when needed)."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def save_weights(engine, path, args, extra=None):
+    """Writes `{'model': state_dict, 'args': flags, **extra}` on rank 0; all ranks must call."""
+    state = full_state_dict(engine)
+    if utils.is_main_process():
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        atomic_torch_save({"model": state, "args": plain_args(args), **(extra or {})}, path)
+    utils.barrier()
+
+
+def save_training_state(engine, output_dir, tag, client_state, keep_last=2):
+    """Saves model, optimizer, scheduler and scaler states (every rank's shard) under
+    <output_dir>/training_state/<tag>, then points `latest` at it."""
+    root = os.path.join(output_dir, "training_state")
+    staging = os.path.join(root, ".staging")
+    if utils.is_main_process():
+        shutil.rmtree(os.path.join(staging, tag), ignore_errors=True)
+    utils.barrier()
+    engine.save_checkpoint(staging, tag=tag, client_state=client_state, save_latest=False)
+    utils.barrier()
+    if utils.is_main_process():
+        final = os.path.join(root, tag)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(os.path.join(staging, tag), final)
+        atomic_write_text(os.path.join(root, "latest"), tag)
+        prune_training_states(root, keep_last)
+    utils.barrier()
+
+
+def prune_training_states(root, keep_last):
+    tags = sorted((d for d in os.listdir(root) if d.startswith("epoch")),
+                  key=lambda d: os.path.getmtime(os.path.join(root, d)))
+    for tag in tags[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+
+
+def latest_training_state(output_dir):
+    """The tag `latest` points at, or None when the directory holds no complete state."""
+    root = os.path.join(output_dir, "training_state")
+    pointer = os.path.join(root, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as f:
+        tag = f.read().strip()
+    return tag if os.path.isdir(os.path.join(root, tag)) else None
+
+
+def load_training_state(engine, output_dir, tag):
+    """Restores a state written by save_training_state; returns its client_state."""
+    root = os.path.join(output_dir, "training_state")
+    path, client_state = engine.load_checkpoint(root, tag=tag)
+    if path is None:
+        raise RuntimeError(f"could not load the training state {os.path.join(root, tag)}")
+    return client_state or {}
+
+
+def prune_epoch_weights(output_dir, keep_last):
+    """Keeps the newest `keep_last` checkpoint_{epoch}.pth files (best_checkpoint.pth is separate)."""
+    if keep_last <= 0 or not utils.is_main_process():
+        return
+    files = glob.glob(os.path.join(output_dir, "checkpoint_*.pth"))
+    files.sort(key=lambda p: int(os.path.basename(p)[len("checkpoint_"):-len(".pth")]))
+    for path in files[:-keep_last]:
+        os.remove(path)
+
+
+def write_json(path, record):
+    atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+

@@ -1,0 +1,122 @@
+"""One training epoch and one evaluation pass, shared by fine_tuning.py and pretraining.py."""
+import math
+import os
+
+import torch
+
+import utils
+from SLRT_metrics import islr_performance, normalize_for_scoring, translation_performance, wer_list
+
+# Metric that picks the best checkpoint, and whether larger is better.
+BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_acc_pi", True), "CSLR": ("wer", False)}
+
+
+def move_to_device(batch, device):
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None):
+    """Runs one epoch of DeepSpeed steps; returns the averaged statistics."""
+    engine.train()
+    logger = utils.MetricLogger(header=f"Epoch: [{epoch}/{args.epochs}]")
+    steps = len(data_loader) if not args.quick_break else min(len(data_loader), args.quick_break)
+    loss_sum = torch.zeros((), device=args.device)
+    for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
+        if step >= steps:
+            break
+        out = engine(move_to_device(src_input, args.device), move_to_device(tgt_input, args.device))
+        engine.backward(out["loss"])
+        engine.step()
+        loss_sum += out["loss"].detach().float()
+        # Read the loss back only when printing: .item() on every step stalls a GPU pipeline.
+        if step % args.print_freq == 0 or step == steps - 1:
+            loss_value = out["loss"].item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at epoch {epoch} step {step}")
+            lr = engine.get_lr()[0]
+            logger.update(loss=loss_value, lr=lr)
+            if wandb_run is not None:
+                wandb_run.log({"train/loss": loss_value, "train/lr": lr,
+                               "epoch": epoch + step / steps})
+    return {"loss": (loss_sum / max(steps, 1)).item(), "lr": engine.get_lr()[0], "steps": steps}
+
+
+class ShardedEvalSampler(torch.utils.data.Sampler):
+    """Rank r takes items r, r+W, r+2W, ...; short ranks repeat their last item so every rank runs
+    the same number of batches (ZeRO-3 needs the ranks in step); repeats are dropped on gather."""
+
+    def __init__(self, size, rank, world_size):
+        self.indices = list(range(rank, size, world_size))
+        per_rank = math.ceil(size / world_size)
+        if self.indices and len(self.indices) < per_rank:
+            self.indices += [self.indices[-1]] * (per_rank - len(self.indices))
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def gather_in_order(local_items, size):
+    """Undoes ShardedEvalSampler: returns the items of all ranks in dataset order."""
+    per_rank = utils.all_gather_objects(local_items)
+    world = len(per_rank)
+    ordered = []
+    for index in range(size):
+        ordered.append(per_rank[index % world][index // world])
+    return ordered
+
+
+def score(task, refs, hyps):
+    if task == "SLT":
+        bleu, rouge = translation_performance(refs, hyps)
+        return {**bleu, "rouge": rouge}
+    if task == "ISLR":
+        per_instance, per_class = islr_performance(refs, hyps)
+        return {"top1_acc_pi": per_instance, "top1_acc_pc": per_class}
+    return wer_list(references=refs, hypotheses=hyps)
+
+
+def scoring_level(args):
+    """Chinese translation is scored per character, as Uni-Sign does; everything else per word."""
+    return "char" if "CSL" in args.dataset and args.task == "SLT" else "word"
+
+
+@torch.no_grad()
+def predict(args, model, data_loader, tokenizer):
+    """Generates a hypothesis per clip: the pose encoder runs once, then beam search."""
+    model.eval()
+    synced = args.zero_stage == 3 and utils.get_world_size() > 1
+    names, hyps, refs = [], [], []
+    logger = utils.MetricLogger(header="Test:")
+    for src_input, tgt_input in logger.log_every(data_loader, args.print_freq * 5):
+        ids = model.generate(move_to_device(src_input, args.device), max_new_tokens=args.max_new_tokens,
+                             num_beams=args.num_beams, synced_gpus=synced)
+        hyps += tokenizer.batch_decode(ids, skip_special_tokens=True)
+        refs += tgt_input["gt_sentence"]
+        names += src_input["name_batch"]
+    return list(zip(names, hyps, refs))
+
+
+def evaluate(args, model, data_loader, tokenizer, phase):
+    """Scores one split on all ranks; rank 0 writes {phase}_tmp_pres/refs.txt and metrics JSON."""
+    size = len(data_loader.dataset)
+    triples = gather_in_order(predict(args, model, data_loader, tokenizer), size)
+    names = [t[0] for t in triples]
+    refs, hyps = normalize_for_scoring([t[2] for t in triples], [t[1] for t in triples],
+                                       scoring_level(args))
+    stats = score(args.task, refs, hyps)
+    if utils.is_main_process() and args.output_dir:
+        write_predictions(args.output_dir, phase, names, hyps, refs)
+    print(f"{phase}: " + "  ".join(f"{k} {v:.2f}" for k, v in stats.items()))
+    return stats
+
+
+def write_predictions(output_dir, phase, names, hyps, refs):
+    """Uni-Sign's line format: `sample: NAME, prediction: TEXT` and `..., ground-truth: TEXT`."""
+    with open(os.path.join(output_dir, f"{phase}_tmp_pres.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"sample: {n}, prediction: {h}\n" for n, h in zip(names, hyps))
+    with open(os.path.join(output_dir, f"{phase}_tmp_refs.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"sample: {n}, ground-truth: {r}\n" for n, r in zip(names, refs))

@@ -1,0 +1,186 @@
+"""Fine-tunes and evaluates the pose-to-text translator under DeepSpeed.
+
+    deepspeed --num_gpus N fine_tuning.py --dataset CSL_Daily --task SLT --output_dir out/x
+    python fine_tuning.py ...                     # one process, CPU or GPU
+    python fine_tuning.py --eval --finetune out/x/best_checkpoint.pth ...
+"""
+import datetime
+import os
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import checkpoint  # noqa: E402
+import config  # noqa: E402
+import engine as trainer  # noqa: E402
+import utils  # noqa: E402
+
+
+def resolve_run_paths(args):
+    """Looks up and checks every path the run needs, before any model is built."""
+    paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root, args.mt5_path)
+    phases = ("dev", "test") if args.eval else config.PHASES
+    config.validate_paths(paths, phases)
+    if args.finetune and not os.path.isfile(args.finetune):
+        raise config.ConfigError(f"--finetune checkpoint {args.finetune} does not exist")
+    args.mt5_path = paths["mt5_path"]
+    return paths
+
+
+def build_datasets(args, paths, tokenizer, phases):
+    from datasets import DataError, S2T_Dataset
+    splits = {}
+    for phase in phases:
+        label_path = paths["labels"][phase]
+        if label_path is None:
+            continue
+        splits[phase] = S2T_Dataset(label_path, paths["pose_dirs"][phase], phase,
+                                    dataset_name=args.dataset, max_length=args.max_length,
+                                    tokenizer=tokenizer, task=args.task,
+                                    max_tgt_len=args.max_tgt_len, seed=args.seed)
+        if len(splits[phase]) == 0:
+            raise DataError(f"{label_path}: the {phase} split is empty")
+        print(f"{phase}: {len(splits[phase])} clips from {label_path}")
+    if "dev" in phases and "dev" not in splits:
+        print("no dev split for this dataset: the test split selects the best checkpoint")
+        splits["dev"] = splits["test"]
+    return splits
+
+
+def make_loader(args, dataset, train):
+    if train:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(),
+            shuffle=True, seed=args.seed)
+    else:
+        sampler = trainer.ShardedEvalSampler(len(dataset), utils.get_rank(), utils.get_world_size())
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=dataset.collate_fn,
+        num_workers=args.num_workers, pin_memory=args.pin_mem and torch.cuda.is_available(),
+        drop_last=train, persistent_workers=args.num_workers > 0)
+
+
+def build_model(args):
+    from models import Uni_Sign, load_checkpoint_weights
+    model = Uni_Sign(args)
+    if args.finetune:
+        report = load_checkpoint_weights(model, args.finetune)
+        print(f"loaded {args.finetune}: {report}")
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    return model
+
+
+def init_engine(args, model, steps_per_epoch):
+    import deepspeed
+    optimizer = utils.create_optimizer(args, model)
+    scheduler = utils.create_scheduler(args, optimizer, steps_per_epoch)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=utils.deepspeed_config(args), dist_init_required=False)
+    return engine
+
+
+def init_wandb(args):
+    if not (args.wandb and utils.is_main_process()):
+        return None
+    import wandb
+    return wandb.init(project=args.wandb_project, name=args.wandb_run_name,
+                      config=checkpoint.plain_args(args), dir=args.output_dir or None)
+
+
+def is_better(task, value, best):
+    _, higher = trainer.BEST_METRIC[task]
+    return best is None or (value > best if higher else value < best)
+
+
+def resume_if_possible(args, engine):
+    """Continues from the latest complete training state in --output_dir (--resume auto)."""
+    if args.resume == "none" or not args.output_dir:
+        return 0, None
+    tag = checkpoint.latest_training_state(args.output_dir)
+    if tag is None:
+        return 0, None
+    state = checkpoint.load_training_state(engine, args.output_dir, tag)
+    print(f"resumed from {args.output_dir}/training_state/{tag} (epoch {state['epoch']})")
+    return state["epoch"] + 1, state.get("best")
+
+
+def run_evaluation_only(args, model, loaders, tokenizer):
+    results = {}
+    for phase in ("dev", "test"):
+        if phase in loaders and not (phase == "dev" and loaders["dev"] is loaders.get("test")):
+            results[phase] = trainer.evaluate(args, model, loaders[phase], tokenizer, phase)
+    if utils.is_main_process() and args.output_dir:
+        checkpoint.write_json(os.path.join(args.output_dir, "eval_metrics.json"), results)
+    return results
+
+
+def end_of_epoch(args, engine, model, loaders, tokenizer, epoch, train_stats, best, wandb_run):
+    """Evaluates, logs and checkpoints one epoch; returns the updated best dev metric."""
+    metric, _ = trainer.BEST_METRIC[args.task]
+    record = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
+    last = epoch == args.epochs - 1
+    if (epoch + 1) % args.eval_every == 0 or last:
+        phases = ("dev",) if args.skip_test_eval and not last else ("dev", "test")
+        for phase in phases:
+            stats = trainer.evaluate(args, model, loaders[phase], tokenizer, phase)
+            record.update({f"{phase}_{k}": v for k, v in stats.items()})
+        if is_better(args.task, record[f"dev_{metric}"], best):
+            best = record[f"dev_{metric}"]
+            if args.output_dir:
+                checkpoint.save_weights(engine, os.path.join(args.output_dir, "best_checkpoint.pth"),
+                                        args, {"epoch": epoch, f"dev_{metric}": best})
+        print(f"best dev {metric}: {best:.2f}")
+    record[f"best_dev_{metric}"] = best
+    if args.output_dir:
+        checkpoint.save_weights(engine, os.path.join(args.output_dir, f"checkpoint_{epoch}.pth"),
+                                args, {"epoch": epoch})
+        checkpoint.prune_epoch_weights(args.output_dir, args.keep_last)
+        checkpoint.save_training_state(engine, args.output_dir, f"epoch{epoch}",
+                                       {"epoch": epoch, "best": best}, keep_last=args.keep_last)
+        if utils.is_main_process():
+            utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
+    if wandb_run is not None:
+        wandb_run.log({k.replace("_", "/", 1): v for k, v in record.items()})
+    return best
+
+
+def main(args):
+    utils.init_distributed(args)
+    paths = resolve_run_paths(args)
+    utils.set_seed(args.seed)
+    from transformers import T5Tokenizer
+    tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
+    phases = ("dev", "test") if args.eval else config.PHASES
+    splits = build_datasets(args, paths, tokenizer, phases)
+    loaders = {phase: make_loader(args, ds, train=phase == "train") for phase, ds in splits.items()}
+    model = build_model(args)
+    steps = len(loaders["train"]) if "train" in loaders else 1
+    if args.quick_break:
+        steps = min(steps, args.quick_break)
+    engine = init_engine(args, model, steps)
+    if args.eval:
+        return run_evaluation_only(args, engine.module, loaders, tokenizer)
+    start_epoch, best = resume_if_possible(args, engine)
+    wandb_run = init_wandb(args)
+    start = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        loaders["train"].sampler.set_epoch(epoch)
+        train_stats = trainer.train_one_epoch(args, engine, loaders["train"], epoch, wandb_run)
+        best = end_of_epoch(args, engine, engine.module, loaders, tokenizer, epoch, train_stats,
+                            best, wandb_run)
+    print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    if wandb_run is not None:
+        wandb_run.finish()
+    return best
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli_args = utils.parse_args("fine_tuning.py")
+    if cli_args.output_dir:
+        os.makedirs(cli_args.output_dir, exist_ok=True)
+    main(cli_args)

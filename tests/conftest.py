@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny offline mT5 and a small generated Demo set, built once per session."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ENGLISH_CORPUS = [
+    "the teacher gave a book to the child", "yesterday we saw a red car",
+    "my friend likes hot tea", "tomorrow they will not come home",
+    "the woman reads a long letter", "i want cold water today",
+    "a small dog runs in the park", "you bought three apples",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_mt5_dir(tmp_path_factory):
+    from tiny_mt5 import build_tiny_mt5
+    return build_tiny_mt5(str(tmp_path_factory.mktemp("tiny_mt5")), ENGLISH_CORPUS,
+                          vocab_size=96, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A small Demo set (labels, poses, tiny mT5) laid out as config.py expects under data_root."""
+    from demo_data import make_demo
+    data_root = tmp_path_factory.mktemp("data")
+    make_demo(str(data_root / "Demo"), seed=0, n_train=48, n_dev=8, n_test=8,
+              mt5_kwargs=dict(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16))
+    return str(data_root)

@@ -1,0 +1,287 @@
+"""Command-line flags, distributed set-up, DeepSpeed configuration and small run helpers."""
+import argparse
+import datetime
+import json
+import os
+import random
+import socket
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def _add(parser, *names, **kwargs):
+    """Registers a flag under both its dash and underscore spellings (--batch-size/--batch_size)."""
+    spellings = []
+    for name in names:
+        stem = name[2:]
+        for variant in (name, "--" + stem.replace("-", "_"), "--" + stem.replace("_", "-")):
+            if variant not in spellings:
+                spellings.append(variant)
+    kwargs.setdefault("dest", names[0][2:].replace("-", "_"))
+    parser.add_argument(*spellings, **kwargs)
+
+
+def _int_list(text):
+    return [int(x) for x in str(text).replace(",", " ").split()]
+
+
+def get_args_parser():
+    """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
+    p = argparse.ArgumentParser("Pose-to-text sign language trainer", add_help=False)
+    # optimisation (Uni-Sign names and defaults)
+    _add(p, "--batch-size", type=int, default=16)
+    _add(p, "--gradient-accumulation-steps", type=int, default=8)
+    _add(p, "--gradient-clipping", type=float, default=1.0)
+    _add(p, "--epochs", type=int, default=20)
+    _add(p, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
+    _add(p, "--opt-eps", type=float, default=1.0e-9)
+    _add(p, "--opt-betas", type=float, default=None, nargs="+")
+    _add(p, "--clip-grad", type=float, default=None, help="alias of --gradient-clipping when set")
+    _add(p, "--momentum", type=float, default=0.9)
+    _add(p, "--weight-decay", type=float, default=1e-4)
+    _add(p, "--sched", type=str, default="cosine", help="cosine | linear | constant")
+    _add(p, "--lr", type=float, default=1.0e-3)
+    _add(p, "--min-lr", type=float, default=1.0e-8)
+    _add(p, "--warmup-epochs", type=float, default=0)
+    _add(p, "--label_smoothing", type=float, default=0.2)
+    # distributed / DeepSpeed
+    _add(p, "--world_size", type=int, default=1)
+    _add(p, "--dist_url", default="env://")
+    _add(p, "--local_rank", type=int, default=0)
+    _add(p, "--offload", action="store_true", help="ZeRO offload of optimizer and parameters")
+    _add(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+         help="default: bf16 on a GPU that supports it, fp32 otherwise")
+    _add(p, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
+    _add(p, "--compute_fp32_loss", action="store_true")
+    # run
+    _add(p, "--output_dir", default="")
+    _add(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
+    _add(p, "--seed", type=int, default=42)
+    _add(p, "--eval", action="store_true", help="evaluate only")
+    _add(p, "--num_workers", type=int, default=8)
+    _add(p, "--pin-mem", action="store_true", dest="pin_mem")
+    _add(p, "--no-pin-mem", action="store_false", dest="pin_mem")
+    p.set_defaults(pin_mem=True)
+    _add(p, "--quick_break", type=int, default=0, help="end each epoch after N steps (0: full)")
+    _add(p, "--resume", default="auto", choices=["auto", "none"],
+         help="auto: continue from the latest training state in --output_dir")
+    _add(p, "--keep_last", type=int, default=2, help="epoch checkpoints kept besides the best")
+    _add(p, "--print_freq", type=int, default=10)
+    _add(p, "--eval_every", type=int, default=1, help="evaluate every N epochs (and the last)")
+    _add(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
+    # data
+    _add(p, "--dataset", default="CSL_Daily")
+    _add(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
+    _add(p, "--max_length", type=int, default=256, help="frames kept per clip")
+    _add(p, "--max_tgt_len", type=int, default=50, help="target tokens kept")
+    _add(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
+    _add(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
+    _add(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
+    _add(p, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
+    _add(p, "--online_video", default="")
+    # model
+    _add(p, "--hidden_dim", type=int, default=256)
+    _add(p, "--stgcn_channels", type=_int_list, default=[64, 128, 256])
+    _add(p, "--temporal_layers", type=int, default=3)
+    _add(p, "--temporal_kernel", type=int, default=5)
+    # generation
+    _add(p, "--num_beams", type=int, default=4)
+    _add(p, "--max_new_tokens", type=int, default=100)
+    # tracking
+    _add(p, "--wandb", action="store_true", help="log to Weights & Biases")
+    _add(p, "--wandb_project", default="sign-pose-trainer")
+    _add(p, "--wandb_run_name", default=None)
+    return p
+
+
+def parse_args(description, argv=None):
+    parser = argparse.ArgumentParser(description, parents=[get_args_parser()])
+    args = parser.parse_args(argv)
+    if args.clip_grad is not None:
+        args.gradient_clipping = args.clip_grad
+    if args.rgb_support:
+        parser.error("--rgb_support: the RGB branch is not part of this pose-only trainer")
+    if args.stgcn_channels[-1] != args.hidden_dim:
+        parser.error(f"--hidden_dim {args.hidden_dim} must equal the last --stgcn_channels "
+                     f"width {args.stgcn_channels[-1]}")
+    return args
+
+
+# ---------------------------------------------------------------- distributed
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(args):
+    """Joins the process group the launcher describes, or a one-process group for plain python."""
+    import deepspeed
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    args.rank = int(os.environ["RANK"])
+    args.world_size = int(os.environ["WORLD_SIZE"])
+    args.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    args.distributed = args.world_size > 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(args.local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=30))
+    args.device = torch.device("cuda", args.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if args.dtype is None:
+        args.dtype = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    silence_other_ranks(args.rank == 0)
+
+
+def silence_other_ranks(is_main):
+    """Only rank 0 prints unless print(..., force=True)."""
+    import builtins
+    builtin_print = builtins.print
+
+    def print_main(*a, **kw):
+        if kw.pop("force", False) or is_main:
+            builtin_print(*a, **kw)
+    builtins.print = print_main
+
+
+def get_rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def barrier():
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_objects(obj):
+    """Gathers a picklable object from every rank into a list ordered by rank."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ---------------------------------------------------------------- DeepSpeed
+
+def deepspeed_config(args):
+    """The DeepSpeed config dict for these flags (ZeRO stage, dtype, offload, accumulation)."""
+    offload = {"device": "cpu" if args.offload else "none"}
+    config = {
+        "train_micro_batch_size_per_gpu": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_clipping": args.gradient_clipping,
+        "steps_per_print": 10 ** 9,
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": {
+            "stage": args.zero_stage,
+            "offload_param": offload if args.zero_stage == 3 else {"device": "none"},
+            "offload_optimizer": offload,
+            "stage3_param_persistence_threshold": 1e4,
+            "stage3_max_live_parameters": 3e7,
+            "stage3_prefetch_bucket_size": 3e7,
+        },
+        "wall_clock_breakdown": False,
+    }
+    if args.dtype == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale_window": 100}
+    elif args.dtype == "bf16":
+        config["bf16"] = {"enabled": True}
+    return config
+
+
+def param_groups(model, weight_decay):
+    """Weight decay on matrices only (biases, norms and 1-d parameters are not decayed)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def create_optimizer(args, model):
+    groups = param_groups(model, args.weight_decay)
+    name = args.opt.lower()
+    betas = tuple(args.opt_betas) if args.opt_betas else (0.9, 0.999)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr, eps=args.opt_eps, betas=betas)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=args.lr, eps=args.opt_eps, betas=betas)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    raise ValueError(f"--opt {args.opt}: expected adamw, adam or sgd")
+
+
+def create_scheduler(args, optimizer, steps_per_epoch):
+    """Warm-up then cosine (Uni-Sign's transformers 'cosine'), counted in optimizer steps."""
+    from transformers import get_scheduler
+    updates = max(1, steps_per_epoch // args.gradient_accumulation_steps)
+    return get_scheduler(
+        name=args.sched, optimizer=optimizer,
+        num_warmup_steps=int(args.warmup_epochs * updates),
+        num_training_steps=max(1, int(args.epochs * updates)),
+    )
+
+
+# ---------------------------------------------------------------- logging
+
+class MetricLogger:
+    """Running averages of scalar metrics with a periodic one-line print."""
+
+    def __init__(self, header=""):
+        self.header = header
+        self.sums = defaultdict(float)
+        self.counts = defaultdict(int)
+        self.last = {}
+
+    def update(self, **values):
+        for k, v in values.items():
+            v = float(v)
+            self.sums[k] += v
+            self.counts[k] += 1
+            self.last[k] = v
+
+    def averages(self):
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def log_every(self, iterable, print_freq, total=None):
+        total = total or len(iterable)
+        start = time.time()
+        for i, item in enumerate(iterable):
+            yield item
+            if print_freq and (i % print_freq == 0 or i == total - 1):
+                elapsed = time.time() - start
+                stats = "  ".join(f"{k}: {v:.4g}" for k, v in self.last.items())
+                print(f"{self.header} [{i + 1}/{total}]  {stats}  ({elapsed / (i + 1):.3f} s/it)",
+                      flush=True)
+
+
+def append_json_line(path, record):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
