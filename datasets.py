@@ -1,0 +1,477 @@
+"""Pose datasets for sign-language translation: label files, pose pickles, body-part keypoints.
+
+Label files are Uni-Sign's gzip-pickled dicts (CSL-Daily, WLASL, How2Sign, OpenASL) or the
+CSL-News JSON list. Pose files are pickled dicts of whole-body (COCO-WholeBody, 133 joints)
+keypoints and scores; they are read with a restricted unpickler that only rebuilds plain
+containers, numbers, strings and numpy arrays, so a crafted file cannot run code. Every problem
+with an input file is reported as a `DataError` naming the file.
+
+`load_part_kp` turns a clip into the four part tensors the models consume (body, left, right,
+face_all), with the same numbers as Uni-Sign's per-frame implementation but vectorised.
+"""
+import codecs
+import gzip
+import json
+import os
+import pickle
+import random
+
+import numpy as np
+import torch
+
+PARTS = ('body', 'left', 'right', 'face_all')
+PART_JOINTS = {
+    'body': np.array([0, *range(3, 11)]),
+    'left': np.arange(91, 112),
+    'right': np.arange(112, 133),
+    'face_all': np.array([*range(23, 40, 2), *range(83, 91), 53]),
+}
+NUM_KEYPOINTS = 133
+SCORE_THRESHOLD = 0.3
+PROMPT = "Translate sign language video to {}: "
+
+# load_part_kp gathers every part joint into one array, parts side by side in PARTS order,
+# followed by the anchor joint of each relative joint: hands are taken relative to their wrist
+# (first joint), the face relative to joint 53 (its last).
+_PART_SIZES = [len(PART_JOINTS[part]) for part in PARTS]
+_PART_BOUNDS = np.cumsum([0] + _PART_SIZES)
+_NUM_PART_JOINTS = int(_PART_BOUNDS[-1])
+_NUM_BODY_JOINTS = _PART_SIZES[0]
+_ANCHOR_JOINTS = np.repeat([91, 112, 53], _PART_SIZES[1:])
+_GATHERED_JOINTS = np.concatenate([*PART_JOINTS.values(), _ANCHOR_JOINTS])
+
+
+class DataError(ValueError):
+    """An unusable label or pose file; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------- safe unpickling
+
+def _encode_latin1(text, encoding):
+    """Pickle protocols 0-2 rebuild bytes with _codecs.encode(text, 'latin1'); nothing else."""
+    if encoding not in ('latin1', 'latin-1'):
+        raise pickle.UnpicklingError(f"unexpected encoding {encoding!r} for bytes")
+    return codecs.encode(text, encoding)
+
+
+def _allowed_pickle_globals():
+    """Maps the (module, name) pairs a pose or label pickle may reference to the real objects."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    allowed = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
+               ('_codecs', 'encode'): _encode_latin1}
+    for package in ('numpy._core', 'numpy.core'):  # files written by numpy 2 and numpy 1
+        allowed[(f'{package}.multiarray', '_reconstruct')] = multiarray._reconstruct
+        allowed[(f'{package}.multiarray', 'scalar')] = multiarray.scalar
+        allowed[(f'{package}.numeric', '_frombuffer')] = numeric._frombuffer
+    for module in ('builtins', '__builtin__'):
+        for builtin in (set, frozenset, complex, bytearray):
+            allowed[(module, builtin.__name__)] = builtin
+    return allowed
+
+
+_ALLOWED_GLOBALS = _allowed_pickle_globals()
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return allowed
+
+
+def _unpickle(fileobj, path):
+    """Unpickles with the restricted unpickler, turning every failure into a DataError."""
+    try:
+        return _RestrictedUnpickler(fileobj).load()
+    except _RefusedGlobal as refused:
+        raise DataError(f"{path}: refused to unpickle '{refused}' (only containers, numbers, "
+                        "strings and numpy arrays are allowed)") from None
+    except Exception as error:  # corrupt bytes can surface as almost any exception type
+        raise DataError(f"{path}: unreadable pickle ({type(error).__name__}: {error})") from None
+
+
+def _require_file(path, what):
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {what} not found")
+
+
+# ----------------------------------------------------------------------------- label files
+
+def load_labels(path):
+    """Reads a label file into a list of dicts with keys name, text, gloss (list), pose_file.
+
+    Accepts Uni-Sign's gzip-pickled `name -> {name, gloss, text, video_path}` dicts and the
+    CSL-News JSON list of `{video, pose, text}`.
+    """
+    raw = _read_label_file(path)
+    if isinstance(raw, dict):
+        return [_label_entry(path, key, entry) for key, entry in raw.items()]
+    if isinstance(raw, list):
+        return [_news_entry(path, index, entry) for index, entry in enumerate(raw)]
+    raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
+
+
+def _read_label_file(path):
+    _require_file(path, "label file")
+    try:
+        with open(path, 'rb') as f:
+            magic = f.read(2)
+            f.seek(0)
+            if magic == b'\x1f\x8b':
+                with gzip.GzipFile(fileobj=f) as unzipped:
+                    return _unpickle(unzipped, path)
+            return json.loads(f.read().decode('utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: unreadable label file, neither a gzip pickle nor JSON "
+                        f"({type(error).__name__}: {error})") from None
+
+
+def _label_entry(path, key, entry):
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry {key!r} is a {type(entry).__name__}, expected a dict")
+    name = entry.get('name', key)
+    text = entry.get('text')
+    video_path = entry.get('video_path')
+    if not isinstance(text, str):
+        raise DataError(f"{path}: entry {name!r} has no text")
+    if not isinstance(video_path, str):
+        raise DataError(f"{path}: entry {name!r} has no video_path")
+    pose_file = video_path[:-4] + '.pkl' if video_path.endswith('.mp4') else video_path
+    return {'name': str(name), 'text': text, 'gloss': _gloss_list(path, name, entry),
+            'pose_file': pose_file}
+
+
+def _gloss_list(path, name, entry):
+    gloss = entry.get('gloss', [])
+    if isinstance(gloss, str):  # WLASL, How2Sign and OpenASL store '' for "no gloss"
+        return gloss.split()
+    if isinstance(gloss, (list, tuple)) and all(isinstance(g, str) for g in gloss):
+        return list(gloss)
+    raise DataError(f"{path}: entry {name!r} has a gloss that is not a list of strings")
+
+
+def _news_entry(path, index, entry):
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry #{index} is a {type(entry).__name__}, expected a dict")
+    name = entry.get('video', f'#{index}')
+    for key in ('video', 'pose', 'text'):
+        if not isinstance(entry.get(key), str):
+            raise DataError(f"{path}: entry {name!r} has no {key}")
+    return {'name': name, 'text': entry['text'], 'gloss': [], 'pose_file': entry['pose']}
+
+
+# ----------------------------------------------------------------------------- pose files
+
+def read_pose(path):
+    """Reads and validates a pose pickle.
+
+    Returns 'keypoints' (T, 1, 133, 2) and 'scores' (T, 1, 133) as float32 (the first person
+    of each frame, as Uni-Sign uses), plus 'start'/'end' when the file restricts the clip.
+    """
+    _require_file(path, "pose file")
+    try:
+        with open(path, 'rb') as f:
+            pose = _unpickle(f, path)
+    except OSError as error:
+        raise DataError(f"{path}: unreadable pose file ({error})") from None
+    if not isinstance(pose, dict):
+        raise DataError(f"{path}: pose file holds a {type(pose).__name__}, expected a dict")
+    missing = [key for key in ('keypoints', 'scores') if key not in pose]
+    if missing:
+        raise DataError(f"{path}: pose file lacks {', '.join(map(repr, missing))}")
+    keypoints = _frames_array(pose['keypoints'], path, 'keypoints', (NUM_KEYPOINTS, 2))
+    scores = _frames_array(pose['scores'], path, 'scores', (NUM_KEYPOINTS,))
+    if len(keypoints) != len(scores):
+        raise DataError(f"{path}: {len(keypoints)} frames of keypoints but {len(scores)} of scores")
+    if len(keypoints) == 0:
+        raise DataError(f"{path}: zero-length clip")
+    for key, values in (('keypoints', keypoints), ('scores', scores)):
+        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        if not finite.all():
+            raise DataError(f"{path}: {key} contain NaN or Inf (first at frame "
+                            f"{int(np.argmin(finite))})")
+    clip = {'keypoints': keypoints, 'scores': scores}
+    clip.update(_clip_window(pose, len(keypoints), path))
+    return clip
+
+
+def _frames_array(value, path, key, joint_shape):
+    """Stacks per-frame arrays (N, *joint_shape) or checks a (T, N, *joint_shape) array."""
+    expected = f"(T, N, {', '.join(map(str, joint_shape))})"
+    if isinstance(value, (list, tuple)):
+        frames = []
+        for index, frame in enumerate(value):
+            if not isinstance(frame, np.ndarray) or frame.shape[1:] != joint_shape \
+                    or len(frame) == 0:
+                shape = getattr(frame, 'shape', type(frame).__name__)
+                raise DataError(f"{path}: {key} frame {index} has shape {shape}, expected "
+                                f"(N, {', '.join(map(str, joint_shape))}) with N >= 1 people")
+            frames.append(frame[:1])
+        array = np.stack(frames) if frames else np.zeros((0, 1) + joint_shape)
+    elif isinstance(value, np.ndarray):
+        if value.ndim != 2 + len(joint_shape) or value.shape[2:] != joint_shape \
+                or value.shape[1] == 0:
+            raise DataError(f"{path}: {key} has shape {value.shape}, expected {expected} with a "
+                            "person axis N >= 1")
+        array = value[:, :1]
+    else:
+        raise DataError(f"{path}: {key} is a {type(value).__name__}, expected an array {expected}")
+    if array.dtype.kind not in 'fiu':
+        raise DataError(f"{path}: {key} has non-numeric dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _clip_window(pose, num_frames, path):
+    if 'start' not in pose and 'end' not in pose:
+        return {}
+    if 'start' not in pose or 'end' not in pose:
+        raise DataError(f"{path}: pose file has only one of 'start' and 'end'")
+    start, end = pose['start'], pose['end']
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, end)):
+        raise DataError(f"{path}: 'start'/'end' must be integers, got {start!r}/{end!r}")
+    if not 0 <= start < end <= num_frames:
+        raise DataError(f"{path}: invalid clip window start={start} end={end} for a "
+                        f"{num_frames}-frame file (need 0 <= start < end <= frames)")
+    return {'start': int(start), 'end': int(end)}
+
+
+def clip_span(pose):
+    """Returns (first frame, number of frames) of the clip a read_pose() dict describes."""
+    if 'start' in pose:
+        return pose['start'], pose['end'] - pose['start']
+    return 0, len(pose['scores'])
+
+
+def sample_frame_indices(duration, max_length, train, rng=None, start=0):
+    """Absolute frame indices of a clip of `duration` frames beginning at `start`.
+
+    Clips longer than max_length keep a sorted random subset when training (as Uni-Sign) and
+    an evenly spaced, deterministic subset otherwise. rng defaults to the `random` module.
+    """
+    if duration <= max_length:
+        picked = np.arange(duration)
+    elif train:
+        picked = np.array(sorted((rng or random).sample(range(duration), k=max_length)))
+    else:
+        # the spacing exceeds one frame here, so rounding never produces duplicates
+        picked = np.unique(np.round(np.linspace(0, duration - 1, max_length)))
+    return picked.astype(np.int64) + start
+
+
+# ----------------------------------------------------------------------------- part keypoints
+
+def _first_person(frames):
+    """(T, 1+, J, ...) array, or a list of per-frame (1+, J, ...) arrays -> (T, J, ...)."""
+    if isinstance(frames, (list, tuple)):
+        if all(len(frame) == 1 for frame in frames):  # the usual case, and the fastest
+            return np.concatenate(frames)
+        return np.stack([frame[0] for frame in frames])
+    return np.asarray(frames)[:, 0]
+
+
+def _crop_scale_body(body, threshold):
+    """Uni-Sign's crop_scale on channel planes (3, T, V), in place.
+
+    Maps x and y by the square box around the clip's confident joints into [-1, 1] and
+    returns the box side, or 0 when fewer than 4 joints are confident or the box is empty.
+    """
+    confident = body[2] > threshold
+    xs, ys = body[0][confident], body[1][confident]
+    if len(xs) < 4:
+        return 0
+    x_low, x_high, y_low, y_high = xs.min(), xs.max(), ys.min(), ys.max()
+    scale = max(x_high - x_low, y_high - y_low)
+    if scale == 0:
+        return 0
+    for plane, low, high in ((body[0], x_low, x_high), (body[1], y_low, y_high)):
+        plane -= (low + high - scale) / 2
+        plane /= scale
+        plane -= 0.5
+        plane *= 2
+    return scale
+
+
+def _part_planes(keypoints, scores):
+    """Gathers the part joints into channel planes (x, y, score) of shape (3, T, 69)."""
+    dtype = np.result_type(keypoints, scores)  # the precision Uni-Sign computes in
+    if dtype.kind != 'f':
+        dtype = np.dtype(np.float64)
+    gathered = np.take(keypoints, _GATHERED_JOINTS, axis=1)
+    relative = gathered[:, _NUM_BODY_JOINTS:_NUM_PART_JOINTS] - gathered[:, _NUM_PART_JOINTS:]
+    planes = np.empty((3, len(keypoints), _NUM_PART_JOINTS), dtype)
+    planes[:2, :, :_NUM_BODY_JOINTS] = gathered[:, :_NUM_BODY_JOINTS].transpose(2, 0, 1)
+    planes[:2, :, _NUM_BODY_JOINTS:] = relative.transpose(2, 0, 1)
+    planes[2] = np.take(scores, _GATHERED_JOINTS[:_NUM_PART_JOINTS], axis=1)
+    return planes
+
+
+def load_part_kp(skeletons, confs, force_ok=False):
+    """Splits a clip into part tensors {part: float32 (T, V, 3)} with channels x, y, score.
+
+    skeletons/confs: lists of per-frame arrays (1, 133, 2)/(1, 133) as Uni-Sign passes them,
+    or stacked (T, 1, 133, 2)/(T, 1, 133). The body is normalised into [-1, 1] by the clip's
+    bounding square of confident body joints; hands and face are taken relative to their
+    anchor joint and divided by the same side; joints scoring <= 0.3 are zeroed, and
+    everything is zero when the square is undefined. The numbers match Uni-Sign's per-frame
+    version operation for operation; force_ok is accepted and, as there, has no effect.
+    """
+    keypoints, scores = _first_person(skeletons), _first_person(confs)
+    planes = _part_planes(keypoints, scores)
+    scale = _crop_scale_body(planes[:, :, :_NUM_BODY_JOINTS], SCORE_THRESHOLD)
+    if scale == 0:
+        planes[:] = 0
+    else:
+        planes[:2, :, _NUM_BODY_JOINTS:] /= scale
+        # As in Uni-Sign, the score channel is clipped too, and masking uses the clipped score.
+        np.clip(planes, -1, 1, out=planes)
+        unreliable = planes[2] <= SCORE_THRESHOLD
+        for plane in planes:
+            plane[unreliable] = 0
+    planes = planes.astype(np.float32, copy=False)
+    return {part: torch.from_numpy(np.ascontiguousarray(planes[:, :, low:high].transpose(1, 2, 0)))
+            for part, low, high in zip(PARTS, _PART_BOUNDS[:-1], _PART_BOUNDS[1:])}
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def _news_split(entries, phase):
+    """CSL-News ships one label list; like Uni-Sign, its last 1% is held out for evaluation."""
+    boundary = int(len(entries) * 0.99)
+    return entries[:boundary] if phase == 'train' else entries[boundary:]
+
+
+def pad_repeat_last(clips, lengths):
+    """Stacks clips (T_i, ...) into (B, max T, ...), padding each with copies of its last frame."""
+    flat = torch.cat(clips, dim=0)
+    first_rows = torch.cumsum(lengths, 0) - lengths
+    steps = torch.arange(int(lengths.max()))
+    rows = first_rows[:, None] + torch.minimum(steps[None, :], lengths[:, None] - 1)
+    return flat[rows]
+
+
+class S2T_Dataset(torch.utils.data.Dataset):
+    """Pose clips with their sentence (or gloss string, for task CSLR) for one split.
+
+    Items are (name, {part: (T, V, 3)}, text, gloss string); collate_fn builds the padded
+    batch. Training clips longer than max_length get a random sorted subset of frames, other
+    phases an evenly spaced one. In the main process the random subsets come from a generator
+    seeded by `seed`; DataLoader workers use `random`, which the DataLoader seeds per worker.
+    """
+
+    def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
+                 tokenizer=None, task='SLT', max_tgt_len=50, seed=0):
+        self.entries = load_labels(label_path)
+        if 'CSL_News' in dataset_name:
+            self.entries = _news_split(self.entries, phase)
+        self.pose_dir = pose_dir
+        self.phase = phase
+        self.dataset_name = dataset_name
+        self.lang = 'Chinese' if 'CSL' in dataset_name else 'English'
+        self.max_length = max_length
+        self.tokenizer = tokenizer
+        self.task = task
+        self.max_tgt_len = max_tgt_len
+        self._main_process_rng = random.Random(seed)
+        self._durations = {}
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __str__(self):
+        return f'#total {len(self)}'
+
+    def pose_path(self, index):
+        return os.path.join(self.pose_dir, self.entries[index]['pose_file'])
+
+    def _sampling_rng(self):
+        if torch.utils.data.get_worker_info() is not None:
+            return random
+        return self._main_process_rng
+
+    def read_clip(self, index):
+        """read_pose() of an entry's pose file; also remembers the clip's duration."""
+        pose = read_pose(self.pose_path(index))
+        self._durations[index] = clip_span(pose)[1]
+        return pose
+
+    def __getitem__(self, index):
+        entry = self.entries[index]
+        pose = self.read_clip(index)
+        start, duration = clip_span(pose)
+        frames = sample_frame_indices(duration, self.max_length, self.phase == 'train',
+                                      self._sampling_rng(), start)
+        parts = load_part_kp(pose['keypoints'][frames], pose['scores'][frames])
+        gloss = ' '.join(entry['gloss'])
+        text = gloss if self.task == 'CSLR' else entry['text']
+        return entry['name'], parts, text, gloss
+
+    def lengths(self):
+        """Clip lengths after sampling; reads (once) the pose files not yet seen."""
+        for index in range(len(self)):
+            if index not in self._durations:
+                self.read_clip(index)
+        return [min(self._durations[i], self.max_length) for i in range(len(self))]
+
+    def keep(self, indices):
+        """Restricts the dataset to the given entry indices (in that order)."""
+        durations = self._durations
+        self._durations = {new: durations[old] for new, old in enumerate(indices)
+                           if old in durations}
+        self.entries = [self.entries[i] for i in indices]
+
+    def collate_fn(self, batch):
+        names, clips, texts, glosses = zip(*batch)
+        lengths = torch.tensor([len(clip['body']) for clip in clips], dtype=torch.long)
+        src_input = {part: pad_repeat_last([clip[part] for clip in clips], lengths)
+                     for part in PARTS}
+        steps = torch.arange(src_input['body'].shape[1])
+        src_input['attention_mask'] = (steps[None, :] < lengths[:, None]).long()
+        src_input['name_batch'] = list(names)
+        src_input['src_length_batch'] = lengths
+        tgt_input = {'gt_sentence': list(texts), 'gt_gloss': list(glosses)}
+        if self.tokenizer is not None:
+            self._add_token_ids(src_input, tgt_input)
+        return src_input, tgt_input
+
+    def _add_token_ids(self, src_input, tgt_input):
+        sentences = tgt_input['gt_sentence']
+        prefix = self.tokenizer([PROMPT.format(self.lang)] * len(sentences), padding='longest',
+                                truncation=True, return_tensors='pt')
+        src_input['prefix_ids'] = prefix['input_ids'].long()
+        src_input['prefix_mask'] = prefix['attention_mask'].long()
+        target = self.tokenizer(sentences, padding='longest', truncation=True,
+                                max_length=self.max_tgt_len, return_tensors='pt')
+        labels = target['input_ids'].long()
+        labels[labels == self.tokenizer.pad_token_id] = -100
+        tgt_input['labels'] = labels
+
+
+def validate_samples(dataset, skip_bad=False):
+    """Reads every pose file of `dataset` once; returns (ok indices, problem messages).
+
+    With problems and skip_bad False this raises a DataError quoting the first few; with
+    skip_bad True the bad entries are dropped from the dataset (see S2T_Dataset.keep).
+    """
+    ok_indices, problems = [], []
+    for index in range(len(dataset)):
+        try:
+            dataset.read_clip(index)
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        ok_indices.append(index)
+    if problems and not skip_bad:
+        examples = '\n  '.join(problems[:5])
+        raise DataError(f"{len(problems)} of {len(dataset)} samples have unusable pose files, "
+                        f"for example:\n  {examples}\n(skip_bad=True drops them)")
+    if problems:
+        dataset.keep(ok_indices)
+    return ok_indices, problems
