@@ -1,0 +1,249 @@
+import argparse
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import regularizers as reg
+
+
+# ----------------------------------------------------------------------------------- SignCL
+
+def loop_signcl(x, margin, max_distance=32.0, skip_empty=False):
+    """SignCL.py's per-anchor loop, with both neighbours and every admissible negative."""
+    batch, frames, _ = x.shape
+    total = x.new_zeros(())
+    for i in range(1, frames - 2):
+        negatives = [j for j in range(2, frames - 2) if j < i - margin or j > i + margin]
+        if skip_empty and not negatives:
+            continue
+        anchor = x[:, i].unsqueeze(1)
+        pos_dist = (anchor - x[:, [i - 1, i + 1]]).abs().sum(-1)
+        neg_dist = (anchor - x[:, negatives]).abs().sum(-1)
+        total = total + F.softplus(pos_dist - max_distance).mean() \
+            + F.softplus(max_distance - neg_dist).mean()
+    return total / (batch * (frames - 4))
+
+
+def frames(batch, length, dim=32, seed=0):
+    """Random features whose L1 distances fall near the default max_distance of 32."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, dim, generator=g, dtype=torch.float64).requires_grad_()
+
+
+@pytest.mark.parametrize("length,margin", [(30, 5), (40, 12), (25, 3.5)])
+def test_signcl_deterministic_matches_reference_loop(length, margin):
+    x = frames(3, length, seed=length)
+    ours = reg.SignCL()(x, margin=margin, deterministic=True)
+    ref = loop_signcl(x, margin)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    grad_ours, = torch.autograd.grad(ours, x)
+    grad_ref, = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-5, atol=1e-9)
+
+
+def test_signcl_custom_max_distance_matches_loop():
+    x = frames(2, 24, dim=16, seed=3)
+    ours = reg.SignCL(max_distance=10.0)(x, margin=4, deterministic=True)
+    assert ours.item() == pytest.approx(loop_signcl(x, 4, max_distance=10.0).item(), rel=1e-5)
+
+
+def test_signcl_skips_anchors_without_negatives():
+    x = frames(2, 20, seed=1)  # margin 8: middle anchors have no frame farther than 8
+    value = reg.SignCL()(x, margin=8, deterministic=True)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(loop_signcl(x, 8, skip_empty=True).item(), rel=1e-5)
+    assert torch.isnan(loop_signcl(x, 8))  # what the unfixed reference returns
+
+
+def test_signcl_short_clip_is_zero_with_zero_gradient():
+    x = frames(2, 6, seed=2)
+    for deterministic in (False, True):
+        value = reg.SignCL()(x, margin=40, deterministic=deterministic)
+        grad, = torch.autograd.grad(value, x)
+        assert value.item() == 0.0 and torch.count_nonzero(grad) == 0
+
+
+def test_signcl_padding_is_ignored():
+    lengths = [30, 22, 15]
+    x = frames(3, 30, seed=4)
+    mask = (torch.arange(30)[None] < torch.tensor(lengths)[:, None]).long()
+    noisy = x.detach().clone()
+    noisy[mask == 0] = 1e3 * torch.randn(int((mask == 0).sum()), 32, dtype=torch.float64)
+    module = reg.SignCL()
+    a = module(x, margin=5, mask=mask, deterministic=True)
+    b = module(noisy, margin=5, mask=mask, deterministic=True)
+    assert a.item() == pytest.approx(b.item(), rel=1e-9)
+    # Each clip is scored on its own frames; the double batch mean of SignCL gives 1/B^2.
+    per_clip = [loop_signcl(x[i:i + 1, :n], 5, skip_empty=True) for i, n in enumerate(lengths)]
+    assert a.item() == pytest.approx(sum(v.item() for v in per_clip) / 9, rel=1e-5)
+    grad, = torch.autograd.grad(a, x)
+    assert torch.count_nonzero(grad[mask == 0]) == 0
+
+
+def test_signcl_sampling_with_enough_negatives_equals_deterministic():
+    x = frames(2, 18, seed=5)
+    every = reg.SignCL(neg_samples=1000)(x, margin=4)
+    assert every.item() == pytest.approx(reg.SignCL()(x, margin=4, deterministic=True).item(), rel=1e-9)
+
+
+def test_signcl_sampled_gradients_reach_inputs():
+    x = torch.randn(4, 64, 48).requires_grad_()
+    value = reg.SignCL()(x, margin=10)
+    value.backward()
+    assert torch.isfinite(value) and value.item() > 0
+    assert x.grad[:, 1:-1].abs().sum(-1).gt(0).float().mean() > 0.5
+
+
+def test_signcl_one_positive_and_per_clip_margins():
+    x = frames(2, 30, seed=6)
+    value = reg.SignCL(pos_samples=1)(x, margin=torch.tensor([4, 6]))
+    assert torch.isfinite(value)
+    both = reg.SignCL()(x, margin=torch.tensor([5, 5]), deterministic=True)
+    assert both.item() == pytest.approx(reg.SignCL()(x, margin=5, deterministic=True).item())
+
+
+def test_signcl_bf16_features():
+    value = reg.SignCL()(torch.randn(2, 40, 64, dtype=torch.bfloat16), margin=10)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+def test_signcl_margin_rule():
+    assert reg.signcl_margin(256, 20) == 40  # 12 * 2.3 = 27.6 -> capped at 20
+    assert reg.signcl_margin(100, 20) == 22  # 5 * 2.3 = 11.5 -> 11
+    assert reg.signcl_margin(40, 20) == 20  # floor at 10
+    assert reg.signcl_margin(60, 0) == 40  # an empty text counts as one token
+    frames_, lengths = torch.tensor([256, 100, 40, 50]), torch.tensor([20, 20, 20, 5])
+    expected = [reg.signcl_margin(int(f), int(n)) for f, n in zip(frames_, lengths)]
+    assert reg.signcl_margin(frames_, lengths).tolist() == expected
+
+
+# -------------------------------------------------------------------------------- sparsemax
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_sparsemax_sums_to_one(dim):
+    probs = reg.sparsemax(torch.randn(5, 7, 3), dim=dim)
+    assert probs.min() >= 0
+    torch.testing.assert_close(probs.sum(dim), torch.ones_like(probs.sum(dim)))
+
+
+def test_sparsemax_known_value_and_sparsity():
+    out = reg.sparsemax(torch.tensor([1.0, 0.5, 0.0]))
+    torch.testing.assert_close(out, torch.tensor([0.75, 0.25, 0.0]))
+    peaked = reg.sparsemax(torch.tensor([[4.0, 0.1, 0.0, -1.0, 0.2]]))
+    assert peaked.tolist() == [[1.0, 0.0, 0.0, 0.0, 0.0]]
+    assert (reg.sparsemax(3 * torch.randn(64, 32)) == 0).float().mean() > 0.5
+
+
+def test_sparsemax_softmax_limits():
+    x = torch.randn(4, 10, dtype=torch.float64)
+    flat = reg.sparsemax(x * 1e-6)  # tiny scale: uniform, as softmax
+    torch.testing.assert_close(flat, (x * 1e-6).softmax(-1), atol=1e-5, rtol=0)
+    sharp = reg.sparsemax(x * 1e6)  # huge scale: the arg-max one-hot, as softmax
+    torch.testing.assert_close(sharp, (x * 1e6).softmax(-1))
+    torch.testing.assert_close(reg.sparsemax(torch.zeros(3, 8)), torch.full((3, 8), 1 / 8))
+
+
+def test_sparsemax_gradcheck():
+    x = torch.randn(3, 6, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(reg.sparsemax, (x,))
+    y = torch.randn(4, 2, 5, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: reg.sparsemax(t, dim=1), (y,))
+
+
+# -------------------------------------------------------------------------------------- SST
+
+def sst_batch(batch=4, frames_=9, tokens=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pose = torch.randn(batch, frames_, 24, generator=g).requires_grad_()
+    text = torch.randn(batch, tokens, 20, generator=g).requires_grad_()
+    return pose, text, torch.ones(batch, frames_), torch.ones(batch, tokens)
+
+
+@pytest.mark.parametrize("attention", ["sparsemax", "softmax"])
+def test_sst_loss_and_gradients(attention):
+    torch.manual_seed(0)
+    module = reg.SSTContrast(24, 20, sst_num=16, sst_dim=8, attention=attention)
+    pose, text, pose_mask, text_mask = sst_batch()
+    loss, stats = module(pose, text, pose_mask, text_mask)
+    loss.backward()
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert pose.grad.abs().sum() > 0 and text.grad.abs().sum() > 0
+    assert module.tokens.grad.abs().sum() > 0 and module.logit_scale.grad is not None
+    assert stats["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert -1 <= stats["pos_sim"].item() <= 1 and 1 <= stats["active_tokens"].item() <= 16
+
+
+def test_sst_padding_is_ignored():
+    torch.manual_seed(0)
+    module = reg.SSTContrast(24, 20, sst_num=16, sst_dim=8)
+    pose, text, pose_mask, text_mask = sst_batch()
+    pose_mask[:, 6:] = 0
+    text_mask[1:, 4:] = 0
+    loss, _ = module(pose, text, pose_mask, text_mask)
+    pose2, text2 = pose.detach().clone(), text.detach().clone()
+    pose2[:, 6:] = 50.0
+    text2[1:, 4:] = -50.0
+    loss2, _ = module(pose2, text2, pose_mask, text_mask)
+    assert loss.item() == pytest.approx(loss2.item(), rel=1e-6)
+
+
+def test_sst_logit_scale_is_capped_at_100():
+    module = reg.SSTContrast(24, 20, sst_num=16, sst_dim=8)
+    with torch.no_grad():
+        module.logit_scale.fill_(math.log(1000.0))
+    pose, text, pose_mask, text_mask = sst_batch()
+    loss, stats = module(pose, text, pose_mask, text_mask)
+    loss.backward()
+    assert stats["logit_scale"].item() == pytest.approx(100.0)
+    assert module.logit_scale.grad.abs() > 0
+
+
+# ---------------------------------------------------------------------------- flags, build
+
+def test_flags_parse_with_defaults_and_both_spellings():
+    parser = reg.add_regularizer_flags(argparse.ArgumentParser())
+    args = parser.parse_args([])
+    assert (args.use_signcl, args.signcl_weight, args.signcl_max_distance) == (False, 0.01, 32.0)
+    assert (args.signcl_pos_samples, args.signcl_neg_samples) == (2, 4)
+    assert (args.sst_num, args.sst_dim, args.sst_weight, args.sst_attention) == (128, 128, 1.0, "sparsemax")
+    assert (args.hyp_dim, args.init_c, args.hyp_lr, args.hyp_stabilize) == (256, 0.5, 1e-3, 100)
+    assert (args.alpha, args.label_smoothing_hyp) == (1.0, 0.2)
+    assert (args.hyp_text_emb_src, args.hyp_text_cmp) == ("decoder", "token")
+    dashed = parser.parse_args(["--use-hyperbolic", "--hyp-text-cmp", "pooled", "--init-c", "1.0",
+                                "--use-signcl", "--signcl-weight", "0.1", "--sst-attention", "softmax"])
+    underscored = parser.parse_args(["--use_hyperbolic", "--hyp_text_cmp", "pooled", "--init_c", "1.0",
+                                     "--use_signcl", "--signcl_weight", "0.1", "--sst_attention", "softmax"])
+    assert vars(dashed) == vars(underscored)
+    assert dashed.use_hyperbolic and dashed.hyp_text_cmp == "pooled" and dashed.signcl_weight == 0.1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--hyp_text_cmp", "mean"])
+
+
+def test_flags_coexist_with_the_trainer_flags():
+    import utils
+    parser = argparse.ArgumentParser(parents=[utils.get_args_parser()])
+    args = reg.add_regularizer_flags(parser).parse_args(["--use_sst", "--batch-size", "2"])
+    assert args.use_sst and args.batch_size == 2
+
+
+def test_build_regularizers_empty_when_off():
+    parser = reg.add_regularizer_flags(argparse.ArgumentParser())
+    assert len(reg.build_regularizers(parser.parse_args([]), 32, 48)) == 0
+    assert len(reg.build_regularizers(argparse.Namespace(), 32, 48)) == 0
+
+
+def test_build_regularizers_enabled():
+    parser = reg.add_regularizer_flags(argparse.ArgumentParser())
+    args = parser.parse_args(["--use_signcl", "--use_sst", "--sst_num", "8", "--use_hyperbolic",
+                              "--hyp_dim", "16", "--alpha", "0.7", "--hyp_text_cmp", "attn"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        modules = reg.build_regularizers(args, 32, 48)
+    assert list(modules) == ["signcl", "sst", "hyperbolic"]
+    assert modules["sst"].tokens.shape == (8, 128)
+    assert modules["hyperbolic"].text_cmp == "attn" and modules["hyperbolic"].alpha_base == 0.7
+    with pytest.warns(UserWarning, match="no weight"):
+        reg.build_regularizers(parser.parse_args(["--use_hyperbolic"]), 32, 48)
