@@ -4,7 +4,8 @@ Label files are Uni-Sign's gzip-pickled dicts (CSL-Daily, WLASL, How2Sign, OpenA
 CSL-News JSON list. Pose files are pickled dicts of whole-body (COCO-WholeBody, 133 joints)
 keypoints and scores; they are read with a restricted unpickler that only rebuilds plain
 containers, numbers, strings and numpy arrays, so a crafted file cannot run code. Every problem
-with an input file is reported as a `DataError` naming the file.
+with an input file is reported as a `DataError` naming the file. A pose folder may instead be a
+packed pose store (pose_store.py), read the same way.
 
 `load_part_kp` turns a clip into the four part tensors the models consume (body, left, right,
 face_all), with the same numbers as Uni-Sign's per-frame implementation but vectorised.
@@ -357,6 +358,14 @@ def pad_repeat_last(clips, lengths):
     return flat[rows]
 
 
+def open_packed_store(pose_dir, packed_dir=None):
+    """The PackedPoseStore in packed_dir, or in pose_dir if it holds one; otherwise None."""
+    import pose_store  # imported here because pose_store builds on this module
+    if packed_dir is None and not pose_store.is_packed_store(pose_dir):
+        return None
+    return pose_store.PackedPoseStore(pose_dir if packed_dir is None else packed_dir)
+
+
 class S2T_Dataset(torch.utils.data.Dataset):
     """Pose clips with their sentence (or gloss string, for task CSLR) for one split.
 
@@ -364,11 +373,14 @@ class S2T_Dataset(torch.utils.data.Dataset):
     batch. Training clips longer than max_length get a random sorted subset of frames, other
     phases an evenly spaced one. In the main process the random subsets come from a generator
     seeded by `seed`; DataLoader workers use `random`, which the DataLoader seeds per worker.
+    Clips come from a packed pose store (pose_store.py) when pose_dir holds one or packed_dir
+    names one; an entry's clip is its pose_file without extension.
     """
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
-                 tokenizer=None, task='SLT', max_tgt_len=50, seed=0):
+                 tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None):
         self.entries = load_labels(label_path)
+        self.store = open_packed_store(pose_dir, packed_dir)
         if 'CSL_News' in dataset_name:
             self.entries = _news_split(self.entries, phase)
         self.pose_dir = pose_dir
@@ -398,9 +410,16 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     def read_clip(self, index):
         """read_pose() of an entry's pose file; also remembers the clip's duration."""
-        pose = read_pose(self.pose_path(index))
+        if self.store is not None:
+            pose = self.store.read(self.clip_name(index))
+        else:
+            pose = read_pose(self.pose_path(index))
         self._durations[index] = clip_span(pose)[1]
         return pose
+
+    def clip_name(self, index):
+        import pose_store
+        return pose_store.clip_name(self.entries[index]['pose_file'])
 
     def __getitem__(self, index):
         entry = self.entries[index]
@@ -416,7 +435,11 @@ class S2T_Dataset(torch.utils.data.Dataset):
     def lengths(self):
         """Clip lengths after sampling; reads (once) the pose files not yet seen."""
         for index in range(len(self)):
-            if index not in self._durations:
+            if index in self._durations:
+                continue
+            if self.store is not None:  # the store's index knows every duration
+                self._durations[index] = self.store.span(self.clip_name(index))[1]
+            else:
                 self.read_clip(index)
         return [min(self._durations[i], self.max_length) for i in range(len(self))]
 

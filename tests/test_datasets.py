@@ -387,3 +387,46 @@ def test_csl_news_keeps_last_percent_for_evaluation(tmp_path):
     train = S2T_Dataset(str(path), str(tmp_path), 'train', dataset_name='CSL_News')
     dev = S2T_Dataset(str(path), str(tmp_path), 'dev', dataset_name='CSL_News')
     assert len(train) == 198 and len(dev) == 2 and dev.entries[0]['name'] == '198.mp4'
+
+
+# ----------------------------------------------------------------------------- packed poses
+
+def pack_split(tmp_path, lengths):
+    from pose_store import pack
+    labels, pose_dir = make_split(tmp_path, lengths)
+    write_pickle(Path(pose_dir, 'clip1.pkl'), dict(make_pose(lengths[1], seed=1), start=2, end=9))
+    pack(pose_dir, str(tmp_path / 'packed'), shard_size=2, workers=1, progress=False)
+    return labels, pose_dir, str(tmp_path / 'packed')
+
+
+@pytest.mark.parametrize('phase', ['train', 'dev'])
+def test_packed_store_gives_the_pickle_items_up_to_float16_rounding(tmp_path, phase):
+    labels, pose_dir, packed_dir = pack_split(tmp_path, [30, 12, 5, 70, 41])
+    pickled = S2T_Dataset(labels, pose_dir, phase, max_length=32, seed=7)
+    detected = S2T_Dataset(labels, packed_dir, phase, max_length=32, seed=7)
+    explicit = S2T_Dataset(labels, pose_dir, phase, max_length=32, seed=7, packed_dir=packed_dir)
+    assert pickled.store is None and detected.store is not None and explicit.store is not None
+    assert detected.lengths() == explicit.lengths() == [30, 7, 5, 32, 32]
+    for index in range(len(pickled)):
+        expected = pickled[index]
+        for dataset in (detected, explicit):
+            name, parts, text, gloss = dataset[index]
+            assert (name, text, gloss) == (expected[0], expected[2], expected[3])
+            assert max_abs_diff(expected[1], parts) <= 1e-3
+    assert pickled.lengths() == detected.lengths()
+
+
+def test_packed_dir_without_a_store_is_an_error(tmp_path):
+    labels, pose_dir = make_split(tmp_path, [4])
+    with pytest.raises(DataError, match='no packed pose store'):
+        S2T_Dataset(labels, pose_dir, 'dev', packed_dir=str(tmp_path))
+
+
+def test_clips_missing_from_the_store_are_reported(tmp_path):
+    labels, _, packed_dir = pack_split(tmp_path, [4, 12, 6])
+    entries = [label(f'clip{i}', 's') for i in range(3)] + [label('extra', 's')]
+    dataset = S2T_Dataset(write_labels(tmp_path / 'more', entries), packed_dir, 'dev')
+    with pytest.raises(DataError, match="no clip 'extra'"):
+        dataset.lengths()
+    ok, problems = validate_samples(dataset, skip_bad=True)
+    assert ok == [0, 1, 2] and len(problems) == 1 and packed_dir in problems[0]

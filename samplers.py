@@ -1,0 +1,118 @@
+"""Resumable distributed batch sampling, optionally grouping clips of similar length.
+
+Every rank derives the same global list of batches from (seed, epoch) and takes its own share,
+so a run restarted in the middle of an epoch can skip exactly the batches it already trained on.
+Batches are formed per optimizer step: step k hands rank r the r-th of `num_replicas`
+consecutive batches, and with length bucketing those batches hold clips of similar length, so
+neither padding nor a slow rank wastes the step.
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def padding_fraction(batches, lengths):
+    """Share of padded frames when each batch is padded to its longest clip."""
+    lengths = np.asarray(lengths)
+    real = padded = 0
+    for batch in batches:
+        batch_lengths = lengths[np.asarray(batch, dtype=np.int64)]
+        if len(batch_lengths):
+            real += int(batch_lengths.sum())
+            padded += len(batch_lengths) * int(batch_lengths.max())
+    return 1 - real / padded if padded else 0.0
+
+
+def _default_distribution(num_replicas, rank):
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if num_replicas is None:
+        num_replicas = torch.distributed.get_world_size() if initialised else 1
+    if rank is None:
+        rank = torch.distributed.get_rank() if initialised else 0
+    return num_replicas, rank
+
+
+class ResumableDistributedSampler(torch.utils.data.Sampler):
+    """Yields this rank's batches of dataset indices (use as a DataLoader's batch_sampler).
+
+    Every rank gets len(self) full batches. Without drop_last the epoch's order is extended
+    by its own first indices to fill the last step; with drop_last the tail is dropped. With
+    bucket_by_length, the shuffled order is cut into chunks of
+    bucket_size_multiplier * num_replicas * batch_size indices, each chunk is sorted by
+    `lengths` and cut into steps, and the steps are shuffled.
+
+    Resuming: the trainer reports the micro-batches it finished with set_position(n) (counted
+    from the start of the epoch); state_dict() then records {'epoch', 'batches_done', 'seed'}
+    and, after load_state_dict() on a fresh sampler, iteration starts at the next unseen batch.
+    """
+
+    def __init__(self, dataset_len, num_replicas=None, rank=None, shuffle=True, seed=0,
+                 drop_last=False, batch_size=1, lengths=None, bucket_by_length=False,
+                 bucket_size_multiplier=50):
+        num_replicas, rank = _default_distribution(num_replicas, rank)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        if batch_size < 1 or bucket_size_multiplier < 1:
+            raise ValueError("batch_size and bucket_size_multiplier must be positive")
+        if bucket_by_length and (lengths is None or len(lengths) != dataset_len):
+            raise ValueError("bucket_by_length needs one length per sample")
+        self.dataset_len, self.num_replicas, self.rank = dataset_len, num_replicas, rank
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.batch_size, self.bucket_size_multiplier = batch_size, bucket_size_multiplier
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket_by_length = bucket_by_length
+        per_step = batch_size * num_replicas
+        steps = dataset_len / per_step
+        self.num_batches = math.floor(steps) if drop_last else math.ceil(steps)
+        self.epoch, self.batches_done = 0, 0
+
+    def __len__(self):
+        return self.num_batches
+
+    def set_epoch(self, epoch):
+        """Selects the epoch; a new epoch starts from its first batch, the current one stays put."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def set_position(self, batches_done):
+        """Records how many of this rank's batches of the current epoch have been trained on."""
+        if not 0 <= batches_done <= self.num_batches:
+            raise ValueError(f"batches_done {batches_done} is outside [0, {self.num_batches}]")
+        self.batches_done = int(batches_done)
+
+    def state_dict(self):
+        return {'epoch': self.epoch, 'batches_done': self.batches_done, 'seed': self.seed}
+
+    def load_state_dict(self, state):
+        if state['seed'] != self.seed:
+            raise ValueError(f"the saved order used seed {state['seed']}, this sampler {self.seed}")
+        self.epoch = state['epoch']
+        self.set_position(state['batches_done'])
+
+    def __iter__(self):
+        # Built eagerly so a later set_position() cannot shift batches the DataLoader prefetches.
+        return iter(self.rank_batches()[self.batches_done:])
+
+    def rank_batches(self, epoch=None):
+        """All of this rank's batches of an epoch (default: the current one), in order."""
+        low, high = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return [step[low:high].tolist() for step in self.steps(epoch)]
+
+    def steps(self, epoch=None):
+        """The epoch's global batches, one array of num_replicas * batch_size indices per step."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        order = rng.permutation(self.dataset_len) if self.shuffle else np.arange(self.dataset_len)
+        per_step = self.batch_size * self.num_replicas
+        order = np.resize(order, self.num_batches * per_step)  # repeats from the start if short
+        if not self.bucket_by_length:
+            return [order[k:k + per_step] for k in range(0, len(order), per_step)]
+        chunk = per_step * self.bucket_size_multiplier
+        steps = []
+        for begin in range(0, len(order), chunk):
+            part = order[begin:begin + chunk]
+            part = part[np.argsort(self.lengths[part], kind='stable')]
+            steps += [part[k:k + per_step] for k in range(0, len(part), per_step)]
+        if self.shuffle:
+            steps = [steps[k] for k in rng.permutation(len(steps))]
+        return steps

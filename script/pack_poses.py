@@ -1,0 +1,67 @@
+"""Packs a folder of per-clip pose pickles into a packed pose store (see pose_store.py).
+
+    python script/pack_poses.py --pose_dir dataset/CSL_News/pose_format \
+        --out dataset/CSL_News/packed --workers 16
+    python script/pack_poses.py --out dataset/CSL_News/packed --verify_only
+
+Re-running the same command after an interruption finishes the remaining shards. Train on the
+store by passing its folder as the pose folder (--pose_root layout) or as packed_dir.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pose_store  # noqa: E402
+from datasets import DataError  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--pose_dir', help='folder searched recursively for .pkl pose files')
+    parser.add_argument('--out', required=True, help='store folder (created if missing)')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='reading processes (default: all cores)')
+    parser.add_argument('--shard_size', type=int, default=pose_store.DEFAULT_SHARD_SIZE,
+                        help='clips per shard')
+    parser.add_argument('--skip_bad', action='store_true',
+                        help='leave out unusable pose files, listing them in the manifest')
+    parser.add_argument('--no_resume', action='store_true',
+                        help='discard an earlier (partial) store in --out and pack from scratch')
+    parser.add_argument('--verify', action='store_true', help='check every checksum afterwards')
+    parser.add_argument('--verify_only', action='store_true',
+                        help='only check the checksums of the store in --out')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    if not args.verify_only and not args.pose_dir:
+        parser.error('--pose_dir is required unless --verify_only is given')
+    return args
+
+
+def verify(out_dir):
+    problems = pose_store.PackedPoseStore(out_dir).verify()
+    for problem in problems:
+        print(problem)
+    print(f"verify: {'OK' if not problems else f'{len(problems)} problems'}")
+    return not problems
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if not args.verify_only:
+            manifest = pose_store.pack(args.pose_dir, args.out, shard_size=args.shard_size,
+                                       workers=args.workers, resume=not args.no_resume,
+                                       progress=not args.quiet, skip_bad=args.skip_bad)
+            print(f"{args.out}: {manifest['num_clips']} clips, {manifest['num_frames']} frames "
+                  f"in {len(manifest['shards'])} shards, {len(manifest['bad_files'])} left out")
+        if args.verify or args.verify_only:
+            return 0 if verify(args.out) else 1
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
