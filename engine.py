@@ -89,12 +89,12 @@ def predict(args, model, data_loader, tokenizer):
     """Generates a hypothesis per clip: the pose encoder runs once, then beam search."""
     model.eval()
     # Under ZeRO-3 every rank must keep running forward passes until the slowest beam ends.
-    extra = {"synced_gpus": True} if args.zero_stage == 3 and utils.get_world_size() > 1 else {}
+    synced = args.zero_stage == 3 and utils.get_world_size() > 1
     names, hyps, refs = [], [], []
     logger = utils.MetricLogger(header="Test:")
     for src_input, tgt_input in logger.log_every(data_loader, args.print_freq * 5):
         ids = model.generate(move_to_device(src_input, args.device), max_new_tokens=args.max_new_tokens,
-                             num_beams=args.num_beams, **extra)
+                             num_beams=args.num_beams, synced_gpus=synced)
         hyps += tokenizer.batch_decode(ids, skip_special_tokens=True)
         refs += tgt_input["gt_sentence"]
         names += src_input["name_batch"]

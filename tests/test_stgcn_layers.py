@@ -1,0 +1,154 @@
+"""Tests for stgcn_layers: skeleton graphs, ST-GCN blocks and chains (Uni-Sign layout)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stgcn_layers import Graph, STGCNBlock, get_stgcn_chain, hop_distance
+
+JOINTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
+EDGE_COUNTS = {'body': 8, 'left': 20, 'right': 20, 'face_all': 8 + 7 + 1 + 17}
+
+
+def adjacency(layout):
+    return torch.tensor(Graph(layout).A, dtype=torch.float32)
+
+
+@pytest.mark.parametrize('layout', list(JOINTS))
+def test_distance_partitions_shape_and_normalisation(layout):
+    A = Graph(layout, strategy='distance', max_hop=1).A
+    V = JOINTS[layout]
+    assert A.shape == (2, V, V)
+    assert np.allclose(A[0], np.diag(np.diag(A[0])))  # hop 0: self links only
+    assert np.count_nonzero(A[1]) == 2 * EDGE_COUNTS[layout]
+    assert np.array_equal(A > 0, (A > 0).transpose(0, 2, 1))  # undirected skeleton
+    assert np.allclose(A.sum(axis=(0, 1)), 1.0)  # each column averages its neighbourhood
+
+
+def test_known_entries():
+    body = Graph('body').A
+    assert body[0, 0, 0] == pytest.approx(1 / 5)  # joint 0: itself + 4 neighbours
+    assert body[1, 3, 0] == pytest.approx(1 / 5)
+    assert body[1, 0, 3] == pytest.approx(1 / 3)  # joint 3: itself, 0 and 5
+    assert body[1, 7, 5] == pytest.approx(1 / 3)
+    hand = Graph('right').A
+    assert hand[0, 0, 0] == pytest.approx(1 / 6)  # wrist: itself + 5 finger roots
+    assert hand[1, 4, 3] == pytest.approx(1 / 3) and hand[1, 3, 4] == pytest.approx(1 / 2)
+    face = Graph('face_all').A
+    assert face[0, 17, 17] == pytest.approx(1 / 18)  # centre links to all 17 others
+    assert face[1, 16, 9] == pytest.approx(1 / 4)  # mouth loop is closed (16-9), plus centre
+    assert face[1, 17, 0] == pytest.approx(1 / 3)
+
+
+def test_uniform_is_sum_of_distance_partitions():
+    for layout in JOINTS:
+        uniform = Graph(layout, strategy='uniform').A
+        assert uniform.shape == (1, JOINTS[layout], JOINTS[layout])
+        assert np.allclose(uniform[0], Graph(layout).A.sum(0))
+
+
+def test_hop_distance_on_a_chain():
+    dist = hop_distance(4, [(0, 1), (1, 2), (2, 3)], max_hop=2)
+    assert dist[0, 0] == 0 and dist[0, 1] == 1 and dist[0, 2] == 2 and np.isinf(dist[0, 3])
+    assert Graph('body', max_hop=2).A.shape == (3, 9, 9)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='layout'):
+        Graph('feet')
+    with pytest.raises(ValueError, match='strategy'):
+        Graph('body', strategy='spatial-ish')
+    with pytest.raises(ValueError, match='level'):
+        get_stgcn_chain(8, 'global', (1, 2), adjacency('body'), True)
+    with pytest.raises(ValueError, match='odd'):
+        STGCNBlock(8, 8, (4, 2), adjacency('body'))
+
+
+def chain_shapes(chain):
+    return {k: tuple(v.shape) for k, v in chain.state_dict().items()}
+
+
+def test_default_chains_match_unisign_parameter_layout():
+    A = adjacency('right')
+    spatial, width = get_stgcn_chain(64, 'spatial', (1, 2), A, True)
+    temporal, out = get_stgcn_chain(width, 'temporal', (5, 2), A, True)
+    assert (width, out) == (256, 256)
+    s, t = chain_shapes(spatial), chain_shapes(temporal)
+    assert len(s) == 8 + 15 + 15 and len(t) == 3 * 15
+    assert s['layer0_0.gcn.conv.weight'] == (128, 64, 1, 1)
+    assert s['layer0_0.gcn.A'] == (2, 21, 21)
+    assert s['layer1_0.gcn.conv.weight'] == (256, 64, 1, 1)
+    assert s['layer1_0.residual.0.weight'] == (128, 64, 1, 1)
+    assert s['layer2_0.residual.1.running_var'] == (256,)
+    assert s['layer2_0.gcn.bn.num_batches_tracked'] == ()
+    assert not any('tcn' in k for k in s) and not any('layer0_0.residual' in k for k in s)
+    assert t['layer0_2.tcn.0.weight'] == (256, 256, 5, 1)
+    assert t['layer0_1.tcn.1.running_mean'] == (256,)
+    assert t['layer0_0.gcn.conv.weight'] == (512, 256, 1, 1)
+    assert not any('residual' in k for k in t)
+
+
+def test_configurable_widths():
+    A = adjacency('body')
+    spatial, width = get_stgcn_chain(8, 'spatial', (1, 2), A, True, channels=(8, 16, 24))
+    temporal, out = get_stgcn_chain(width, 'temporal', (3, 2), A, True, channels=(8, 16, 24),
+                                    temporal_layers=2)
+    assert (width, out) == (24, 24)
+    assert [name for name, _ in temporal.named_children()] == ['layer0_0', 'layer0_1']
+    assert temporal.layer0_1.tcn[0].weight.shape == (24, 24, 3, 1)
+    y = temporal(spatial(torch.randn(2, 8, 7, 9)))
+    assert y.shape == (2, 24, 7, 9)
+
+
+def test_adjacency_is_parameter_or_buffer():
+    A = adjacency('body')
+    learnable, _ = get_stgcn_chain(8, 'spatial', (1, 2), A, True, channels=(8,))
+    fixed, _ = get_stgcn_chain(8, 'spatial', (1, 2), A, False, channels=(8,))
+    assert 'layer0_0.gcn.A' in dict(learnable.named_parameters())
+    assert 'layer0_0.gcn.A' in dict(fixed.named_buffers())
+    learnable.layer0_0.gcn.A.data.add_(1.0)
+    assert torch.equal(A, adjacency('body'))  # the graph given in is never modified
+
+
+def reference_block(block, x):
+    """Uni-Sign's block written out directly in (N, C, T, V) with functional ops."""
+    gcn = block.gcn
+    h = F.conv2d(x, gcn.conv.weight, gcn.conv.bias)
+    n, kc, t, v = h.shape
+    k = gcn.A.shape[0]
+    h = h.view(n, k, kc // k, t, v)
+    y = (h.unsqueeze(-1) * gcn.A.view(1, k, 1, 1, v, v)).sum(dim=(1, 4))
+    y = F.relu(F.batch_norm(y, None, None, gcn.bn.weight, gcn.bn.bias, training=True))
+    if isinstance(block.tcn, torch.nn.Sequential):
+        conv, bn = block.tcn[0], block.tcn[1]
+        y = F.conv2d(y, conv.weight, conv.bias, padding=conv.padding)
+        y = F.batch_norm(y, None, None, bn.weight, bn.bias, training=True)
+    if isinstance(block.residual, torch.nn.Sequential):
+        conv, bn = block.residual[0], block.residual[1]
+        res = F.batch_norm(F.conv2d(x, conv.weight, conv.bias), None, None, bn.weight, bn.bias,
+                           training=True)
+    else:
+        res = x
+    return F.relu(y + res)
+
+
+@pytest.mark.parametrize('cin,cout,kernel', [(6, 6, 1), (6, 10, 1), (10, 10, 5), (6, 10, 3)])
+def test_block_matches_reference(cin, cout, kernel):
+    torch.manual_seed(0)
+    block = STGCNBlock(cin, cout, (kernel, 2), adjacency('face_all'))
+    with torch.no_grad():
+        block.gcn.A.add_(0.05 * torch.randn_like(block.gcn.A))  # learnt graphs are dense
+    x = torch.randn(3, cin, 11, 18)
+    expected = reference_block(block, x)
+    got = block(x)
+    assert got.shape == (3, cout, 11, 18)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_adjacency_and_input():
+    block = STGCNBlock(4, 8, (3, 2), adjacency('body'))
+    x = torch.randn(2, 4, 6, 9, requires_grad=True)
+    block(x).square().mean().backward()
+    assert block.gcn.A.grad.abs().sum() > 0
+    assert x.grad.abs().sum() > 0
+    assert block.tcn[0].weight.grad.abs().sum() > 0
