@@ -49,9 +49,22 @@ def plain_args(args):
 
 def full_state_dict(engine):
     """The whole model's state dict on rank 0 (gathered from ZeRO-3 partitions when needed)."""
-    if engine.zero_optimization_stage() == 3:
-        return engine._zero3_consolidated_16bit_state_dict()
-    return engine.module.state_dict()
+    if engine.zero_optimization_stage() != 3:
+        return engine.module.state_dict()
+    gathered = engine._zero3_consolidated_16bit_state_dict()
+    if not utils.is_main_process():
+        return gathered
+    # ZeRO-3 gathers a tensor shared by two modules (left and right hands) under one name only;
+    # restore every alias so the file has the same keys as an unpartitioned model's.
+    first_name = {}
+    for name, tensor in engine.module.state_dict(keep_vars=True).items():
+        first_name.setdefault(id(tensor), name)
+        if name not in gathered:
+            alias = next((a for a in (first_name[id(tensor)],) if a in gathered), None)
+            if alias is None:
+                raise RuntimeError(f"ZeRO-3 state dict lacks {name} and any alias of it")
+            gathered[name] = gathered[alias]
+    return gathered
 
 
 def save_weights(engine, path, args, extra=None):

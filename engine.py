@@ -1,4 +1,5 @@
 """One training epoch and one evaluation pass, shared by fine_tuning.py and pretraining.py."""
+import contextlib
 import math
 import os
 
@@ -84,6 +85,15 @@ def scoring_level(args):
     return "char" if "CSL" in args.dataset and args.task == "SLT" else "word"
 
 
+def root_parameters_gathered(model, zero_stage):
+    """ZeRO-3 gathers a module's parameters when its forward runs; generate() bypasses the top
+    module's forward, so its own parameters (part_para) are gathered here."""
+    if zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(list(model.parameters(recurse=False)))
+
+
 @torch.no_grad()
 def predict(args, model, data_loader, tokenizer):
     """Generates a hypothesis per clip: the pose encoder runs once, then beam search."""
@@ -93,8 +103,9 @@ def predict(args, model, data_loader, tokenizer):
     names, hyps, refs = [], [], []
     logger = utils.MetricLogger(header="Test:")
     for src_input, tgt_input in logger.log_every(data_loader, args.print_freq * 5):
-        ids = model.generate(move_to_device(src_input, args.device), max_new_tokens=args.max_new_tokens,
-                             num_beams=args.num_beams, synced_gpus=synced)
+        with root_parameters_gathered(model, args.zero_stage):
+            ids = model.generate(move_to_device(src_input, args.device), max_new_tokens=args.max_new_tokens,
+                                 num_beams=args.num_beams, synced_gpus=synced)
         hyps += tokenizer.batch_decode(ids, skip_special_tokens=True)
         refs += tgt_input["gt_sentence"]
         names += src_input["name_batch"]

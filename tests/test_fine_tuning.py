@@ -1,0 +1,93 @@
+"""End to end: fine_tuning.py under the deepspeed launcher on CPU ranks, on a small Demo set."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_MODEL = ["--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_layers", "1",
+               "--max_length", "48", "--num_beams", "1", "--max_new_tokens", "12"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run(cmd, tmp_path, timeout=600):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    (tmp_path / "stdout.txt").write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+def train_args(demo_root, out_dir, *extra):
+    return ["--dataset", "Demo", "--data_root", demo_root, "--output_dir", str(out_dir),
+            "--batch-size", "4", "--gradient-accumulation-steps", "1", "--lr", "3e-3",
+            "--num_workers", "0", "--dtype", "fp32", "--print_freq", "5", *SMALL_MODEL, *extra]
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.txt")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("zero_stage", ["2", "3"])
+def test_two_ranks_train_evaluate_and_reload(demo_root, tmp_path, zero_stage):
+    out = tmp_path / "run"
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", free_port(), "fine_tuning.py",
+           *train_args(demo_root, out, "--epochs", "4", "--zero_stage", zero_stage,
+                       "--eval_every", "4")]
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert "test_bleu4" in log[-1] and "dev_rouge" in log[-1]
+    for name in ("best_checkpoint.pth", "checkpoint_3.pth", "test_tmp_pres.txt", "dev_tmp_refs.txt"):
+        assert (out / name).exists(), name
+    with open(out / "test_tmp_pres.txt") as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 8 and all(line.startswith("sample: ") and ", prediction: " in line
+                                   for line in lines)
+
+    sys.path.insert(0, ROOT)
+    import utils
+    from models import Uni_Sign, load_checkpoint_weights
+    args = utils.parse_args("t", ["--dataset", "Demo", "--mt5_path", f"{demo_root}/Demo/mt5",
+                                  *SMALL_MODEL])
+    model = Uni_Sign(args)
+    load_checkpoint_weights(model, str(out / "checkpoint_3.pth"))
+    saved = torch.load(out / "checkpoint_3.pth", weights_only=True)["model"]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_eval_only_from_checkpoint_single_process_zero3(demo_root, tmp_path):
+    out = tmp_path / "train"
+    proc = run([sys.executable, "fine_tuning.py",
+                *train_args(demo_root, out, "--epochs", "1", "--zero_stage", "3")], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    evaluated = tmp_path / "eval"
+    proc = run([sys.executable, "fine_tuning.py", "--eval", "--finetune",
+                str(out / "best_checkpoint.pth"),
+                *train_args(demo_root, evaluated, "--zero_stage", "3")], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(evaluated / "eval_metrics.json") as f:
+        metrics = json.load(f)
+    assert set(metrics) == {"dev", "test"} and "bleu4" in metrics["test"]
+    trained = read_log(out)[-1]
+    assert metrics["test"]["bleu4"] == pytest.approx(trained["test_bleu4"], abs=1e-6)
+
+
+def test_missing_mt5_directory_stops_before_building(demo_root, tmp_path):
+    proc = run([sys.executable, "fine_tuning.py", "--mt5_path", str(tmp_path / "no_mt5"),
+                *train_args(demo_root, tmp_path / "x", "--epochs", "1")], tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "no_mt5" in proc.stderr and "missing paths" in proc.stderr
+    assert "parameters:" not in proc.stdout
