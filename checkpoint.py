@@ -8,8 +8,10 @@ previous checkpoint intact.
 import glob
 import json
 import os
+import random
 import shutil
 
+import numpy as np
 import torch
 
 import utils
@@ -85,6 +87,7 @@ def save_training_state(engine, output_dir, tag, client_state, keep_last=2):
         shutil.rmtree(os.path.join(staging, tag), ignore_errors=True)
     utils.barrier()
     engine.save_checkpoint(staging, tag=tag, client_state=client_state, save_latest=False)
+    atomic_torch_save(capture_rng_state(), os.path.join(staging, tag, f"rng_rank{utils.get_rank()}.pt"))
     utils.barrier()
     if utils.is_main_process():
         final = os.path.join(root, tag)
@@ -119,7 +122,29 @@ def load_training_state(engine, output_dir, tag):
     path, client_state = engine.load_checkpoint(root, tag=tag)
     if path is None:
         raise RuntimeError(f"could not load the training state {os.path.join(root, tag)}")
+    rng_file = os.path.join(root, tag, f"rng_rank{utils.get_rank()}.pt")
+    if os.path.isfile(rng_file):
+        restore_rng_state(torch.load(rng_file, weights_only=True))
     return client_state or {}
+
+
+def capture_rng_state():
+    """This rank's python, numpy, torch (and CUDA) random states."""
+    name, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state):
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def prune_epoch_weights(output_dir, keep_last):

@@ -371,8 +371,9 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     Items are (name, {part: (T, V, 3)}, text, gloss string); collate_fn builds the padded
     batch. Training clips longer than max_length get a random sorted subset of frames, other
-    phases an evenly spaced one. In the main process the random subsets come from a generator
-    seeded by `seed`; DataLoader workers use `random`, which the DataLoader seeds per worker.
+    phases an evenly spaced one. The random subset is drawn from a generator seeded by
+    (seed, epoch, index), so it does not depend on workers and a resumed run draws the same
+    frames; the trainer calls set_epoch() before each epoch's DataLoader iterator starts.
     Clips come from a packed pose store (pose_store.py) when pose_dir holds one or packed_dir
     names one; an entry's clip is its pose_file without extension.
     """
@@ -391,7 +392,8 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.tokenizer = tokenizer
         self.task = task
         self.max_tgt_len = max_tgt_len
-        self._main_process_rng = random.Random(seed)
+        self.seed = seed
+        self.epoch = 0
         self._durations = {}
 
     def __len__(self):
@@ -403,10 +405,11 @@ class S2T_Dataset(torch.utils.data.Dataset):
     def pose_path(self, index):
         return os.path.join(self.pose_dir, self.entries[index]['pose_file'])
 
-    def _sampling_rng(self):
-        if torch.utils.data.get_worker_info() is not None:
-            return random
-        return self._main_process_rng
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _sampling_rng(self, index):
+        return random.Random(f"{self.seed}-{self.epoch}-{index}")
 
     def read_clip(self, index):
         """read_pose() of an entry's pose file; also remembers the clip's duration."""
@@ -426,7 +429,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         pose = self.read_clip(index)
         start, duration = clip_span(pose)
         frames = sample_frame_indices(duration, self.max_length, self.phase == 'train',
-                                      self._sampling_rng(), start)
+                                      self._sampling_rng(index), start)
         parts = load_part_kp(pose['keypoints'][frames], pose['scores'][frames])
         gloss = ' '.join(entry['gloss'])
         text = gloss if self.task == 'CSLR' else entry['text']

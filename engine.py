@@ -16,11 +16,17 @@ def move_to_device(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None):
-    """Runs one epoch of DeepSpeed steps; returns the averaged statistics."""
+def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=None):
+    """Runs the epoch's remaining DeepSpeed micro-steps (a resumed epoch starts at the next
+    unseen batch); `on_step(batches_done)` runs after each. Returns the averaged statistics."""
     engine.train()
+    sampler = data_loader.batch_sampler
+    start = sampler.batches_done
+    total = min(len(sampler), args.quick_break) if args.quick_break else len(sampler)
+    steps = max(total - start, 0)
+    if steps == 0:
+        return {"loss": None, "lr": engine.get_lr()[0], "steps": 0}
     logger = utils.MetricLogger(header=f"Epoch: [{epoch}/{args.epochs}]")
-    steps = len(data_loader) if not args.quick_break else min(len(data_loader), args.quick_break)
     loss_sum = torch.zeros((), device=args.device)
     for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
         if step >= steps:
@@ -28,18 +34,26 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None):
         out = engine(move_to_device(src_input, args.device), move_to_device(tgt_input, args.device))
         engine.backward(out["loss"])
         engine.step()
+        sampler.set_position(start + step + 1)
         loss_sum += out["loss"].detach().float()
         # Read the loss back only when printing: .item() on every step stalls a GPU pipeline.
         if step % args.print_freq == 0 or step == steps - 1:
-            loss_value = out["loss"].item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at epoch {epoch} step {step}")
-            lr = engine.get_lr()[0]
-            logger.update(loss=loss_value, lr=lr)
-            if wandb_run is not None:
-                wandb_run.log({"train/loss": loss_value, "train/lr": lr,
-                               "epoch": epoch + step / steps})
+            log_step(args, engine, out["loss"].item(), epoch, start + step, total, logger, wandb_run)
+        if on_step is not None:
+            on_step(start + step + 1)
     return {"loss": (loss_sum / max(steps, 1)).item(), "lr": engine.get_lr()[0], "steps": steps}
+
+
+def log_step(args, engine, loss_value, epoch, step, total, logger, wandb_run):
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"loss is {loss_value} at epoch {epoch} step {step}")
+    lr = engine.get_lr()[0]
+    logger.update(loss=loss_value, lr=lr)
+    if args.output_dir and utils.is_main_process():
+        utils.append_json_line(os.path.join(args.output_dir, "log_steps.txt"),
+                               {"epoch": epoch, "step": step, "loss": loss_value, "lr": lr})
+    if wandb_run is not None:
+        wandb_run.log({"train/loss": loss_value, "train/lr": lr, "epoch": epoch + step / total})
 
 
 class ShardedEvalSampler(torch.utils.data.Sampler):

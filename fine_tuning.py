@@ -51,16 +51,23 @@ def build_datasets(args, paths, tokenizer, phases):
 
 
 def make_loader(args, dataset, train):
-    if train:
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(),
-            shuffle=True, seed=args.seed)
-    else:
+    from samplers import ResumableDistributedSampler
+    # Training workers are not persistent: each epoch's workers must see dataset.set_epoch().
+    common = dict(collate_fn=dataset.collate_fn, num_workers=args.num_workers,
+                  pin_memory=args.pin_mem and torch.cuda.is_available(),
+                  persistent_workers=args.num_workers > 0 and not train)
+    if not train:
         sampler = trainer.ShardedEvalSampler(len(dataset), utils.get_rank(), utils.get_world_size())
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=dataset.collate_fn,
-        num_workers=args.num_workers, pin_memory=args.pin_mem and torch.cuda.is_available(),
-        drop_last=train, persistent_workers=args.num_workers > 0)
+        return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                           **common)
+    batches = ResumableDistributedSampler(
+        len(dataset), utils.get_world_size(), utils.get_rank(), shuffle=True, seed=args.seed,
+        drop_last=True, batch_size=args.batch_size, bucket_by_length=args.bucket_by_length,
+        lengths=dataset.lengths() if args.bucket_by_length else None)
+    # A private generator: starting an iterator must not draw from the global torch RNG, whose
+    # state a resumed run restores exactly.
+    generator = torch.Generator().manual_seed(args.seed)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, generator=generator, **common)
 
 
 def build_model(args):
@@ -96,16 +103,33 @@ def is_better(task, value, best):
     return best is None or (value > best if higher else value < best)
 
 
-def resume_if_possible(args, engine):
-    """Continues from the latest complete training state in --output_dir (--resume auto)."""
+def resume_if_possible(args, engine, sampler):
+    """Continues from the latest training state in --output_dir (--resume auto): the next epoch
+    after a finished one, or the next unseen batch of an interrupted one."""
     if args.resume == "none" or not args.output_dir:
         return 0, None
     tag = checkpoint.latest_training_state(args.output_dir)
     if tag is None:
         return 0, None
     state = checkpoint.load_training_state(engine, args.output_dir, tag)
-    print(f"resumed from {args.output_dir}/training_state/{tag} (epoch {state['epoch']})")
-    return state["epoch"] + 1, state.get("best")
+    print(f"resumed from {args.output_dir}/training_state/{tag}")
+    if state["epoch_complete"]:
+        return state["epoch"] + 1, state.get("best")
+    sampler.load_state_dict(state["sampler"])
+    return state["epoch"], state.get("best")
+
+
+def step_saver(args, engine, sampler, epoch, best):
+    """Saves a mid-epoch training state every --save_every_steps micro-batches, at optimizer
+    step boundaries only (gradients accumulated since the last step are not saved)."""
+    def on_step(batches_done):
+        at_boundary = engine.micro_steps % engine.gradient_accumulation_steps() == 0
+        if args.output_dir and batches_done % args.save_every_steps == 0 and at_boundary:
+            checkpoint.save_training_state(
+                engine, args.output_dir, f"epoch{epoch}-step{batches_done}",
+                {"epoch": epoch, "best": best, "epoch_complete": False,
+                 "sampler": sampler.state_dict()}, keep_last=args.keep_last)
+    return on_step if args.save_every_steps else None
 
 
 def run_evaluation_only(args, model, loaders, tokenizer):
@@ -140,7 +164,8 @@ def end_of_epoch(args, engine, model, loaders, tokenizer, epoch, train_stats, be
                                 args, {"epoch": epoch})
         checkpoint.prune_epoch_weights(args.output_dir, args.keep_last)
         checkpoint.save_training_state(engine, args.output_dir, f"epoch{epoch}",
-                                       {"epoch": epoch, "best": best}, keep_last=args.keep_last)
+                                       {"epoch": epoch, "best": best, "epoch_complete": True},
+                                       keep_last=args.keep_last)
         if utils.is_main_process():
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
     if wandb_run is not None:
@@ -164,12 +189,15 @@ def main(args):
     engine = init_engine(args, model, steps)
     if args.eval:
         return run_evaluation_only(args, engine.module, loaders, tokenizer)
-    start_epoch, best = resume_if_possible(args, engine)
+    sampler = loaders["train"].batch_sampler
+    start_epoch, best = resume_if_possible(args, engine, sampler)
     wandb_run = init_wandb(args)
     start = time.time()
     for epoch in range(start_epoch, args.epochs):
-        loaders["train"].sampler.set_epoch(epoch)
-        train_stats = trainer.train_one_epoch(args, engine, loaders["train"], epoch, wandb_run)
+        sampler.set_epoch(epoch)
+        loaders["train"].dataset.set_epoch(epoch)
+        train_stats = trainer.train_one_epoch(args, engine, loaders["train"], epoch, wandb_run,
+                                              step_saver(args, engine, sampler, epoch, best))
         best = end_of_epoch(args, engine, engine.module, loaders, tokenizer, epoch, train_stats,
                             best, wandb_run)
     print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")

@@ -70,6 +70,9 @@ def get_args_parser():
     _add(p, "--resume", default="auto", choices=["auto", "none"],
          help="auto: continue from the latest training state in --output_dir")
     _add(p, "--keep_last", type=int, default=2, help="epoch checkpoints kept besides the best")
+    _add(p, "--save_every_steps", type=int, default=0,
+         help="also save a resumable training state every N micro-batches (0: per epoch only)")
+    _add(p, "--bucket_by_length", action="store_true", help="batch clips of similar length")
     _add(p, "--print_freq", type=int, default=10)
     _add(p, "--eval_every", type=int, default=1, help="evaluate every N epochs (and the last)")
     _add(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")

@@ -430,3 +430,33 @@ def test_clips_missing_from_the_store_are_reported(tmp_path):
         dataset.lengths()
     ok, problems = validate_samples(dataset, skip_bad=True)
     assert ok == [0, 1, 2] and len(problems) == 1 and packed_dir in problems[0]
+
+
+def test_training_frames_depend_on_seed_epoch_and_index_only(tmp_path):
+    label_path, pose_dir = _write_long_clip_set(tmp_path)
+    first = datasets.S2T_Dataset(label_path, pose_dir, 'train', max_length=8, seed=3)
+    again = datasets.S2T_Dataset(label_path, pose_dir, 'train', max_length=8, seed=3)
+    again[0]  # drawing another item first must not change item 0's frames
+    assert torch.equal(first[0][1]['body'], again[0][1]['body'])
+    first.set_epoch(1)
+    assert not torch.equal(first[0][1]['body'], again[0][1]['body'])
+    again.set_epoch(1)
+    assert torch.equal(first[0][1]['body'], again[0][1]['body'])
+
+
+def _write_long_clip_set(tmp_path):
+    rng = np.random.default_rng(0)
+    pose_dir = tmp_path / 'poses'
+    pose_dir.mkdir()
+    labels = {}
+    for name in ('a', 'b'):
+        T = 60
+        keypoints = rng.uniform(0, 500, (T, 1, 133, 2)).astype(np.float32)
+        scores = rng.uniform(0.5, 1.0, (T, 1, 133)).astype(np.float32)
+        with open(pose_dir / f'{name}.pkl', 'wb') as f:
+            pickle.dump({'keypoints': keypoints, 'scores': scores}, f)
+        labels[name] = {'name': name, 'gloss': ['X'], 'text': 'x', 'video_path': f'{name}.mp4'}
+    label_path = tmp_path / 'labels.train'
+    with gzip.open(label_path, 'wb') as f:
+        pickle.dump(labels, f)
+    return str(label_path), str(pose_dir)

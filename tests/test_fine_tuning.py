@@ -91,3 +91,41 @@ def test_missing_mt5_directory_stops_before_building(demo_root, tmp_path):
     assert proc.returncode != 0
     assert "no_mt5" in proc.stderr and "missing paths" in proc.stderr
     assert "parameters:" not in proc.stdout
+
+
+def read_step_losses(out_dir):
+    """{(epoch, step): loss}; a resumed run's later record of a step replaces the killed run's."""
+    with open(os.path.join(out_dir, "log_steps.txt")) as f:
+        return {(r["epoch"], r["step"]): r["loss"] for r in map(json.loads, f)}
+
+
+def test_killed_run_resumes_with_identical_losses(demo_root, tmp_path):
+    import signal
+    import time
+    common = ["--epochs", "2", "--print_freq", "1", "--save_every_steps", "3", "--eval_every", "5",
+              "--skip_test_eval", "--zero_stage", "2", "--max_length", "32"]
+    reference = tmp_path / "uninterrupted"
+    proc = run([sys.executable, "fine_tuning.py", *train_args(demo_root, reference, *common)], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "fine_tuning.py", *train_args(demo_root, out, *common)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    victim = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    state = out / "training_state" / "latest"
+    deadline = time.time() + 300
+    while not (state.exists() and state.read_text().startswith("epoch0-step")):
+        assert victim.poll() is None and time.time() < deadline, "no mid-epoch state was written"
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it train a little past the saved state before dying
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+
+    expected, resumed = read_step_losses(reference), read_step_losses(out)
+    assert sorted(resumed) == sorted(expected)
+    for key, loss in expected.items():
+        assert resumed[key] == pytest.approx(loss, rel=1e-6, abs=1e-6), key
