@@ -101,8 +101,9 @@ def get_args_parser():
     return p
 
 
-def parse_args(description, argv=None):
+def parse_args(description, argv=None, defaults=None):
     parser = argparse.ArgumentParser(description, parents=[get_args_parser()])
+    parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv)
     if args.clip_grad is not None:
         args.gradient_clipping = args.clip_grad

@@ -1,0 +1,28 @@
+"""Generative pretraining of the pose encoder and mT5 on CSL-News (Uni-Sign's stage 1).
+
+The model, loss, checkpoints and flags are fine_tuning.py's, so a pretraining checkpoint
+continues with `fine_tuning.py --finetune out/stage1_pretraining/best_checkpoint.pth`. The
+defaults are Uni-Sign's stage-1 recipe: CSL-News labels (the last 1% of clips is the held-out
+split), batch 16 x accumulation 8, lr 3e-4, and `--quick_break 2048` steps per epoch.
+
+    deepspeed --num_gpus 4 pretraining.py --output_dir out/stage1_pretraining
+"""
+import os
+
+import fine_tuning
+import utils
+
+STAGE1_DEFAULTS = {"dataset": "CSL_News", "batch_size": 16, "gradient_accumulation_steps": 8,
+                   "lr": 3e-4, "quick_break": 2048, "skip_test_eval": True}
+
+
+def main(argv=None):
+    args = utils.parse_args("pretraining.py", argv, defaults=STAGE1_DEFAULTS)
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+    return fine_tuning.main(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
