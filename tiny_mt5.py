@@ -48,7 +48,13 @@ def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1,
     )
     torch.manual_seed(seed)
-    MT5ForConditionalGeneration(config).save_pretrained(out_dir)
+    model = MT5ForConditionalGeneration(config)
+    # T5's initialiser draws the untied output layer with std 1, which makes the first logits
+    # ~sqrt(d_model) large (a cross-entropy near 60); scaling it gives O(1) logits, as a
+    # pretrained checkpoint has, so a from-scratch run does not spend its first epochs there.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(d_model ** -0.5)
+    model.save_pretrained(out_dir)
     return out_dir
 
 
