@@ -44,14 +44,14 @@ def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
     config = MT5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_ff=d_ff, d_kv=d_kv,
         num_layers=num_layers, num_decoder_layers=num_layers, num_heads=num_heads,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        feed_forward_proj="gated-gelu",
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1,
     )
     torch.manual_seed(seed)
     model = MT5ForConditionalGeneration(config)
-    # T5's initialiser draws the untied output layer with std 1, which makes the first logits
-    # ~sqrt(d_model) large (a cross-entropy near 60); scaling it gives O(1) logits, as a
-    # pretrained checkpoint has, so a from-scratch run does not spend its first epochs there.
+    # The output layer (tied to the embeddings) starts with std 1, which gave this demo a first
+    # cross-entropy near 60; scaling it by d_model**-0.5 starts near log(vocab), as a pretrained
+    # checkpoint would, so a from-scratch run does not spend its first epochs unlearning it.
     with torch.no_grad():
         model.lm_head.weight.mul_(d_model ** -0.5)
     model.save_pretrained(out_dir)
