@@ -57,15 +57,19 @@ def full_state_dict(engine):
     if not utils.is_main_process():
         return gathered
     # ZeRO-3 gathers a tensor shared by two modules (left and right hands) under one name only;
-    # restore every alias so the file has the same keys as an unpartitioned model's.
+    # restore every alias so the file has the same keys as an unpartitioned model's. Tensors
+    # outside ZeRO (the hyperbolic geometry, see hyperbolic.py) are whole on every rank already.
     first_name = {}
     for name, tensor in engine.module.state_dict(keep_vars=True).items():
-        first_name.setdefault(id(tensor), name)
-        if name not in gathered:
-            alias = next((a for a in (first_name[id(tensor)],) if a in gathered), None)
-            if alias is None:
-                raise RuntimeError(f"ZeRO-3 state dict lacks {name} and any alias of it")
+        alias = first_name.setdefault(id(tensor), name)
+        if name in gathered:
+            continue
+        if not hasattr(tensor, "ds_id"):
+            gathered[name] = tensor.detach()
+        elif alias in gathered:
             gathered[name] = gathered[alias]
+        else:
+            raise RuntimeError(f"ZeRO-3 state dict lacks {name} and any alias of it")
     return gathered
 
 

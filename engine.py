@@ -6,19 +6,26 @@ import os
 import torch
 
 import utils
+from regularizers import dump_batch
+from riemannian import optimizer_step
 from SLRT_metrics import islr_performance, normalize_for_scoring, translation_performance, wer_list
 
 # Metric that picks the best checkpoint, and whether larger is better.
 BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_acc_pi", True), "CSLR": ("wer", False)}
+# The model's loss and its logged components (those of disabled regularisers are absent).
+LOSS_NAMES = ("loss", "ce_loss", "hyp_loss", "signcl_loss", "sst_loss")
 
 
 def move_to_device(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=None):
+def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=None,
+                    hyp_optimizer=None):
     """Runs the epoch's remaining DeepSpeed micro-steps (a resumed epoch starts at the next
-    unseen batch); `on_step(batches_done)` runs after each. Returns the averaged statistics."""
+    unseen batch); `on_step(batches_done)` runs after each and `hyp_optimizer` (riemannian.py)
+    steps the hyperbolic geometry beside DeepSpeed. Returns the epoch averages of the logged
+    scalars."""
     engine.train()
     sampler = data_loader.batch_sampler
     start = sampler.batches_done
@@ -27,33 +34,69 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
     if steps == 0:
         return {"loss": None, "lr": engine.get_lr()[0], "steps": 0}
     logger = utils.MetricLogger(header=f"Epoch: [{epoch}/{args.epochs}]")
-    loss_sum = torch.zeros((), device=args.device)
+    total_updates = utils.total_optimizer_steps(args, total)  # the learning-rate schedule's length
+    sums = RunningMeans()
     for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
         if step >= steps:
             break
+        if hasattr(engine.module, "progress"):  # drives the hyperbolic CE weight schedule
+            engine.module.progress = min(engine.global_steps / total_updates, 1.0)
         out = engine(move_to_device(src_input, args.device), move_to_device(tgt_input, args.device))
-        engine.backward(out["loss"])
-        engine.step()
+        optimizer_step(engine, out["loss"], hyp_optimizer)
         sampler.set_position(start + step + 1)
-        loss_sum += out["loss"].detach().float()
-        # Read the loss back only when printing: .item() on every step stalls a GPU pipeline.
+        scalars = step_scalars(out, hyp_optimizer)
+        sums.add(scalars)
+        # Read the values back only when printing: .item() on every step stalls a GPU pipeline.
         if step % args.print_freq == 0 or step == steps - 1:
-            log_step(args, engine, out["loss"].item(), epoch, start + step, total, logger, wandb_run)
+            log_step(args, engine, read_scalars(scalars), epoch, start + step, total, logger, wandb_run)
         if on_step is not None:
             on_step(start + step + 1)
-    return {"loss": (loss_sum / max(steps, 1)).item(), "lr": engine.get_lr()[0], "steps": steps}
+    return {**sums.averages(), "lr": engine.get_lr()[0], "steps": steps}
 
 
-def log_step(args, engine, loss_value, epoch, step, total, logger, wandb_run):
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"loss is {loss_value} at epoch {epoch} step {step}")
+def step_scalars(out, hyp_optimizer=None):
+    """The detached scalars of one step: the loss, its components, the regularisers' statistics
+    and the last Riemannian gradient norm."""
+    scalars = {name: out[name].detach() for name in LOSS_NAMES if name in out}
+    scalars.update(out.get("stats", {}))
+    if hyp_optimizer is not None and hyp_optimizer.grad_norm is not None:
+        scalars["hyp_grad_norm"] = hyp_optimizer.grad_norm
+    return scalars
+
+
+def read_scalars(scalars):
+    """{name: float} with a single device-to-host copy."""
+    values = torch.stack([value.detach().float().reshape(()) for value in scalars.values()])
+    return dict(zip(scalars, values.tolist()))
+
+
+class RunningMeans:
+    """Per-name running sums of detached scalars, kept on the device until averaged."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, scalars):
+        for name, value in scalars.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def averages(self):
+        return read_scalars({name: total / self.counts[name] for name, total in self.sums.items()})
+
+
+def log_step(args, engine, values, epoch, step, total, logger, wandb_run):
+    """Prints and records one step's scalars (log_steps.txt on rank 0, and W&B)."""
+    if not math.isfinite(values["loss"]):
+        raise FloatingPointError(f"loss is {values['loss']} at epoch {epoch} step {step}")
     lr = engine.get_lr()[0]
-    logger.update(loss=loss_value, lr=lr)
+    logger.update(**values, lr=lr)
     if args.output_dir and utils.is_main_process():
         utils.append_json_line(os.path.join(args.output_dir, "log_steps.txt"),
-                               {"epoch": epoch, "step": step, "loss": loss_value, "lr": lr})
+                               {"epoch": epoch, "step": step, **values, "lr": lr})
     if wandb_run is not None:
-        wandb_run.log({"train/loss": loss_value, "train/lr": lr, "epoch": epoch + step / total})
+        wandb_run.log({**{f"train/{name}": value for name, value in values.items()},
+                       "train/lr": lr, "epoch": epoch + step / total})
 
 
 class ShardedEvalSampler(torch.utils.data.Sampler):
@@ -126,10 +169,28 @@ def predict(args, model, data_loader, tokenizer):
     return list(zip(names, hyps, refs))
 
 
-def evaluate(args, model, data_loader, tokenizer, phase):
+@torch.no_grad()
+def dump_first_batch(args, engine, data_loader, phase):
+    """--save_one_batch: writes the hyperbolic embeddings of the first batch to
+    <output_dir>/<save_batch_name>_<phase>.npz. Every rank runs the forward through the engine
+    (ZeRO-3 gathers parameters collectively, and only the engine's forward gathers those read
+    outside their own module's forward); rank 0 writes its batch."""
+    engine.eval()
+    src_input, tgt_input = next(iter(data_loader))
+    out = engine(move_to_device(src_input, args.device), move_to_device(tgt_input, args.device))
+    if utils.is_main_process():
+        path = os.path.join(args.output_dir, f"{args.save_batch_name}_{phase}.npz")
+        dump_batch(path, out["hyp_embeddings"], out["stats"]["hyp_curvature"],
+                   names=src_input["name_batch"], references=tgt_input["gt_sentence"])
+        print(f"saved the hyperbolic embeddings of one {phase} batch to {path}")
+
+
+def evaluate(args, engine, data_loader, tokenizer, phase):
     """Scores one split on all ranks; rank 0 writes {phase}_tmp_pres/refs.txt and metrics JSON."""
+    if args.save_one_batch and args.output_dir and "hyperbolic" in engine.module.regularizers:
+        dump_first_batch(args, engine, data_loader, phase)
     size = len(data_loader.dataset)
-    triples = gather_in_order(predict(args, model, data_loader, tokenizer), size)
+    triples = gather_in_order(predict(args, engine.module, data_loader, tokenizer), size)
     names = [t[0] for t in triples]
     refs, hyps = normalize_for_scoring([t[2] for t in triples], [t[1] for t in triples],
                                        scoring_level(args))

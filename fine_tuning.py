@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 import checkpoint  # noqa: E402
 import config  # noqa: E402
 import engine as trainer  # noqa: E402
+import riemannian  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -77,10 +78,14 @@ def build_model(args):
         report = load_checkpoint_weights(model, args.finetune)
         print(f"loaded {args.finetune}: {report}")
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    if len(model.regularizers):
+        print(f"regularisers: {', '.join(model.regularizers)}")
     return model
 
 
 def init_engine(args, model, steps_per_epoch):
+    """The DeepSpeed engine over every registered parameter (the hyperbolic geometry, which it
+    never sees, has its own optimizer: riemannian.build)."""
     import deepspeed
     optimizer = utils.create_optimizer(args, model)
     scheduler = utils.create_scheduler(args, optimizer, steps_per_epoch)
@@ -103,7 +108,14 @@ def is_better(task, value, best):
     return best is None or (value > best if higher else value < best)
 
 
-def resume_if_possible(args, engine, sampler):
+def client_state(hyp_optimizer, **fields):
+    """What a training state holds besides DeepSpeed's own: `fields` and the RiemannianAdam state."""
+    if hyp_optimizer is not None:
+        fields["riemannian"] = hyp_optimizer.state_dict()
+    return fields
+
+
+def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
     """Continues from the latest training state in --output_dir (--resume auto): the next epoch
     after a finished one, or the next unseen batch of an interrupted one."""
     if args.resume == "none" or not args.output_dir:
@@ -112,6 +124,8 @@ def resume_if_possible(args, engine, sampler):
     if tag is None:
         return 0, None
     state = checkpoint.load_training_state(engine, args.output_dir, tag)
+    if hyp_optimizer is not None and "riemannian" in state:
+        hyp_optimizer.load_state_dict(state["riemannian"])
     print(f"resumed from {args.output_dir}/training_state/{tag}")
     if state["epoch_complete"]:
         return state["epoch"] + 1, state.get("best")
@@ -119,7 +133,7 @@ def resume_if_possible(args, engine, sampler):
     return state["epoch"], state.get("best")
 
 
-def step_saver(args, engine, sampler, epoch, best):
+def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
     """Saves a mid-epoch training state every --save_every_steps micro-batches, at optimizer
     step boundaries only (gradients accumulated since the last step are not saved)."""
     def on_step(batches_done):
@@ -127,22 +141,23 @@ def step_saver(args, engine, sampler, epoch, best):
         if args.output_dir and batches_done % args.save_every_steps == 0 and at_boundary:
             checkpoint.save_training_state(
                 engine, args.output_dir, f"epoch{epoch}-step{batches_done}",
-                {"epoch": epoch, "best": best, "epoch_complete": False,
-                 "sampler": sampler.state_dict()}, keep_last=args.keep_last)
+                client_state(hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
+                             sampler=sampler.state_dict()), keep_last=args.keep_last)
     return on_step if args.save_every_steps else None
 
 
-def run_evaluation_only(args, model, loaders, tokenizer):
+def run_evaluation_only(args, engine, loaders, tokenizer):
     results = {}
     for phase in ("dev", "test"):
         if phase in loaders and not (phase == "dev" and loaders["dev"] is loaders.get("test")):
-            results[phase] = trainer.evaluate(args, model, loaders[phase], tokenizer, phase)
+            results[phase] = trainer.evaluate(args, engine, loaders[phase], tokenizer, phase)
     if utils.is_main_process() and args.output_dir:
         checkpoint.write_json(os.path.join(args.output_dir, "eval_metrics.json"), results)
     return results
 
 
-def end_of_epoch(args, engine, model, loaders, tokenizer, epoch, train_stats, best, wandb_run):
+def end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_stats, best,
+                 wandb_run):
     """Evaluates, logs and checkpoints one epoch; returns the updated best dev metric."""
     metric, _ = trainer.BEST_METRIC[args.task]
     record = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
@@ -150,7 +165,7 @@ def end_of_epoch(args, engine, model, loaders, tokenizer, epoch, train_stats, be
     if (epoch + 1) % args.eval_every == 0 or last:
         phases = ("dev",) if args.skip_test_eval and not last else ("dev", "test")
         for phase in phases:
-            stats = trainer.evaluate(args, model, loaders[phase], tokenizer, phase)
+            stats = trainer.evaluate(args, engine, loaders[phase], tokenizer, phase)
             record.update({f"{phase}_{k}": v for k, v in stats.items()})
         if is_better(args.task, record[f"dev_{metric}"], best):
             best = record[f"dev_{metric}"]
@@ -163,9 +178,10 @@ def end_of_epoch(args, engine, model, loaders, tokenizer, epoch, train_stats, be
         checkpoint.save_weights(engine, os.path.join(args.output_dir, f"checkpoint_{epoch}.pth"),
                                 args, {"epoch": epoch})
         checkpoint.prune_epoch_weights(args.output_dir, args.keep_last)
-        checkpoint.save_training_state(engine, args.output_dir, f"epoch{epoch}",
-                                       {"epoch": epoch, "best": best, "epoch_complete": True},
-                                       keep_last=args.keep_last)
+        checkpoint.save_training_state(
+            engine, args.output_dir, f"epoch{epoch}",
+            client_state(hyp_optimizer, epoch=epoch, best=best, epoch_complete=True),
+            keep_last=args.keep_last)
         if utils.is_main_process():
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
     if wandb_run is not None:
@@ -187,18 +203,20 @@ def main(args):
     if args.quick_break:
         steps = min(steps, args.quick_break)
     engine = init_engine(args, model, steps)
+    hyp_optimizer = riemannian.build(args, engine.module)
     if args.eval:
-        return run_evaluation_only(args, engine.module, loaders, tokenizer)
+        return run_evaluation_only(args, engine, loaders, tokenizer)
     sampler = loaders["train"].batch_sampler
-    start_epoch, best = resume_if_possible(args, engine, sampler)
+    start_epoch, best = resume_if_possible(args, engine, sampler, hyp_optimizer)
     wandb_run = init_wandb(args)
     start = time.time()
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         loaders["train"].dataset.set_epoch(epoch)
-        train_stats = trainer.train_one_epoch(args, engine, loaders["train"], epoch, wandb_run,
-                                              step_saver(args, engine, sampler, epoch, best))
-        best = end_of_epoch(args, engine, engine.module, loaders, tokenizer, epoch, train_stats,
+        train_stats = trainer.train_one_epoch(
+            args, engine, loaders["train"], epoch, wandb_run,
+            step_saver(args, engine, sampler, epoch, best, hyp_optimizer), hyp_optimizer)
+        best = end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_stats,
                             best, wandb_run)
     print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")
     if wandb_run is not None:

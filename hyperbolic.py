@@ -5,7 +5,17 @@ Each body part (body, left hand, right hand, face) and the text are projected on
 Fréchet mean; the text is compared either as one pooled point ('pooled', 'attn') or per part through
 hyperbolic attention over its tokens ('token'). The contrastive loss uses negative geodesic distance
 with a learnable temperature and margin. All geometry runs in float32 with autocast disabled, so the
-branch is safe under bf16/fp16 training (parameters are cast to float32 on use).
+branch is safe under bf16/fp16 training (parameters are cast to float32 on use), and without JIT
+optimisation, so every call rounds the same way (see `eager_geometry`).
+
+The parameters RiemannianAdam optimises (the curvature and the key bias, a point of the ball) live
+in `HyperbolicAlignment.geometry`, which is deliberately not a registered submodule: `parameters()`
+and therefore DeepSpeed never see them, so no ZeRO stage casts them to half precision, partitions
+them (ZeRO-3 partitions every registered parameter, optimised or not) or steps them. They stay
+float32 and whole on every rank; `state_dict()`/`load_state_dict()` still carry them under
+`manifold.isp_c` and `key_bias`, and device moves (`.to(device)`) take them along. Learnable
+scalars are (1,)-shaped parameters read through `scalar()`: DeepSpeed's start-up broadcast of the
+parameters fails on 0-dimensional ones.
 """
 import contextlib
 
@@ -31,12 +41,24 @@ def masked_mean(features, mask=None):
     return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def scalar(param):
+    """A (1,)-shaped parameter as a float32 0-dim tensor."""
+    return param.float().reshape(())
+
+
 def full_precision(device):
     """Context that turns autocast off for the device type (geometry must stay in float32)."""
     try:
         return torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # a device type without autocast support
         return contextlib.nullcontext()
+
+
+def eager_geometry():
+    """Runs geoopt's TorchScript Poincaré maths unoptimised. The JIT re-optimises a scripted
+    function after its first calls, and the optimised derivatives round differently, so a run
+    resumed from a checkpoint (cold JIT) would drift from the uninterrupted one (warm JIT)."""
+    return torch.jit.optimized_execution(False)
 
 
 def project_to_ball(tangent, k):
@@ -68,13 +90,13 @@ class HyperbolicProjection(nn.Module):
     def __init__(self, dim_in, dim_out):
         super().__init__()
         self.proj = nn.Linear(dim_in, dim_out)
-        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.log_scale = nn.Parameter(torch.zeros(1))
         nn.init.trunc_normal_(self.proj.weight, std=0.02, a=-2.0, b=2.0)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x, k):
         tangent = F.linear(x.float(), self.proj.weight.float(), self.proj.bias.float())
-        return project_to_ball(tangent * self.log_scale.float().exp(), k)
+        return project_to_ball(tangent * scalar(self.log_scale).exp(), k)
 
 
 class HyperbolicContrast(nn.Module):
@@ -83,24 +105,35 @@ class HyperbolicContrast(nn.Module):
     def __init__(self, label_smoothing=0.2):
         super().__init__()
         self.label_smoothing = label_smoothing
-        self.temp = nn.Parameter(torch.tensor(1.0))
-        self.margin = nn.Parameter(torch.tensor(0.3))
+        self.temp = nn.Parameter(torch.ones(1))
+        self.margin = nn.Parameter(torch.full((1,), 0.3))
 
     def temperature(self):
-        return torch.sigmoid(self.temp.float()) * 1.99 + 0.01
+        return torch.sigmoid(scalar(self.temp)) * 1.99 + 0.01
 
     def forward(self, pose, text, k):
         """pose, text: (..., B, D); leading dims are independent contrasts. Returns (loss, stats)."""
         dist = pmath.dist(pose.unsqueeze(-2), text.unsqueeze(-3), k=k)  # (..., B, B)
         batch = dist.shape[-1]
         negatives = ~torch.eye(batch, dtype=torch.bool, device=dist.device)
-        logits = -dist / self.temperature() + self.margin.float() * negatives
+        logits = -dist / self.temperature() + scalar(self.margin) * negatives
         targets = torch.arange(batch, device=dist.device).expand(dist.shape[:-1])
         loss = F.cross_entropy(logits.reshape(-1, batch), targets.reshape(-1),
                                label_smoothing=self.label_smoothing)
         neg_dist = dist.masked_select(negatives).mean() if batch > 1 else dist.new_zeros(())
         return loss, {"pos_dist": dist.diagonal(dim1=-2, dim2=-1).mean().detach(),
                       "neg_dist": neg_dist.detach()}
+
+
+class BallParameters(nn.Module):
+    """The Poincaré ball with its learnable curvature and, for 'token' comparison, the key bias (a
+    point of the ball): the parameters RiemannianAdam optimises."""
+
+    def __init__(self, hyp_dim, init_c, with_key_bias):
+        super().__init__()
+        self.manifold = PoincareBall(c=init_c, learnable=True)
+        if with_key_bias:
+            self.key_bias = ManifoldParameter(torch.zeros(hyp_dim), manifold=self.manifold)
 
 
 class HyperbolicAlignment(nn.Module):
@@ -119,24 +152,60 @@ class HyperbolicAlignment(nn.Module):
             raise ValueError(f"text_cmp must be one of {TEXT_COMPARISONS}, got {text_cmp!r}")
         self.text_cmp, self.text_emb_src = text_cmp, text_emb_src
         self.alpha_base, self.frechet_iters = float(alpha), frechet_iters
-        self.manifold = PoincareBall(c=init_c, learnable=True)
+        object.__setattr__(self, "geometry", BallParameters(hyp_dim, init_c, text_cmp == "token"))
         self.part_proj = nn.ModuleDict({p: HyperbolicProjection(part_dim, hyp_dim) for p in PART_NAMES})
         self.text_proj = HyperbolicProjection(text_dim, hyp_dim)
         if text_cmp == "attn":
             self.text_pool_attn = nn.Linear(text_dim, 1)
         if text_cmp == "token":
-            # Möbius affine key map. The matrix is a Euclidean parameter (identity start); only the
-            # bias is a point of the ball and is optimised on the manifold.
+            # Möbius affine key map: a Euclidean matrix (identity start) and the ball-valued
+            # geometry.key_bias.
             self.key_weight = nn.Parameter(torch.eye(hyp_dim))
-            self.key_bias = ManifoldParameter(torch.zeros(hyp_dim), manifold=self.manifold)
         self.contrast = HyperbolicContrast(label_smoothing_hyp)
-        self.alpha_logit = nn.Parameter(torch.zeros(()))
+        self.alpha_logit = nn.Parameter(torch.zeros(1))
+
+    @property
+    def manifold(self):
+        return self.geometry.manifold
+
+    @property
+    def key_bias(self):
+        return self.geometry.key_bias
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, param in self.geometry.named_parameters():
+            destination[prefix + name] = param if keep_vars else param.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name, param in self.geometry.named_parameters():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            value = state_dict.pop(key)
+            if value.shape != param.shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                                  f"{tuple(value.shape)}, the model's is {tuple(param.shape)}")
+                continue
+            with torch.no_grad():
+                param.copy_(value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _apply(self, fn, recurse=True):
+        """Device moves take the geometry along; dtype casts leave it in float32."""
+        super()._apply(fn, recurse)
+        self.geometry.to(self.alpha_logit.device)
+        return self
 
     def curvature_k(self):
         return self.manifold.k.float()
 
     def forward(self, parts, text_features, text_mask, frame_mask=None, progress=0.0):
-        with full_precision(text_features.device):
+        with full_precision(text_features.device), eager_geometry():
             k = self.curvature_k()
             points = self.part_points(parts, frame_mask, k)  # (4, B, D)
             weights = torch.softmax(pmath.dist0(points, k=k), dim=0)
@@ -158,7 +227,7 @@ class HyperbolicAlignment(nn.Module):
             embeddings["attn"] = attn
         stats.update(curvature=self.manifold.c.detach().float(),
                      temperature=self.contrast.temperature().detach(),
-                     margin=self.contrast.margin.detach().float(),
+                     margin=scalar(self.contrast.margin).detach(),
                      alpha=self.alpha(progress).detach(),
                      embeddings={n: t.detach() for n, t in embeddings.items()})
         return loss, stats
@@ -200,7 +269,7 @@ class HyperbolicAlignment(nn.Module):
     def alpha(self, progress):
         """Geo-Sign's CE weight: clamp(alpha + 0.1 * progress + 0.2 * sigmoid(logit), 0.1, 1)."""
         progress = torch.as_tensor(progress, dtype=torch.float32, device=self.alpha_logit.device)
-        learned = torch.sigmoid(self.alpha_logit.float()) * 0.2
+        learned = torch.sigmoid(scalar(self.alpha_logit)) * 0.2
         return (self.alpha_base + 0.1 * progress.clamp(0.0, 1.0) + learned).clamp(0.1, 1.0)
 
     def blend(self, ce_loss, hyp_loss, progress):
@@ -209,11 +278,8 @@ class HyperbolicAlignment(nn.Module):
         return alpha * ce_loss.float() + (1.0 - alpha) * hyp_loss.float()
 
     def riemannian_parameters(self):
-        """Parameters for geoopt.optim.RiemannianAdam (--hyp_lr): manifold points + curvature."""
-        return [p for _, p in split_parameters(self)[0]]
-
-    def euclidean_parameters(self):
-        return [p for _, p in split_parameters(self)[1]]
+        """Parameters for geoopt.optim.RiemannianAdam (--hyp_lr): curvature + manifold points."""
+        return list(self.geometry.parameters())
 
 
 def _nonempty(mask):
@@ -221,17 +287,11 @@ def _nonempty(mask):
     return mask | ~mask.any(dim=-1, keepdim=True)
 
 
-def split_parameters(model):
-    """Splits model.named_parameters() (trainable only) into (riemannian, euclidean) lists of
-    (name, parameter): ManifoldParameters and every Poincaré-ball curvature go to the first."""
-    curvature_ids = {id(m.isp_c) for m in model.modules() if isinstance(m, PoincareBall)}
-    riemannian, euclidean = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_riemannian = isinstance(param, ManifoldParameter) or id(param) in curvature_ids
-        (riemannian if is_riemannian else euclidean).append((name, param))
-    return riemannian, euclidean
+def riemannian_parameters(model):
+    """The parameters of every HyperbolicAlignment in `model` that RiemannianAdam optimises; they are
+    not among model.parameters(), which all go to the Euclidean optimizer."""
+    return [p for module in model.modules() if isinstance(module, HyperbolicAlignment)
+            for p in module.riemannian_parameters()]
 
 
 def dump_batch(path, embeddings, curvature, **extra):

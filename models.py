@@ -8,6 +8,11 @@ concatenated, shifted by `part_para`, projected by `pose_proj` to mT5's width an
 with the embedded prompt "Translate sign language video to {lang}: ".
 
 The left hand reuses the right hand's modules; both names stay in the state dict.
+
+With --use_signcl, --use_sst or --use_hyperbolic, `regularizers` holds the enabled auxiliary losses
+(training_losses.py combines them with the cross-entropy); with none, it is an empty ModuleDict and
+forward computes exactly Uni-Sign's loss. Their weights live under `regularizers.*`: checkpoints
+without them load (the regularisers start fresh) and theirs load into a model without them.
 """
 import math
 import os
@@ -17,12 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
+import regularizers
 from stgcn_layers import Graph, get_stgcn_chain
+from training_losses import RegularizerInputs, regularized_loss
 
 PARTS = ('body', 'left', 'right', 'face_all')
 # body joint whose spatial feature is added (detached) to each other part
 BODY_ANCHOR_JOINT = {'left': -2, 'right': -1, 'face_all': 0}
 RGB_KEY_PREFIXES = ('rgb_support_backbone.', 'rgb_proj.', 'fusion_pose_rgb_', 'fusion_gate.')
+REGULARIZER_PREFIX = 'regularizers.'
 IGNORE_INDEX = -100
 
 
@@ -83,6 +91,19 @@ class SignTranslator(nn.Module):
             tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
         self.mt5_model = mt5_model
         self.mt5_tokenizer = tokenizer
+        self.build_regularizers(args, hidden_dim, config.d_model)
+
+    def build_regularizers(self, args, part_dim, d_model):
+        # Built last, so enabling a regulariser leaves the other weights a seed draws unchanged.
+        self.regularizers = regularizers.build_regularizers(args, part_dim, d_model)
+        options = regularizers.options(args)
+        self.loss_weights = {'signcl': options['signcl_weight'], 'sst': options['sst_weight']}
+        hyperbolic = self.regularizers['hyperbolic'] if 'hyperbolic' in self.regularizers else None
+        self.hyp_text_source = hyperbolic.text_emb_src if hyperbolic is not None else None
+        self.needs_decoder_states = 'sst' in self.regularizers or self.hyp_text_source == 'decoder'
+        # Fraction of the optimizer steps done; the trainer sets it before each step (it drives
+        # the hyperbolic CE weight schedule).
+        self.progress = 0.0
 
     def build_pose_encoder(self, channels, temporal_layers, temporal_kernel):
         # Modules are created for every part (left included, then replaced by right) so that a
@@ -107,6 +128,10 @@ class SignTranslator(nn.Module):
 
     def encode_pose(self, src_input):
         """(B, T, 4*C) pose features: the four part features plus `part_para` (pose_proj input)."""
+        return torch.cat(self.encode_parts(src_input), dim=-1) + self.part_para
+
+    def encode_parts(self, src_input):
+        """The four (B, T, C) part features, body, left, right, face, before `part_para`."""
         dtype, device = self.part_para.dtype, self.part_para.device
         features, body_feat = [], None
         for part in PARTS:
@@ -119,16 +144,17 @@ class SignTranslator(nn.Module):
                 feat = feat + anchor[..., None].detach()
             feat = self.fusion_gcn_modules[part](feat)  # (B, C, T, V)
             features.append(feat.mean(-1).transpose(1, 2))
-        return torch.cat(features, dim=-1) + self.part_para
+        return features
 
     def prompt_tokens(self, batch_size, device):
         tokens = self.mt5_tokenizer([self.prompt] * batch_size, padding='longest',
                                     truncation=True, return_tensors='pt')
         return tokens['input_ids'].to(device), tokens['attention_mask'].to(device)
 
-    def embed_inputs(self, src_input, batch_size=None):
+    def embed_inputs(self, src_input, batch_size=None, pose_embeds=None):
         """mT5 encoder inputs: (prompt + pose embeddings (B, P+T, D), attention mask (B, P+T))."""
-        pose_embeds = self.pose_proj(self.encode_pose(src_input))
+        if pose_embeds is None:
+            pose_embeds = self.pose_proj(self.encode_pose(src_input))
         device = pose_embeds.device
         if 'prefix_ids' in src_input:
             prefix_ids = src_input['prefix_ids'].to(device)
@@ -151,18 +177,40 @@ class SignTranslator(nn.Module):
         return labels.to(device)
 
     def forward(self, src_input, tgt_input):
-        inputs_embeds, attention_mask = self.embed_inputs(src_input)
+        parts = self.encode_parts(src_input)
+        pose_embeds = self.pose_proj(torch.cat(parts, dim=-1) + self.part_para)
+        inputs_embeds, attention_mask = self.embed_inputs(src_input, pose_embeds=pose_embeds)
         labels = self.target_labels(tgt_input, inputs_embeds.device)
         # Teacher forcing with explicit decoder inputs: the same logits as passing `labels`,
         # without mT5 also computing its own (unsmoothed) loss.
         decoder_input_ids = self.mt5_model.prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = self.mt5_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                decoder_input_ids=decoder_input_ids, use_cache=False,
-                                return_dict=True).logits
+        mt5_out = self.mt5_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                 decoder_input_ids=decoder_input_ids, use_cache=False,
+                                 output_hidden_states=self.needs_decoder_states, return_dict=True)
+        logits = mt5_out.logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
-        return {'loss': loss, 'inputs_embeds': inputs_embeds, 'attention_mask': attention_mask,
-                'logits': logits}
+        out = {'loss': loss, 'ce_loss': loss.detach(), 'inputs_embeds': inputs_embeds,
+               'attention_mask': attention_mask, 'logits': logits}
+        if len(self.regularizers):
+            inputs = self.regularizer_inputs(src_input, parts, pose_embeds, labels, mt5_out)
+            out.update(regularized_loss(self.regularizers, self.loss_weights, loss, inputs,
+                                        self.progress))
+        return out
+
+    def regularizer_inputs(self, src_input, parts, pose_embeds, labels, mt5_out):
+        """The features the enabled regularisers read (see training_losses.RegularizerInputs)."""
+        encoder_states = mt5_out.encoder_last_hidden_state
+        prompt_length = encoder_states.shape[1] - pose_embeds.shape[1]
+        token_embeds = None
+        if self.hyp_text_source == 'token':
+            token_embeds = self.mt5_model.get_input_embeddings()(labels.clamp_min(0))
+        return RegularizerInputs(
+            frame_mask=src_input['attention_mask'].to(pose_embeds.device),
+            text_mask=labels != IGNORE_INDEX, pose_embeds=pose_embeds, part_features=parts,
+            pose_states=encoder_states[:, prompt_length:],
+            decoder_states=mt5_out.decoder_hidden_states[-1] if self.needs_decoder_states else None,
+            token_embeds=token_embeds)
 
     @torch.no_grad()
     def generate(self, pre_compute_item, max_new_tokens=100, num_beams=4, **generate_kwargs):
@@ -222,16 +270,21 @@ def key_list(keys, limit=20):
 def load_checkpoint_weights(model, path_or_state_dict):
     """Loads a Uni-Sign/Geo-Sign checkpoint ({'model': state_dict} or a bare state dict).
 
-    RGB-branch keys are dropped and reported; any other mismatch raises naming the source.
-    Returns {'source', 'loaded_keys', 'dropped_rgb_keys'}.
+    RGB-branch keys and the weights of regularisers the model does not enable are dropped and
+    reported; regularisers the checkpoint lacks keep their fresh weights; any other mismatch
+    raises naming the source. Returns {'source', 'loaded_keys', 'dropped_rgb_keys',
+    'dropped_regularizer_keys', 'fresh_regularizer_keys'}.
     """
     source, state = read_checkpoint(path_or_state_dict)
+    expected = model.state_dict()
     dropped = sorted(key for key in state if key.startswith(RGB_KEY_PREFIXES))
-    for key in dropped:
+    dropped_regularizer = sorted(key for key in state
+                                 if key.startswith(REGULARIZER_PREFIX) and key not in expected)
+    for key in dropped + dropped_regularizer:
         del state[key]
     check_vocabulary(model, state, source)
-    expected = model.state_dict()
-    missing = set(expected) - set(state)
+    fresh = sorted(key for key in expected if key.startswith(REGULARIZER_PREFIX) and key not in state)
+    missing = set(expected) - set(state) - set(fresh)
     unexpected = set(state) - set(expected)
     wrong_shape = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
                    for key in set(state) & set(expected) if state[key].shape != expected[key].shape]
@@ -240,5 +293,6 @@ def load_checkpoint_weights(model, path_or_state_dict):
             f"checkpoint {source} does not match the model: "
             f"missing keys [{key_list(missing)}]; unexpected keys [{key_list(unexpected)}]; "
             f"shape mismatches [{key_list(wrong_shape)}]")
-    model.load_state_dict(state, strict=True)
-    return {'source': source, 'loaded_keys': len(state), 'dropped_rgb_keys': dropped}
+    model.load_state_dict(state, strict=not fresh)
+    return {'source': source, 'loaded_keys': len(state), 'dropped_rgb_keys': dropped,
+            'dropped_regularizer_keys': dropped_regularizer, 'fresh_regularizer_keys': fresh}

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hyperbolic import HyperbolicAlignment, dump_batch, masked_mean, split_parameters  # noqa: F401
+from hyperbolic import HyperbolicAlignment, dump_batch, masked_mean, scalar  # noqa: F401
 
 # ------------------------------------------------------------------------------------ SignCL
 
@@ -157,11 +157,11 @@ class SSTContrast(nn.Module):
         self.tokens = nn.Parameter(torch.randn(sst_num, sst_dim))
         self.pose_query = query_mlp(pose_dim, sst_dim)
         self.text_query = query_mlp(text_dim, sst_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
     def scale(self):
         """exp(logit_scale) with its value capped at 100; the gradient passes as if uncapped."""
-        scale = self.logit_scale.float().exp()
+        scale = scalar(self.logit_scale).exp()
         return scale - (scale - scale.clamp(max=100.0)).detach()
 
     def mixture(self, mlp, features, mask):
@@ -246,17 +246,23 @@ def add_regularizer_flags(parser):
     _flag(g, "manual_grad_clip", "clip Euclidean and hyperbolic gradients separately")
     _flag(g, "clip_grad_norm_euclid", "max norm of Euclidean gradients with --manual_grad_clip")
     _flag(g, "clip_grad_norm_hyp", "max norm of hyperbolic gradients with --manual_grad_clip")
-    _flag(g, "save_one_batch", "save the first eval batch's hyperbolic embeddings (.npz)")
+    _flag(g, "save_one_batch", "at each evaluation, save the first batch's hyperbolic embeddings "
+                               "to <output_dir>/<save_batch_name>_<split>.npz")
     _flag(g, "save_batch_name", "file stem of the saved batch")
-    _flag(g, "max_eval_samples", "most eval batches of embeddings kept for figures")
+    _flag(g, "max_eval_samples", "accepted for Geo-Sign command lines; unused (one batch is saved)")
     return parser
+
+
+def options(args):
+    """Every regulariser option, from `args` where set, else from DEFAULTS."""
+    return {name: getattr(args, name, default) for name, default in DEFAULTS.items()}
 
 
 def build_regularizers(args, part_dim, d_model):
     """The enabled regularisers keyed 'signcl', 'sst', 'hyperbolic' (empty when none is on).
 
     part_dim: width of each pooled body-part feature; d_model: width of pose/text features."""
-    opt = {name: getattr(args, name, default) for name, default in DEFAULTS.items()}
+    opt = options(args)
     modules = nn.ModuleDict()
     if opt["use_signcl"]:
         modules["signcl"] = SignCL(opt["signcl_max_distance"], opt["signcl_pos_samples"],

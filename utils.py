@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import regularizers
+
 
 def _add(parser, *names, **kwargs):
     """Registers a flag under both its dash and underscore spellings (--batch-size/--batch_size)."""
@@ -98,6 +100,7 @@ def get_args_parser():
     _add(p, "--wandb", action="store_true", help="log to Weights & Biases")
     _add(p, "--wandb_project", default="sign-pose-trainer")
     _add(p, "--wandb_run_name", default=None)
+    regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
     return p
 
 
@@ -198,7 +201,7 @@ def deepspeed_config(args):
     config = {
         "train_micro_batch_size_per_gpu": args.batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "gradient_clipping": args.gradient_clipping,
+        "gradient_clipping": euclidean_clip_norm(args),
         "steps_per_print": 10 ** 9,
         "zero_allow_untested_optimizer": True,
         "zero_optimization": {
@@ -216,6 +219,18 @@ def deepspeed_config(args):
     elif args.dtype == "bf16":
         config["bf16"] = {"enabled": True}
     return config
+
+
+def euclidean_clip_norm(args):
+    """Gradient-norm bound of the DeepSpeed-optimised parameters: --clip_grad_norm_euclid with
+    Geo-Sign's --manual_grad_clip, --gradient-clipping otherwise."""
+    return args.clip_grad_norm_euclid if args.manual_grad_clip else args.gradient_clipping
+
+
+def riemannian_clip_norm(args):
+    """Gradient-norm bound of the RiemannianAdam parameters, clipped on their own:
+    --clip_grad_norm_hyp with --manual_grad_clip, --gradient-clipping otherwise."""
+    return args.clip_grad_norm_hyp if args.manual_grad_clip else args.gradient_clipping
 
 
 def param_groups(model, weight_decay):
@@ -242,14 +257,22 @@ def create_optimizer(args, model):
     raise ValueError(f"--opt {args.opt}: expected adamw, adam or sgd")
 
 
+def optimizer_steps_per_epoch(args, steps_per_epoch):
+    return max(1, steps_per_epoch // args.gradient_accumulation_steps)
+
+
+def total_optimizer_steps(args, steps_per_epoch):
+    """Optimizer steps of the whole run (the length of the learning-rate schedule)."""
+    return max(1, int(args.epochs * optimizer_steps_per_epoch(args, steps_per_epoch)))
+
+
 def create_scheduler(args, optimizer, steps_per_epoch):
     """Warm-up then cosine (Uni-Sign's transformers 'cosine'), counted in optimizer steps."""
     from transformers import get_scheduler
-    updates = max(1, steps_per_epoch // args.gradient_accumulation_steps)
     return get_scheduler(
         name=args.sched, optimizer=optimizer,
-        num_warmup_steps=int(args.warmup_epochs * updates),
-        num_training_steps=max(1, int(args.epochs * updates)),
+        num_warmup_steps=int(args.warmup_epochs * optimizer_steps_per_epoch(args, steps_per_epoch)),
+        num_training_steps=total_optimizer_steps(args, steps_per_epoch),
     )
 
 

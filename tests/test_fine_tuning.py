@@ -93,17 +93,19 @@ def test_missing_mt5_directory_stops_before_building(demo_root, tmp_path):
     assert "parameters:" not in proc.stdout
 
 
-def read_step_losses(out_dir):
-    """{(epoch, step): loss}; a resumed run's later record of a step replaces the killed run's."""
+def read_step_records(out_dir):
+    """{(epoch, step): record}; a resumed run's later record of a step replaces the killed run's."""
     with open(os.path.join(out_dir, "log_steps.txt")) as f:
-        return {(r["epoch"], r["step"]): r["loss"] for r in map(json.loads, f)}
+        return {(r["epoch"], r["step"]): r for r in map(json.loads, f)}
 
 
-def test_killed_run_resumes_with_identical_losses(demo_root, tmp_path):
+@pytest.mark.parametrize("regularizer", [[], ["--use_hyperbolic", "--alpha", "0.7"]],
+                         ids=["plain", "hyperbolic"])
+def test_killed_run_resumes_with_identical_losses(demo_root, tmp_path, regularizer):
     import signal
     import time
     common = ["--epochs", "2", "--print_freq", "1", "--save_every_steps", "3", "--eval_every", "5",
-              "--skip_test_eval", "--zero_stage", "2", "--max_length", "32"]
+              "--skip_test_eval", "--zero_stage", "2", "--max_length", "32", *regularizer]
     reference = tmp_path / "uninterrupted"
     proc = run([sys.executable, "fine_tuning.py", *train_args(demo_root, reference, *common)], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -125,7 +127,9 @@ def test_killed_run_resumes_with_identical_losses(demo_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
 
-    expected, resumed = read_step_losses(reference), read_step_losses(out)
+    expected, resumed = read_step_records(reference), read_step_records(out)
     assert sorted(resumed) == sorted(expected)
-    for key, loss in expected.items():
-        assert resumed[key] == pytest.approx(loss, rel=1e-6, abs=1e-6), key
+    for key, record in expected.items():
+        for name in ("loss", "hyp_loss", "hyp_curvature"):
+            if name in record:  # the curvature also checks the restored RiemannianAdam state
+                assert resumed[key][name] == pytest.approx(record[name], rel=1e-6, abs=1e-6), key

@@ -149,14 +149,14 @@ def test_alpha_schedule():
     assert module.alpha_logit.grad.abs() > 0 and geo.grad.item() == pytest.approx(0.15)
 
 
-def test_parameter_split_and_riemannian_step():
+def test_riemannian_parameters_are_outside_the_module_tree_and_step():
     module = make("token")
-    riemannian, euclidean = module.riemannian_parameters(), module.euclidean_parameters()
+    riemannian = module.riemannian_parameters()
     ids = {id(p) for p in riemannian}
     assert ids == {id(module.key_bias), id(module.manifold.isp_c)}
-    assert not ids & {id(p) for p in euclidean}
-    assert len(riemannian) + len(euclidean) == len(list(module.parameters()))
-    assert len(hyp.split_parameters(make("pooled"))[0]) == 1  # only the curvature
+    assert not ids & {id(p) for p in module.parameters()}  # DeepSpeed never sees them
+    wrapper = torch.nn.ModuleDict({"hyp": module, "pooled": make("pooled")})
+    assert len(hyp.riemannian_parameters(wrapper)) == 3  # the pooled branch has only a curvature
     optim = geoopt.optim.RiemannianAdam(riemannian, lr=0.1, stabilize=100)
     parts, frame_mask, text, text_mask = inputs()
     for _ in range(3):
@@ -165,6 +165,34 @@ def test_parameter_split_and_riemannian_step():
         optim.step()
     assert module.manifold.check_point_on_manifold(module.key_bias.detach())
     assert torch.isfinite(module.manifold.c)
+
+
+def test_state_dict_carries_the_geometry():
+    module = make("token")
+    with torch.no_grad():
+        module.manifold.isp_c.fill_(0.25)
+        module.key_bias.fill_(0.01)
+    state = module.state_dict()
+    assert {"manifold.isp_c", "key_bias"} <= set(state)
+    fresh = make("token")
+    fresh.load_state_dict(state)
+    assert fresh.manifold.isp_c.item() == pytest.approx(0.25)
+    assert torch.equal(fresh.key_bias.detach(), module.key_bias.detach())
+    partial = {k: v for k, v in state.items() if k != "key_bias"}
+    with pytest.raises(RuntimeError, match="key_bias"):
+        fresh.load_state_dict(partial)
+    assert fresh.load_state_dict(partial, strict=False).unexpected_keys == []
+    keep_vars = module.state_dict(keep_vars=True)
+    assert keep_vars["key_bias"] is module.key_bias
+
+
+def test_casts_leave_the_geometry_in_float32():
+    module = make("token").to(torch.bfloat16)
+    assert module.key_weight.dtype == torch.bfloat16
+    assert module.manifold.isp_c.dtype == torch.float32 and module.key_bias.dtype == torch.float32
+    parts, frame_mask, text, text_mask = inputs(dtype=torch.bfloat16)
+    loss, _ = module(parts, text, text_mask, frame_mask)
+    assert torch.isfinite(loss)
 
 
 def test_dump_batch_and_poincare_plot(tmp_path):

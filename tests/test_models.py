@@ -228,3 +228,114 @@ def test_bad_configurations(tiny_mt5_dir):
         build(tiny_mt5_dir, hidden_dim=64)
     with pytest.raises(NotImplementedError, match='rgb'):
         build(tiny_mt5_dir, rgb_support=True)
+
+
+# ------------------------------------------------------------------------------ regularisers
+
+REGULARIZER_FLAGS = {
+    'signcl': dict(use_signcl=True),
+    'sst': dict(use_sst=True, sst_num=16, sst_dim=16),
+    'hyperbolic': dict(use_hyperbolic=True, alpha=0.7, hyp_dim=16),
+    'hyperbolic_token_text': dict(use_hyperbolic=True, alpha=0.7, hyp_dim=16,
+                                  hyp_text_emb_src='token', hyp_text_cmp='pooled'),
+    'all': dict(use_signcl=True, use_sst=True, sst_num=16, sst_dim=16, use_hyperbolic=True,
+                alpha=0.7, hyp_dim=16),
+}
+COMPONENTS = {'signcl': ['signcl_loss'], 'sst': ['sst_loss'], 'hyperbolic': ['hyp_loss'],
+              'hyperbolic_token_text': ['hyp_loss'], 'all': ['hyp_loss', 'signcl_loss', 'sst_loss']}
+
+
+def long_batch(tokenizer):
+    """Clips long enough for SignCL to find negatives, one of them padded."""
+    return tokenised_batch(tokenizer, batch=3, frames=40)
+
+
+def test_without_regularizers_the_loss_is_exactly_the_cross_entropy(tiny_mt5_dir):
+    model = build(tiny_mt5_dir).train()
+    assert len(model.regularizers) == 0 and not model.needs_decoder_states
+    src, tgt = long_batch(model.mt5_tokenizer)
+    out = model(src, tgt)
+    logits = out['logits']
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), tgt['labels'].reshape(-1), ignore_index=-100,
+        label_smoothing=0.2)
+    assert torch.equal(out['loss'], expected) and torch.equal(out['ce_loss'], expected)
+    assert 'stats' not in out and not any(key.startswith('regularizers.') for key in model.state_dict())
+
+
+@pytest.mark.parametrize('name', list(REGULARIZER_FLAGS))
+def test_regularized_forward_is_finite_and_reaches_the_pose_encoder(tiny_mt5_dir, name):
+    model = build(tiny_mt5_dir, **REGULARIZER_FLAGS[name]).train()
+    model.progress = 0.5
+    src, tgt = long_batch(model.mt5_tokenizer)
+    out = model(src, tgt)
+    assert torch.isfinite(out['loss']) and out['loss'].dim() == 0
+    for component in COMPONENTS[name]:
+        assert torch.isfinite(out[component]) and not out[component].requires_grad, component
+    assert all(torch.isfinite(v) and v.dim() == 0 and not v.requires_grad
+               for v in out['stats'].values())
+    # The gradient reaching the pose encoder differs from the cross-entropy's alone.
+    logits = out['logits']
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           tgt['labels'].reshape(-1), ignore_index=-100,
+                                           label_smoothing=0.2)
+    assert torch.equal(ce.detach(), out['ce_loss'])
+    weight = model.proj_linear['body'].weight
+    total_grad, = torch.autograd.grad(out['loss'], weight, retain_graph=True)
+    ce_grad, = torch.autograd.grad(ce, weight)
+    alpha = out['stats'].get('hyp_alpha', torch.tensor(1.0))
+    assert torch.isfinite(total_grad).all() and total_grad.abs().sum() > 0
+    assert not torch.allclose(total_grad, alpha * ce_grad, rtol=1e-4, atol=0)
+
+
+def test_hyperbolic_loss_blend_follows_progress(tiny_mt5_dir):
+    model = build(tiny_mt5_dir, **REGULARIZER_FLAGS['hyperbolic']).eval()
+    src, tgt = long_batch(model.mt5_tokenizer)
+    alphas = []
+    for progress in (0.0, 1.0):
+        model.progress = progress
+        with torch.no_grad():
+            out = model(src, tgt)
+        alpha = out['stats']['hyp_alpha']
+        alphas.append(alpha.item())
+        blended = alpha * out['ce_loss'] + (1 - alpha) * out['hyp_loss']
+        torch.testing.assert_close(out['loss'], blended)
+    assert alphas == pytest.approx([0.8, 0.9])  # 0.7 + 0.1 * progress + 0.2 * sigmoid(0)
+    assert set(out['hyp_embeddings']) >= {'body', 'left', 'right', 'face_all', 'mean', 'text'}
+
+
+def test_regularizers_leave_the_other_initial_weights_unchanged(tiny_mt5_dir):
+    plain = build(tiny_mt5_dir).state_dict()
+    regularized = build(tiny_mt5_dir, **REGULARIZER_FLAGS['all']).state_dict()
+    assert set(regularized) - set(plain) == {k for k in regularized if k.startswith('regularizers.')}
+    assert all(torch.equal(plain[k], regularized[k]) for k in plain)
+    assert 'regularizers.hyperbolic.manifold.isp_c' in regularized
+
+
+def test_checkpoints_load_across_regularizer_settings(tiny_mt5_dir):
+    regularized = build(tiny_mt5_dir, seed=1, **REGULARIZER_FLAGS['all'])
+    plain = build(tiny_mt5_dir, seed=2)
+    report = load_checkpoint_weights(plain, regularized.state_dict())
+    assert report['dropped_regularizer_keys'] and not report['fresh_regularizer_keys']
+    assert all(k.startswith('regularizers.') for k in report['dropped_regularizer_keys'])
+    torch.testing.assert_close(plain.pose_proj.weight, regularized.pose_proj.weight)
+    fresh = build(tiny_mt5_dir, seed=3, **REGULARIZER_FLAGS['hyperbolic'])
+    curvature = fresh.regularizers['hyperbolic'].manifold.c.item()
+    report = load_checkpoint_weights(fresh, plain.state_dict())
+    assert report['fresh_regularizer_keys'] and not report['dropped_regularizer_keys']
+    assert fresh.regularizers['hyperbolic'].manifold.c.item() == curvature
+    with torch.no_grad():
+        regularized.regularizers['hyperbolic'].manifold.isp_c.fill_(1.5)
+    load_checkpoint_weights(fresh, regularized.state_dict())
+    assert fresh.regularizers['hyperbolic'].manifold.isp_c.item() == 1.5
+
+
+def test_regularized_forward_in_bfloat16_keeps_the_geometry_in_float32(tiny_mt5_dir):
+    model = build(tiny_mt5_dir, **REGULARIZER_FLAGS['all']).train().to(torch.bfloat16)
+    hyperbolic = model.regularizers['hyperbolic']
+    assert model.pose_proj.weight.dtype == torch.bfloat16
+    assert hyperbolic.manifold.isp_c.dtype == torch.float32
+    out = model(*long_batch(model.mt5_tokenizer))
+    assert out['loss'].dtype == torch.float32 and torch.isfinite(out['loss'])
+    out['loss'].backward()
+    assert torch.isfinite(hyperbolic.manifold.isp_c.grad) and hyperbolic.key_bias.grad is not None

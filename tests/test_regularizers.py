@@ -222,11 +222,13 @@ def test_flags_parse_with_defaults_and_both_spellings():
         parser.parse_args(["--hyp_text_cmp", "mean"])
 
 
-def test_flags_coexist_with_the_trainer_flags():
+def test_trainer_accepts_the_flags_in_both_spellings():
     import utils
-    parser = argparse.ArgumentParser(parents=[utils.get_args_parser()])
-    args = reg.add_regularizer_flags(parser).parse_args(["--use_sst", "--batch-size", "2"])
-    assert args.use_sst and args.batch_size == 2
+    args = utils.parse_args("t", ["--use_sst", "--batch-size", "2", "--use-hyperbolic",
+                                  "--hyp-text-emb-src", "token", "--signcl_weight", "0.5"])
+    assert args.use_sst and args.batch_size == 2 and args.use_hyperbolic
+    assert args.hyp_text_emb_src == "token" and args.signcl_weight == 0.5
+    assert not utils.parse_args("t", []).use_signcl
 
 
 def test_build_regularizers_empty_when_off():
