@@ -87,6 +87,10 @@ def init_engine(args, model, steps_per_epoch):
     """The DeepSpeed engine over every registered parameter (the hyperbolic geometry, which it
     never sees, has its own optimizer: riemannian.build)."""
     import deepspeed
+    if args.dtype == "bf16" and args.device.type == "cpu":
+        # DeepSpeed casts parameters only; CPU BatchNorm kernels also need the running
+        # statistics in bf16 (CUDA's accept fp32 ones, so GPUs keep them in fp32).
+        model.to(torch.bfloat16)
     optimizer = utils.create_optimizer(args, model)
     scheduler = utils.create_scheduler(args, optimizer, steps_per_epoch)
     engine, _, _, scheduler = deepspeed.initialize(

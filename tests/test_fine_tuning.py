@@ -133,3 +133,14 @@ def test_killed_run_resumes_with_identical_losses(demo_root, tmp_path, regulariz
         for name in ("loss", "hyp_loss", "hyp_curvature"):
             if name in record:  # the curvature also checks the restored RiemannianAdam state
                 assert resumed[key][name] == pytest.approx(record[name], rel=1e-6, abs=1e-6), key
+
+
+def test_bf16_trains_and_evaluates_on_cpu(demo_root, tmp_path):
+    out = tmp_path / "bf16"
+    args = train_args(demo_root, out, "--epochs", "1", "--quick_break", "3", "--print_freq", "1")
+    args[args.index("--dtype") + 1] = "bf16"
+    proc = run([sys.executable, "fine_tuning.py", *args], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = [r["loss"] for r in read_step_records(out).values()]
+    assert len(losses) == 3 and all(0 < loss < 100 for loss in losses)
+    assert "test_bleu4" in read_log(out)[-1]
