@@ -12,6 +12,7 @@ ZERO_STAGE=${ZERO_STAGE:-2}
 EPOCHS=${EPOCHS:-14}
 OUTPUT_DIR=${OUTPUT_DIR:-out/demo}
 DATA_ROOT=${SIGN_DATA_ROOT:-./data}
+BATCH_PER_RANK=$(( 16 / NUM_GPUS > 0 ? 16 / NUM_GPUS : 1 ))  # the global batch stays 16
 if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   export DS_ACCELERATOR=cpu
   # One thread per rank: small kernels gain little from a second thread, and oversubscribed
@@ -24,7 +25,7 @@ python demo_data.py --out "$DATA_ROOT/Demo"
 
 deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29533}" fine_tuning.py \
   --dataset Demo --data_root "$DATA_ROOT" --task SLT \
-  --batch-size 16 --gradient-accumulation-steps 1 \
+  --batch-size "$BATCH_PER_RANK" --gradient-accumulation-steps 1 \
   --epochs "$EPOCHS" --warmup-epochs 0.5 --opt AdamW --lr 1e-3 --weight-decay 0.01 \
   --label_smoothing 0.1 --stgcn_channels 16,32 --hidden_dim 32 --temporal_layers 1 \
   --max_length 48 --num_beams 4 --max_new_tokens 30 \
