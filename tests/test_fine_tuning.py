@@ -144,3 +144,15 @@ def test_bf16_trains_and_evaluates_on_cpu(demo_root, tmp_path):
     losses = [r["loss"] for r in read_step_records(out).values()]
     assert len(losses) == 3 and all(0 < loss < 100 for loss in losses)
     assert "test_bleu4" in read_log(out)[-1]
+
+
+def test_wandb_offline_run_is_recorded_without_network(demo_root, tmp_path):
+    out = tmp_path / "tracked"
+    cmd = [sys.executable, "fine_tuning.py", "--wandb", "--wandb_run_name", "offline-check",
+           *train_args(demo_root, out, "--epochs", "1", "--quick_break", "2")]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+           "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
