@@ -3,7 +3,8 @@
 Defaults follow Uni-Sign's layout (labels under ./data, poses under ./dataset, mT5 under
 ./pretrained_weight/mt5-base). Override with flags (--mt5_path, --data_root, --pose_root) or
 environment variables (MT5_PATH, SIGN_DATA_ROOT, SIGN_POSE_ROOT). The generated `Demo` set keeps
-labels, poses and its tiny mT5 together under <data_root>/Demo.
+labels, poses and its tiny mT5 together under <data_root>/Demo; the generated `PhoenixDemo`
+(script/make_phoenix_demo.py) keeps STM files and poses under <data_root>/PhoenixDemo.
 """
 import os
 
@@ -37,6 +38,23 @@ DATASETS = {
         "labels": {"train": "OpenASL/labels.train", "dev": "OpenASL/labels.dev",
                    "test": "OpenASL/labels.test"},
         "pose_dir": "{pose_root}/OpenASL/pose_format/{phase}",
+    },
+    # Continuous recognition (--task CSLR --head ctc): sclite STM ground truth, or for
+    # PHOENIX-2014-T, which ships no training STM, the official pipe-separated corpus files.
+    "PHOENIX2014": {
+        "labels": {phase: f"phoenix2014/phoenix2014-groundtruth-{phase}.stm"
+                   for phase in ("train", "dev", "test")},
+        "pose_dir": "{pose_root}/phoenix2014/pose_format",
+    },
+    "PHOENIX2014T": {
+        "labels": {phase: f"phoenix2014T/PHOENIX-2014-T.{phase}.corpus.csv"
+                   for phase in ("train", "dev", "test")},
+        "pose_dir": "{pose_root}/phoenix2014T/pose_format",
+    },
+    "PhoenixDemo": {
+        "labels": {phase: f"PhoenixDemo/phoenix2014-groundtruth-{phase}.stm"
+                   for phase in ("train", "dev", "test")},
+        "pose_dir": "{data_root}/PhoenixDemo/pose_format",
     },
     "Demo": {
         "labels": {"train": "Demo/labels.train", "dev": "Demo/labels.dev", "test": "Demo/labels.test"},

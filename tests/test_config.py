@@ -51,3 +51,16 @@ def test_environment_variables_set_the_defaults(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(config.__file__), check=True).stdout.strip()
     assert out == os.path.join(str(tmp_path), "CSL_Daily/labels.train")
+
+
+def test_phoenix_entries(tmp_path):
+    paths = config.resolve_paths("PHOENIX2014", str(tmp_path / "d"), str(tmp_path / "p"), "/m")
+    assert paths["labels"]["train"] == os.path.join(
+        str(tmp_path / "d"), "phoenix2014/phoenix2014-groundtruth-train.stm")
+    assert paths["pose_dirs"]["dev"] == f"{tmp_path / 'p'}/phoenix2014/pose_format"
+    paths = config.resolve_paths("PHOENIX2014T", str(tmp_path / "d"), str(tmp_path / "p"))
+    assert paths["labels"]["test"].endswith("phoenix2014T/PHOENIX-2014-T.test.corpus.csv")
+    paths = config.resolve_paths("PhoenixDemo", str(tmp_path))
+    assert paths["labels"]["dev"] == os.path.join(
+        str(tmp_path), "PhoenixDemo/phoenix2014-groundtruth-dev.stm")
+    assert paths["pose_dirs"]["test"] == f"{tmp_path}/PhoenixDemo/pose_format"
