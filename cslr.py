@@ -466,16 +466,16 @@ def build_run(args):
     vocab = choose_vocab(splits, pretrained)
     model = CTCRecognizer(args, vocab.num_classes)
     if pretrained is not None:
-        source, state = read_checkpoint(pretrained)
+        _, state = read_checkpoint(pretrained)
         report = load_pretrained(model, state, args.finetune, need_head=args.eval)
         print(f"loaded {args.finetune}: {report}")
     if "train" in splits:
         check_training_clips(model, splits["train"], vocab, args.skip_bad_samples)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     loaders = {phase: fine_tuning.make_loader(args, dataset, phase == "train")
-               for phase, dataset in splits.items() if dataset is not splits.get("test")
-               or phase == "test"}
-    loaders.setdefault("dev", loaders["test"])
+               for phase, dataset in splits.items()
+               if phase != "dev" or dataset is not splits.get("test")}
+    loaders.setdefault("dev", loaders["test"])  # one loader when test stands in for dev
     return loaders, vocab, model
 
 
@@ -506,9 +506,12 @@ def main(args):
 
 
 def parse_args(argv=None):
-    """The trainer's flags plus add_cslr_flags, defaulting to CTC recognition on PhoenixDemo."""
+    """The trainer's flags with add_cslr_flags, defaulting to CTC recognition on PhoenixDemo."""
+    defaults = dict(task="CSLR", head="ctc", dataset="PhoenixDemo")
+    if "--head" in utils.get_args_parser()._option_string_actions:
+        return utils.parse_args("cslr.py", argv, defaults)
     parser = add_cslr_flags(argparse.ArgumentParser("cslr.py", parents=[utils.get_args_parser()]))
-    parser.set_defaults(task="CSLR", head="ctc", dataset="PhoenixDemo")
+    parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     if args.clip_grad is not None:
         args.gradient_clipping = args.clip_grad

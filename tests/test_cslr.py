@@ -71,6 +71,28 @@ def write_set(folder, samples):
     return str(stm), str(pose_dir)
 
 
+# ---- flags ----
+
+def test_flags_parse_in_both_spellings_and_register_once(monkeypatch):
+    import argparse
+    import utils
+    args = cslr.parse_args(["--ctc-beam", "5", "--no-share_classifier", "--loss_weights",
+                            "SeqCTC=1,Dist=10", "--lr-steps", "3,7"])
+    assert (args.task, args.head, args.dataset) == ("CSLR", "ctc", "PhoenixDemo")
+    assert args.ctc_beam == 5 and not args.share_classifier and args.weight_norm
+    assert cslr.parse_loss_weights(args.loss_weights) == {"SeqCTC": 1.0, "Dist": 10.0}
+    assert args.lr_steps == [3, 7]
+    with pytest.raises(ValueError, match="--loss_weights"):
+        cslr.parse_loss_weights("SeqCTC:1")
+    # registered by the trainer's own parser, possibly beside an existing --skip_bad_samples
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--skip_bad_samples", action="store_true")
+    cslr.add_cslr_flags(cslr.add_cslr_flags(parser))
+    original = utils.get_args_parser
+    monkeypatch.setattr(utils, "get_args_parser", lambda: cslr.add_cslr_flags(original()))
+    assert cslr.parse_args(["--head", "ctc", "--skip_bad_samples"]).skip_bad_samples
+
+
 # ---- label files ----
 
 def test_stm_reader_matches_sclite_reader_and_keeps_signers(tmp_path):
