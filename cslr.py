@@ -1,6 +1,6 @@
 """Continuous sign language recognition with a CTC head on the pose encoder (VAC / SMKD style).
 
-    python cslr.py --dataset PhoenixDemo --output_dir out/cslr          # or, once wired in:
+    python cslr.py --dataset PhoenixDemo --output_dir out/cslr          # or, the same:
     deepspeed fine_tuning.py --task CSLR --head ctc --dataset PHOENIX2014 --output_dir out/cslr
 
 `CTCRecognizer` is the pose encoder of models.SignTranslator (same modules and state-dict keys,
@@ -12,7 +12,6 @@ vocabulary is built from the training split and saved in every checkpoint. Each 
 scores the sequence and convolution outputs (WER, sclite conventions) and writes CTM hypotheses
 and the reference STM for the official sclite scoring.
 """
-import argparse
 import csv
 import os
 import time
@@ -37,30 +36,6 @@ from SLRT_metrics import STM_END_TIME, wer_list, write_ctm, write_stm
 # the pooling stride, so K5-P2-K5-P2 gives exactly ceil(frames / 4) outputs.
 EDGE_PAD, POOL_STRIDE = 6, 4
 ENCODER_PREFIXES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.', 'part_para')
-
-
-def add_cslr_flags(parser):
-    """Registers the recognition flags; flags the parser already has are left as they are."""
-    weights = ",".join(f"{k}={v:g}" for k, v in DEFAULT_LOSS_WEIGHTS.items())
-    flags = [
-        ("--head", dict(default="generate", choices=["generate", "ctc"],
-                        help="CSLR: generate (mT5 writes the glosses) or ctc (CTC head)")),
-        ("--ctc_beam", dict(type=int, default=1, help="CTC prefix beam width (1: greedy)")),
-        ("--ctc_hidden", dict(type=int, default=1024, help="CTC head conv/BiLSTM width")),
-        ("--share_classifier", dict(action=argparse.BooleanOptionalAction, default=True,
-                                    help="one classifier for the conv and BiLSTM outputs (SMKD)")),
-        ("--weight_norm", dict(action=argparse.BooleanOptionalAction, default=True,
-                               help="unit-norm classifier columns (SMKD)")),
-        ("--loss_weights", dict(default=weights, help="CTC head loss weights, NAME=W,...")),
-        ("--lr_steps", dict(type=utils._int_list, default=[20, 35],
-                            help="epochs where --sched multistep multiplies the lr by 0.2")),
-        ("--skip_bad_samples", dict(action="store_true",
-                                    help="drop unreadable or too short training clips")),
-    ]
-    for name, kwargs in flags:
-        if name not in parser._option_string_actions:
-            utils._add(parser, name, **kwargs)
-    return parser
 
 
 def parse_loss_weights(text):
@@ -506,19 +481,8 @@ def main(args):
 
 
 def parse_args(argv=None):
-    """The trainer's flags with add_cslr_flags, defaulting to CTC recognition on PhoenixDemo."""
-    defaults = dict(task="CSLR", head="ctc", dataset="PhoenixDemo")
-    if "--head" in utils.get_args_parser()._option_string_actions:
-        return utils.parse_args("cslr.py", argv, defaults)
-    parser = add_cslr_flags(argparse.ArgumentParser("cslr.py", parents=[utils.get_args_parser()]))
-    parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    if args.clip_grad is not None:
-        args.gradient_clipping = args.clip_grad
-    if args.stgcn_channels[-1] != args.hidden_dim:
-        parser.error(f"--hidden_dim {args.hidden_dim} must equal the last --stgcn_channels "
-                     f"width {args.stgcn_channels[-1]}")
-    return args
+    """The trainer's flags, defaulting to CTC recognition on PhoenixDemo."""
+    return utils.parse_args("cslr.py", argv, dict(task="CSLR", head="ctc", dataset="PhoenixDemo"))
 
 
 if __name__ == "__main__":

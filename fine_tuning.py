@@ -3,6 +3,7 @@
     deepspeed --num_gpus N fine_tuning.py --dataset CSL_Daily --task SLT --output_dir out/x
     python fine_tuning.py ...                     # one process, CPU or GPU
     python fine_tuning.py --eval --finetune out/x/best_checkpoint.pth ...
+    deepspeed fine_tuning.py --task CSLR --head ctc --dataset PHOENIX2014 ...   # CTC head, cslr.py
 """
 import datetime
 import os
@@ -194,6 +195,9 @@ def end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_s
 
 
 def main(args):
+    if args.task == "CSLR" and args.head == "ctc":
+        import cslr  # imported here: cslr builds on this module
+        return cslr.main(args)
     utils.init_distributed(args)
     paths = resolve_run_paths(args)
     utils.set_seed(args.seed)

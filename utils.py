@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 import regularizers
+from ctc_head import DEFAULT_LOSS_WEIGHTS
 
 
 def _add(parser, *names, **kwargs):
@@ -45,7 +46,7 @@ def get_args_parser():
     _add(p, "--clip-grad", type=float, default=None, help="alias of --gradient-clipping when set")
     _add(p, "--momentum", type=float, default=0.9)
     _add(p, "--weight-decay", type=float, default=1e-4)
-    _add(p, "--sched", type=str, default="cosine", help="cosine | linear | constant")
+    _add(p, "--sched", type=str, default="cosine", help="cosine | linear | constant | multistep (CTC head)")
     _add(p, "--lr", type=float, default=1.0e-3)
     _add(p, "--min-lr", type=float, default=1.0e-8)
     _add(p, "--warmup-epochs", type=float, default=0)
@@ -100,8 +101,28 @@ def get_args_parser():
     _add(p, "--wandb", action="store_true", help="log to Weights & Biases")
     _add(p, "--wandb_project", default="sign-pose-trainer")
     _add(p, "--wandb_run_name", default=None)
+    _add(p, "--skip_bad_samples", action="store_true",
+         help="skip unreadable or invalid clips (counted and logged) instead of stopping")
+    add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
     return p
+
+
+def add_recognition_flags(p):
+    """--task CSLR --head ctc: VAC's CTC head on the pose encoder (see cslr.py)."""
+    weights = ",".join(f"{k}={v:g}" for k, v in DEFAULT_LOSS_WEIGHTS.items())
+    g = p.add_argument_group("continuous recognition with a CTC head")
+    _add(g, "--head", default="generate", choices=["generate", "ctc"],
+         help="CSLR: generate (mT5 writes the glosses) or ctc (CTC head, cslr.py)")
+    _add(g, "--ctc_beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    _add(g, "--ctc_hidden", type=int, default=1024, help="CTC head conv/BiLSTM width")
+    _add(g, "--share_classifier", action=argparse.BooleanOptionalAction, default=True,
+         help="one classifier for the conv and BiLSTM outputs (SMKD)")
+    _add(g, "--weight_norm", action=argparse.BooleanOptionalAction, default=True,
+         help="unit-norm classifier columns (SMKD)")
+    _add(g, "--loss_weights", default=weights, help="CTC head loss weights, NAME=W,...")
+    _add(g, "--lr_steps", type=_int_list, default=[20, 35],
+         help="epochs where --sched multistep multiplies the lr by 0.2")
 
 
 def parse_args(description, argv=None, defaults=None):

@@ -73,24 +73,19 @@ def write_set(folder, samples):
 
 # ---- flags ----
 
-def test_flags_parse_in_both_spellings_and_register_once(monkeypatch):
-    import argparse
+def test_flags_parse_in_both_spellings_and_belong_to_the_trainer_parser():
     import utils
     args = cslr.parse_args(["--ctc-beam", "5", "--no-share_classifier", "--loss_weights",
-                            "SeqCTC=1,Dist=10", "--lr-steps", "3,7"])
+                            "SeqCTC=1,Dist=10", "--lr-steps", "3,7", "--skip-bad-samples"])
     assert (args.task, args.head, args.dataset) == ("CSLR", "ctc", "PhoenixDemo")
     assert args.ctc_beam == 5 and not args.share_classifier and args.weight_norm
+    assert args.skip_bad_samples
     assert cslr.parse_loss_weights(args.loss_weights) == {"SeqCTC": 1.0, "Dist": 10.0}
     assert args.lr_steps == [3, 7]
     with pytest.raises(ValueError, match="--loss_weights"):
         cslr.parse_loss_weights("SeqCTC:1")
-    # registered by the trainer's own parser, possibly beside an existing --skip_bad_samples
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--skip_bad_samples", action="store_true")
-    cslr.add_cslr_flags(cslr.add_cslr_flags(parser))
-    original = utils.get_args_parser
-    monkeypatch.setattr(utils, "get_args_parser", lambda: cslr.add_cslr_flags(original()))
-    assert cslr.parse_args(["--head", "ctc", "--skip_bad_samples"]).skip_bad_samples
+    args = utils.parse_args("fine_tuning.py", ["--task", "CSLR", "--head", "ctc"])
+    assert args.head == "ctc" and args.ctc_beam == 1 and args.dataset == "CSL_Daily"
 
 
 # ---- label files ----
@@ -335,8 +330,8 @@ def test_vocabulary_is_saved_from_train_and_reused_at_evaluation(phoenix_root, t
         os.symlink(os.path.join(phoenix_root, "PhoenixDemo", name),
                    data_root / "PhoenixDemo" / name)
     # same ranks and batches as the training run's evaluation, so the same scores
-    proc = run(["deepspeed", "--num_gpus", "2", "--master_port", free_port(), "cslr.py",
-                "--eval", "--finetune", str(trained_run / "best_checkpoint.pth"),
+    proc = run(["deepspeed", "--num_gpus", "2", "--master_port", free_port(), "fine_tuning.py",
+                "--task", "CSLR", "--head", "ctc", "--eval", "--finetune", str(trained_run / "best_checkpoint.pth"),
                 *cslr_args(str(data_root), tmp_path / "eval")], tmp_path)
     assert "gloss vocabulary from the checkpoint" in proc.stdout
     with open(tmp_path / "eval" / "eval_metrics.json") as f:
