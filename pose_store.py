@@ -4,19 +4,25 @@ Reading a million small pickles costs an open, an unpickle and a validation per 
 store reads a clip as two slices of memory-mapped arrays. Layout of a store directory:
 
     packed_poses.json              manifest: plan, shards with the SHA-256 of every file, bad files
-    shard-00000.keypoints.npy      float16 (frames, 133, 2), the clips of shard 0 back to back
-    shard-00000.scores.npy         float16 (frames, 133)
-    shard-00000.index.json         names, lengths, coordinate frames and clip windows of shard 0
+    shard-00000.keypoints.npy      uint16 (frames, 133, 2), the clips of shard 0 back to back
+    shard-00000.scores.npy         uint16 (frames, 133)
+    shard-00000.index.json         names, lengths, grids and clip windows of shard 0
     index_names.npy                every clip name (UTF-8 bytes), sorted, for binary search
     index_rows.npy                 int64 (clips, 5): shard, offset, length, start, end (-1: none)
-    index_frames.npy               float32 (clips, 4): centre x, y and half extent x, y
+    index_frames.npy               float32 (clips, 6): grid offset x, y, score; step x, y, score
 
-Coordinates are stored as float16 of (x - centre) / half extent, where the centre and half
-extent come from the clip's confident joints: float16 then resolves about 1/4000 of the
-signer's extent instead of 1/4000 of the image. Scores are rounded so none crosses the 0.3
-confidence threshold. Packing is resumable: a shard's files are written under temporary names,
-fsynced and renamed before the shard is recorded in the manifest, and a re-run packs only the
-shards the manifest lacks.
+Values are fixed point on a per-clip grid, one per coordinate axis and one for the scores:
+value = offset + level * step, the level stored as uint16. The grid spans the clip's range of
+that quantity (all joints, all frames) in 65536 levels, so a value is off by at most half a
+step, about 1/131070 of the clip's extent on that axis (more only where float32 itself is
+coarser: values far from zero compared with their range). Grid values and the products
+level * step are exact float32 numbers, so decoding is exact whatever the arithmetic (vector or
+scalar, fused or not): equal levels always decode equal, and a score is moved by one level
+where needed so that it stays on its side of the 0.3 confidence threshold.
+
+Packing is resumable: a shard's files are written under temporary names, fsynced and renamed
+before the shard is recorded in the manifest, and a re-run packs only the shards the manifest
+lacks.
 """
 import contextlib
 import hashlib
@@ -27,19 +33,25 @@ import multiprocessing
 import os
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from datasets import NUM_KEYPOINTS, SCORE_THRESHOLD, DataError, read_pose
 
 MANIFEST_NAME = 'packed_poses.json'
 STORE_FORMAT = 'packed-poses'
-STORE_VERSION = 1
+STORE_VERSION = 2  # 1: float16 coordinates relative to the clip's extent
 POSE_EXTENSION = '.pkl'
 DEFAULT_SHARD_SIZE = 2048
 INDEX_FILES = ('index_names.npy', 'index_rows.npy', 'index_frames.npy')
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_LEVELS = 65536  # uint16
+_EXACT_INTEGERS = 2 ** 24  # float32 holds every integer up to this exactly
+_LARGEST_MULTIPLE = _EXACT_INTEGERS // _LEVELS  # level * multiple stays an exact integer
+_SMALLEST_UNIT_EXPONENT = -120  # grid values stay normal float32 numbers
+_LARGEST_UNIT_EXPONENT = 100  # grid values stay below float32's maximum (2**128)
 _THRESHOLD32 = np.float32(SCORE_THRESHOLD)  # load_part_kp compares float32 scores with this
+# positions in a grid row of the factors of one frame's keypoints, x, y, x, y, ...
+_XY_OFFSETS = np.tile([0, 1], NUM_KEYPOINTS)
+_XY_STEPS = _XY_OFFSETS + 3
 
 
 def clip_name(pose_file):
@@ -57,29 +69,42 @@ def shard_stem(shard_id):
 
 # ----------------------------------------------------------------------------- encoding a clip
 
-def _coordinate_frame(keypoints, scores):
-    """Centre and half extent (x, y) of the clip's confident joints (all joints if none are)."""
-    points = keypoints[scores > _THRESHOLD32]
-    if len(points) == 0:
-        points = keypoints.reshape(-1, 2)
-    low, high = points.min(axis=0), points.max(axis=0)
-    centre = ((low + high) / 2).astype(np.float32)
-    # at least 1/32768 of the farthest joint's distance, so every value fits float16
-    reach = np.abs(keypoints - centre).reshape(-1, 2).max(axis=0) / 32768
-    half = np.maximum((high - low) / 2, reach).astype(np.float32)
-    half[half == 0] = 1
-    return centre, half
+def _grid(values, path, what):
+    """(offset, step) of the finest exact grid holding values (float32) in uint16 levels.
+
+    Grid values are integers of at most 2**24 times a power of two `unit`: offset = first *
+    unit, step = multiple * unit with multiple <= 256, so offset + level * step and level * step
+    are exact float32 numbers. The smallest unit that fits gives the smallest step.
+    """
+    low, high = float(values.min()), float(values.max())
+    largest = max(abs(low), abs(high))
+    exponent = _SMALLEST_UNIT_EXPONENT if largest == 0 else \
+        max(_SMALLEST_UNIT_EXPONENT, math.frexp(largest)[1] - 25)
+    while exponent <= _LARGEST_UNIT_EXPONENT:
+        unit = 2.0 ** exponent
+        first, last = math.floor(low / unit), math.ceil(high / unit)
+        multiple = max(1, -(-(last - first) // (_LEVELS - 1)))
+        top = first + (_LEVELS - 1) * multiple
+        if multiple <= _LARGEST_MULTIPLE and max(-first, top) <= _EXACT_INTEGERS:
+            return first * unit, multiple * unit
+        exponent += 1
+    raise DataError(f"{path}: {what} too large to store (magnitude {largest:g})")
 
 
-def _scores_to_float16(scores):
-    """float16 scores on the same side of the confidence threshold as the float32 ones."""
-    packed = scores.astype(np.float16)
+def _quantize(values, offset, step):
+    """uint16 levels of the grid points nearest to values."""
+    levels = np.rint((values.astype(np.float64) - offset) / step)
+    return np.clip(levels, 0, _LEVELS - 1).astype(np.uint16)
+
+
+def _quantize_scores(scores, offset, step):
+    """Levels of the scores, each decoding on the same side of the threshold as the score."""
+    levels = _quantize(scores, offset, step).astype(np.int32)
     above = scores > _THRESHOLD32
-    flipped = above != (packed.astype(np.float32) > _THRESHOLD32)
-    if flipped.any():
-        toward = np.where(above[flipped], np.inf, -np.inf).astype(np.float16)
-        packed[flipped] = np.nextafter(packed[flipped], toward)
-    return packed
+    decoded_above = offset + levels * step > _THRESHOLD32  # exact: grid values are float32
+    # the nearest grid point lies within half a step, so one step over lands on the right side
+    levels += (above & ~decoded_above).astype(np.int32) - (~above & decoded_above)
+    return levels.astype(np.uint16)
 
 
 def _encode_clip(path):
@@ -87,41 +112,28 @@ def _encode_clip(path):
     try:
         pose = read_pose(path)
         keypoints, scores = pose['keypoints'][:, 0], pose['scores'][:, 0]
-        centre, half = _coordinate_frame(keypoints, scores)
-        relative = (keypoints - centre) / half
-        if np.abs(scores).max() > _FLOAT16_MAX:
-            raise DataError(f"{path}: scores too large to store as float16")
+        axes = [_grid(keypoints[..., axis], path, 'keypoints') for axis in range(2)]
+        score_grid = _grid(scores, path, 'scores')
     except DataError as error:
         return str(error)
-    frame = [float(v) for v in (*centre, *half)]
+    offsets, steps = zip(*axes, score_grid)
+    levels = np.stack([_quantize(keypoints[..., axis], *axes[axis]) for axis in range(2)], -1)
     window = [pose.get('start', -1), pose.get('end', -1)]
-    return relative.astype(np.float16), _scores_to_float16(scores), frame, window
+    return levels, _quantize_scores(scores, *score_grid), [*offsets, *steps], window
 
 
-def _decode(stored, frame=None):
-    """float32 copy of a float16 (T, ...) array; with a coordinate frame, centre + value * half.
+def _decode(stored, offsets, steps):
+    """float32 copy of a uint16 (T, ...) array: offsets + stored * steps, where offsets and
+    steps are scalars or rows matching one frame flattened.
 
-    torch converts float16 with vector instructions where numpy goes element by element.
-    With several torch threads, rows go in pieces below torch's parallel grain (32768
-    elements): larger ops wake its thread pool, which on a busy machine costs far more than
-    the op itself. DataLoader workers run one thread and take the clip in one piece.
+    Multiplying and adding in two passes is exact (see the module docstring), and in place over
+    whole frames numpy runs contiguous vector loops: as fast as torch on one thread, with no
+    thread pool to wake.
     """
-    source = torch.from_numpy(np.array(stored)).view(len(stored), -1)  # writable copy of the map
-    if frame is not None:
-        # rows of factors x, y, x, y, ... rather than pairs, so arithmetic runs over long loops
-        factors = np.repeat(np.reshape(frame, (2, 1, 2)), source.shape[1] // 2, axis=1)
-        centre, half = (torch.from_numpy(row) for row in factors.reshape(2, -1))
-    if torch.get_num_threads() == 1 or source.numel() < 32768:
-        out = source.float() if frame is None else torch.addcmul(centre, source, half)
-        return out.numpy().reshape(stored.shape)
-    out = torch.empty(source.shape)
-    rows = max(1, 32767 // source.shape[1])
-    for piece, piece_out in zip(source.split(rows), out.split(rows)):
-        if frame is None:
-            piece_out.copy_(piece)
-        else:
-            torch.addcmul(centre, piece, half, out=piece_out)
-    return out.numpy().reshape(stored.shape)
+    values = stored.reshape(len(stored), -1).astype(np.float32)  # also copies out of the map
+    values *= steps
+    values += offsets
+    return values.reshape(stored.shape)
 
 
 # ----------------------------------------------------------------------------- durable writes
@@ -211,6 +223,10 @@ def _open_manifest(out_dir, plan, resume):
     if resume and os.path.isfile(path):
         with open(path, encoding='utf-8') as f:
             manifest = json.load(f)
+        if manifest.get('format') == STORE_FORMAT and manifest.get('version') != STORE_VERSION:
+            raise DataError(f"{out_dir}: holds a version {manifest.get('version')} packed store; "
+                            f"this code writes version {STORE_VERSION}: pack with resume=False "
+                            "(--no_resume) to replace it")
         if manifest.get('format') != STORE_FORMAT or manifest.get('plan') != plan:
             raise DataError(f"{out_dir}: holds a store packed from other pose files or with "
                             "another shard size; pack with resume=False (--no_resume) to "
@@ -220,7 +236,7 @@ def _open_manifest(out_dir, plan, resume):
         return manifest
     _remove_store_files(out_dir)
     manifest = {'format': STORE_FORMAT, 'version': STORE_VERSION, 'plan': plan,
-                'coordinates': 'float16 (x - centre) / half extent, per clip (index_frames.npy)',
+                'encoding': 'uint16 levels: offset + level * step, per clip (index_frames.npy)',
                 'complete': False, 'shards': []}
     _write_json_atomic(path, manifest)
     return manifest
@@ -229,15 +245,15 @@ def _open_manifest(out_dir, plan, resume):
 # ----------------------------------------------------------------------------- packing
 
 def _write_shard(out_dir, shard_id, clips, bad_files):
-    """clips: (name, keypoints, scores, frame, window) tuples; returns the manifest record."""
+    """clips: (name, keypoints, scores, grid, window) tuples; returns the manifest record."""
     stem = os.path.join(out_dir, shard_stem(shard_id))
     num_frames = sum(len(clip[2]) for clip in clips)
-    keypoints = _write_npy(f'{stem}.keypoints.npy', [clip[1] for clip in clips], np.float16,
+    keypoints = _write_npy(f'{stem}.keypoints.npy', [clip[1] for clip in clips], np.uint16,
                            (num_frames, NUM_KEYPOINTS, 2))
-    scores = _write_npy(f'{stem}.scores.npy', [clip[2] for clip in clips], np.float16,
+    scores = _write_npy(f'{stem}.scores.npy', [clip[2] for clip in clips], np.uint16,
                         (num_frames, NUM_KEYPOINTS))
     index = {'names': [clip[0] for clip in clips], 'lengths': [len(clip[2]) for clip in clips],
-             'frames': [clip[3] for clip in clips], 'windows': [clip[4] for clip in clips]}
+             'grids': [clip[3] for clip in clips], 'windows': [clip[4] for clip in clips]}
     index_digest = _write_chunks_atomic(f'{stem}.index.json', [json.dumps(index).encode('utf-8')])
     _fsync_dir(out_dir)
     name = shard_stem(shard_id)
@@ -310,27 +326,27 @@ def pack(pose_files_or_dir, out_dir, shard_size=DEFAULT_SHARD_SIZE, workers=None
 
 
 def _gather_shard_indexes(out_dir, manifest):
-    names, rows, frames = [], [], []
+    names, rows, grids = [], [], []
     for shard in manifest['shards']:
         with open(os.path.join(out_dir, f"{shard_stem(shard['id'])}.index.json"),
                   encoding='utf-8') as f:
             index = json.load(f)
         offsets = np.cumsum([0] + index['lengths'][:-1])
-        for name, offset, length, frame, (start, end) in zip(
-                index['names'], offsets, index['lengths'], index['frames'], index['windows']):
+        for name, offset, length, grid, (start, end) in zip(
+                index['names'], offsets, index['lengths'], index['grids'], index['windows']):
             names.append(name.encode('utf-8'))
             rows.append((shard['id'], offset, length, start, end))
-            frames.append(frame)
-    return names, rows, frames
+            grids.append(grid)
+    return names, rows, grids
 
 
 def _finish(out_dir, manifest, progress):
     """Writes the sorted clip index and marks the manifest complete."""
-    names, rows, frames = _gather_shard_indexes(out_dir, manifest)
+    names, rows, grids = _gather_shard_indexes(out_dir, manifest)
     names = np.array(names, dtype=f'S{max([1, *map(len, names)])}')
     order = np.argsort(names, kind='stable')
     arrays = (names[order], np.array(rows, dtype=np.int64).reshape(-1, 5)[order],
-              np.array(frames, dtype=np.float32).reshape(-1, 4)[order])
+              np.array(grids, dtype=np.float32).reshape(-1, 6)[order])
     manifest['index'] = {file: _write_npy(os.path.join(out_dir, file), [array], array.dtype,
                                           array.shape)
                          for file, array in zip(INDEX_FILES, arrays)}
@@ -360,9 +376,12 @@ class PackedPoseStore:
             raise DataError(f"{self.directory}: no packed pose store ({MANIFEST_NAME} not found)")
         with open(path, encoding='utf-8') as f:
             self.manifest = json.load(f)
-        if self.manifest.get('format') != STORE_FORMAT or \
-                self.manifest.get('version') != STORE_VERSION:
-            raise DataError(f"{path}: not a version {STORE_VERSION} packed pose store")
+        if self.manifest.get('format') != STORE_FORMAT:
+            raise DataError(f"{path}: not a packed pose store manifest")
+        if self.manifest.get('version') != STORE_VERSION:
+            raise DataError(f"{self.directory}: packed pose store of format version "
+                            f"{self.manifest.get('version')}; this code reads version "
+                            f"{STORE_VERSION}: repack with script/pack_poses.py --no_resume")
         if not self.manifest['complete']:
             plan = self.manifest['plan']
             total = math.ceil(plan['num_files'] / plan['shard_size'])
@@ -413,11 +432,18 @@ class PackedPoseStore:
         stem = shard_stem(shard)
         keypoints = self._array(f'{stem}.keypoints.npy')[offset:offset + length]
         scores = self._array(f'{stem}.scores.npy')[offset:offset + length]
-        clip = {'keypoints': _decode(keypoints, self._array(INDEX_FILES[2])[position])[:, None],
-                'scores': _decode(scores)[:, None]}
+        grid = self._array(INDEX_FILES[2])[position]  # offsets x, y, score; steps x, y, score
+        clip = {'keypoints': _decode(keypoints, grid[_XY_OFFSETS], grid[_XY_STEPS])[:, None],
+                'scores': _decode(scores, grid[2], grid[5])[:, None]}
         if start >= 0:
             clip.update(start=start, end=end)
         return clip
+
+    def grid(self, name):
+        """(offsets, steps) float32 of the clip's x, y and score grids: a stored value is
+        within half a step of the packed one (a score near the threshold within one step)."""
+        grid = self._array(INDEX_FILES[2])[self._row(name)[0]]
+        return grid[:3].copy(), grid[3:].copy()
 
     def length(self, name):
         """Frames stored for the clip (the whole file, ignoring any start/end window)."""

@@ -4,8 +4,9 @@
         --out dataset/CSL_News/packed --workers 16
     python script/pack_poses.py --out dataset/CSL_News/packed --verify_only
 
-Re-running the same command after an interruption finishes the remaining shards. Train on the
-store by passing its folder as the pose folder (--pose_root layout) or as packed_dir.
+Re-running the same command after an interruption finishes the remaining shards; a store of an
+older format version is refused until repacked with --no_resume. Train on the store by passing
+its folder as the pose folder (--pose_root layout) or as packed_dir.
 """
 import argparse
 import os
