@@ -26,6 +26,7 @@ def _atomic_write(path, mode, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -83,29 +84,79 @@ def save_weights(engine, path, args, extra=None):
 
 
 def save_training_state(engine, output_dir, tag, client_state, keep_last=2):
-    """Saves model, optimizer, scheduler and scaler states (every rank's shard) under
-    <output_dir>/training_state/<tag>, then points `latest` at it."""
+    """Saves model, optimizer, scheduler and scaler states (every rank's shard) and every rank's
+    random state under <output_dir>/training_state/<tag>, then points `latest` at it.
+
+    Everything is written under training_state/.staging, synced to disk, and renamed into place
+    before `latest` moves, so a run killed at any moment of a save resumes from the previous
+    state. A save under the tag `latest` names already goes to a new name (see _unused_tag), so
+    no step deletes the state `latest` points at. Returns the tag used.
+    """
     root = os.path.join(output_dir, "training_state")
     staging = os.path.join(root, ".staging")
     if utils.is_main_process():
-        shutil.rmtree(os.path.join(staging, tag), ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # what an interrupted save left
     utils.barrier()
     engine.save_checkpoint(staging, tag=tag, client_state=client_state, save_latest=False)
     atomic_torch_save(capture_rng_state(), os.path.join(staging, tag, f"rng_rank{utils.get_rank()}.pt"))
     utils.barrier()
     if utils.is_main_process():
-        final = os.path.join(root, tag)
-        shutil.rmtree(final, ignore_errors=True)
+        _fsync_tree(os.path.join(staging, tag))
+        final_tag = _unused_tag(root, tag)
+        final = os.path.join(root, final_tag)
+        shutil.rmtree(final, ignore_errors=True)  # a state never pointed at (see _unused_tag)
         os.replace(os.path.join(staging, tag), final)
-        atomic_write_text(os.path.join(root, "latest"), tag)
+        _fsync_directory(root)
+        atomic_write_text(os.path.join(root, "latest"), final_tag)
         prune_training_states(root, keep_last)
-    utils.barrier()
+    else:
+        final_tag = None
+    final_tag = utils.all_gather_objects(final_tag)[0]
+    return final_tag
+
+
+def _unused_tag(root, tag):
+    """`tag`, unless `latest` names it (a restarted run saving the same position again): then the
+    first free `tag.N`, so the state `latest` points at stays whole until the pointer moves."""
+    if latest_training_state(os.path.dirname(root)) != tag:
+        return tag
+    number = 1
+    while os.path.exists(os.path.join(root, f"{tag}.{number}")):
+        number += 1
+    return f"{tag}.{number}"
+
+
+def _fsync_tree(directory):
+    """Flushes every file under `directory`, and the directories themselves, to disk."""
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(parent, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_directory(parent)
+
+
+def _fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def prune_training_states(root, keep_last):
-    tags = sorted((d for d in os.listdir(root) if d.startswith("epoch")),
+    """Keeps the newest `keep_last` states (and the one `latest` names); removes what killed
+    atomic writes of the pointer left behind."""
+    for name in os.listdir(root):
+        if name.startswith("latest.tmp-"):
+            os.remove(os.path.join(root, name))
+    latest = latest_training_state(os.path.dirname(root))
+    tags = sorted((d for d in os.listdir(root) if d.startswith("epoch") and d != latest),
                   key=lambda d: os.path.getmtime(os.path.join(root, d)))
-    for tag in tags[:-keep_last] if keep_last > 0 else []:
+    keep_others = keep_last - 1 if latest is not None else keep_last
+    for tag in (tags[:len(tags) - keep_others] if keep_last > 0 else []):
         shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
 
 
@@ -117,7 +168,7 @@ def latest_training_state(output_dir):
         return None
     with open(pointer, encoding="utf-8") as f:
         tag = f.read().strip()
-    return tag if os.path.isdir(os.path.join(root, tag)) else None
+    return tag if tag and os.path.isdir(os.path.join(root, tag)) else None
 
 
 def load_training_state(engine, output_dir, tag):
@@ -152,8 +203,13 @@ def restore_rng_state(state):
 
 
 def prune_epoch_weights(output_dir, keep_last):
-    """Keeps the newest `keep_last` checkpoint_{epoch}.pth files (best_checkpoint.pth is separate)."""
-    if keep_last <= 0 or not utils.is_main_process():
+    """Keeps the newest `keep_last` checkpoint_{epoch}.pth files (best_checkpoint.pth is separate)
+    and removes the partial weight files of runs killed while writing them."""
+    if not utils.is_main_process():
+        return
+    for partial in glob.glob(os.path.join(output_dir, "*.pth.tmp-*")):
+        os.remove(partial)  # only this process writes weights, and none of its writes is open
+    if keep_last <= 0:
         return
     files = glob.glob(os.path.join(output_dir, "checkpoint_*.pth"))
     files.sort(key=lambda p: int(os.path.basename(p)[len("checkpoint_"):-len(".pth")]))

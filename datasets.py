@@ -110,14 +110,32 @@ def load_labels(path):
     """Reads a label file into a list of dicts with keys name, text, gloss (list), pose_file.
 
     Accepts Uni-Sign's gzip-pickled `name -> {name, gloss, text, video_path}` dicts and the
-    CSL-News JSON list of `{video, pose, text}`.
+    CSL-News JSON list of `{video, pose, text}`. The first unusable entry raises its DataError.
     """
+    entries = read_label_entries(path)
+    for entry in entries:
+        if isinstance(entry, DataError):
+            raise entry
+    return entries
+
+
+def read_label_entries(path):
+    """load_labels() that keeps going: every entry in file order, as its dict or as the DataError
+    saying why it is unusable. A missing or unreadable file still raises."""
     raw = _read_label_file(path)
     if isinstance(raw, dict):
-        return [_label_entry(path, key, entry) for key, entry in raw.items()]
-    if isinstance(raw, list):
-        return [_news_entry(path, index, entry) for index, entry in enumerate(raw)]
-    raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
+        parse, items = _label_entry, raw.items()
+    elif isinstance(raw, list):
+        parse, items = _news_entry, enumerate(raw)
+    else:
+        raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
+    entries = []
+    for key, entry in items:
+        try:
+            entries.append(parse(path, key, entry))
+        except DataError as error:
+            entries.append(error)
+    return entries
 
 
 def _read_label_file(path):
@@ -171,12 +189,18 @@ def _news_entry(path, index, entry):
 
 # ----------------------------------------------------------------------------- pose files
 
-def read_pose(path):
-    """Reads and validates a pose pickle.
+def read_pose(path, fps=None):
+    """Reads and validates a pose pickle, or a pose-format `.pose` file (by extension).
 
     Returns 'keypoints' (T, 1, 133, 2) and 'scores' (T, 1, 133) as float32 (the first person
     of each frame, as Uni-Sign uses), plus 'start'/'end' when the file restricts the clip.
+    `.pose` files (MediaPipe Holistic or COCO-WholeBody) are mapped by mediapipe_pose.py and
+    resampled to `fps` frames per second when it is given; pickles carry no frame rate and are
+    returned as stored.
     """
+    if os.fspath(path).endswith('.pose'):
+        import mediapipe_pose  # imported here: it builds on this module
+        return mediapipe_pose.read_pose_file(path, fps=fps)
     _require_file(path, "pose file")
     try:
         with open(path, 'rb') as f:
@@ -375,15 +399,20 @@ class S2T_Dataset(torch.utils.data.Dataset):
     (seed, epoch, index), so it does not depend on workers and a resumed run draws the same
     frames; the trainer calls set_epoch() before each epoch's DataLoader iterator starts.
     Clips come from a packed pose store (pose_store.py) when pose_dir holds one or packed_dir
-    names one; an entry's clip is its pose_file without extension.
+    names one; an entry's clip is its pose_file without extension. An unusable label entry
+    stops construction, or with defer_label_errors is left out and its message kept in
+    `label_problems` for validate_samples to report with the pose files' problems.
     """
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
-                 tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None):
-        self.entries = load_labels(label_path)
+                 tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None,
+                 defer_label_errors=False):
+        entries = read_label_entries(label_path) if defer_label_errors else load_labels(label_path)
         self.store = open_packed_store(pose_dir, packed_dir)
-        if 'CSL_News' in dataset_name:
-            self.entries = _news_split(self.entries, phase)
+        if 'CSL_News' in dataset_name:  # split first, so a bad entry does not move the boundary
+            entries = _news_split(entries, phase)
+        self.entries = [entry for entry in entries if not isinstance(entry, DataError)]
+        self.label_problems = [str(entry) for entry in entries if isinstance(entry, DataError)]
         self.pose_dir = pose_dir
         self.phase = phase
         self.dataset_name = dataset_name
@@ -480,24 +509,25 @@ class S2T_Dataset(torch.utils.data.Dataset):
         tgt_input['labels'] = labels
 
 
-def validate_samples(dataset, skip_bad=False):
-    """Reads every pose file of `dataset` once; returns (ok indices, problem messages).
+def validate_samples(dataset, skip_bad=False, workers=0, findings=None):
+    """Checks every sample of `dataset` once; returns (ok indices, problem messages).
 
-    With problems and skip_bad False this raises a DataError quoting the first few; with
-    skip_bad True the bad entries are dropped from the dataset (see S2T_Dataset.keep).
+    Pose files are read and checked by sample_checks.scan_samples (in `workers` processes), or
+    `findings`, the (durations, problems) of a scan done already, is used (the trainers gather
+    one over ranks). Problems are the deferred label-entry ones, then the pose files' in dataset
+    order. With problems and skip_bad False this raises a DataError quoting the first few and
+    counting each kind; with skip_bad True the bad entries are dropped (see S2T_Dataset.keep).
     """
-    ok_indices, problems = [], []
-    for index in range(len(dataset)):
-        try:
-            dataset.read_clip(index)
-        except DataError as error:
-            problems.append(str(error))
-            continue
-        ok_indices.append(index)
+    import sample_checks  # imported here because sample_checks builds on this module
+    durations, pose_problems = findings or sample_checks.scan_samples(dataset, workers=workers)
+    label_problems = getattr(dataset, 'label_problems', [])
+    problems = label_problems + [pose_problems[i] for i in sorted(pose_problems)]
+    ok_indices = [i for i in range(len(dataset)) if i not in pose_problems]
     if problems and not skip_bad:
-        examples = '\n  '.join(problems[:5])
-        raise DataError(f"{len(problems)} of {len(dataset)} samples have unusable pose files, "
-                        f"for example:\n  {examples}\n(skip_bad=True drops them)")
-    if problems:
+        raise DataError(sample_checks.describe_problems(
+            problems, len(dataset) + len(label_problems)))
+    dataset._durations.update(durations)
+    if pose_problems:
         dataset.keep(ok_indices)
+    dataset.label_problems = []
     return ok_indices, problems

@@ -4,6 +4,7 @@ import math
 import os
 
 import torch
+import torch.distributed as dist
 
 import utils
 from regularizers import dump_batch
@@ -24,7 +25,8 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
                     hyp_optimizer=None):
     """Runs the epoch's remaining DeepSpeed micro-steps (a resumed epoch starts at the next
     unseen batch); `on_step(batches_done)` runs after each and `hyp_optimizer` (riemannian.py)
-    steps the hyperbolic geometry beside DeepSpeed. Returns the epoch averages of the logged
+    steps the hyperbolic geometry beside DeepSpeed. A micro-batch whose loss is NaN or Inf on any
+    rank is skipped by every rank (see NonFiniteGuard). Returns the epoch averages of the logged
     scalars."""
     engine.train()
     sampler = data_loader.batch_sampler
@@ -36,22 +38,83 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
     logger = utils.MetricLogger(header=f"Epoch: [{epoch}/{args.epochs}]")
     total_updates = utils.total_optimizer_steps(args, total)  # the learning-rate schedule's length
     sums = RunningMeans()
+    guard = NonFiniteGuard(args.max_nonfinite, args.output_dir, epoch)
     for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
         if step >= steps:
             break
         if hasattr(engine.module, "progress"):  # drives the hyperbolic CE weight schedule
             engine.module.progress = min(engine.global_steps / total_updates, 1.0)
         out = engine(move_to_device(src_input, args.device), move_to_device(tgt_input, args.device))
-        optimizer_step(engine, out["loss"], hyp_optimizer)
+        if guard.check(out["loss"], start + step):
+            optimizer_step(engine, out["loss"], hyp_optimizer)
+            scalars = step_scalars(out, hyp_optimizer)
+            sums.add(scalars)
+            # Read the values back only when printing (one copy of them all, not one per name).
+            if step % args.print_freq == 0 or step == steps - 1:
+                log_step(args, engine, read_scalars(scalars), epoch, start + step, total, logger,
+                         wandb_run)
         sampler.set_position(start + step + 1)
-        scalars = step_scalars(out, hyp_optimizer)
-        sums.add(scalars)
-        # Read the values back only when printing: .item() on every step stalls a GPU pipeline.
-        if step % args.print_freq == 0 or step == steps - 1:
-            log_step(args, engine, read_scalars(scalars), epoch, start + step, total, logger, wandb_run)
+        guard.stop_if_exhausted(start + step + 1)
         if on_step is not None:
             on_step(start + step + 1)
-    return {**sums.averages(), "lr": engine.get_lr()[0], "steps": steps}
+    return {"loss": None, **sums.averages(), "lr": engine.get_lr()[0], "steps": steps,
+            "nonfinite_steps": guard.skipped}
+
+
+def finite_on_every_rank(loss):
+    """Whether the loss is finite on all ranks (one all-reduce: every rank gets the same answer)."""
+    finite = torch.isfinite(loss.detach()).all().float()
+    if utils.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised after --max_nonfinite consecutive non-finite losses; `batches_done` is the sampler
+    position (the skipped batches included) at which training stopped."""
+
+    def __init__(self, message, batches_done):
+        super().__init__(message)
+        self.batches_done = batches_done
+
+
+class NonFiniteGuard:
+    """Decides, in lockstep over ranks, whether a micro-batch's loss may be back-propagated.
+
+    A NaN or Inf loss is never passed to engine.backward: back-propagating even `loss * 0` would
+    give NaN gradients (0 * NaN is NaN) and, through clipping and Adam, NaN weights. Skipping
+    backward and step on every rank leaves the weights, the optimizer moments and DeepSpeed's
+    accumulation counter untouched, so the accumulation window simply extends to the next finite
+    micro-batch. Skips are printed and recorded in log_steps.txt; after `max_consecutive` in a row
+    NonFiniteLossError stops training.
+    """
+
+    def __init__(self, max_consecutive, output_dir, epoch):
+        self.max_consecutive, self.output_dir, self.epoch = max_consecutive, output_dir, epoch
+        self.consecutive = 0
+        self.skipped = 0
+
+    def check(self, loss, step):
+        if finite_on_every_rank(loss):
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.skipped += 1
+        local = float(loss.detach().float())
+        print(f"epoch {self.epoch} step {step}: non-finite loss (rank 0: {local}), update "
+              f"skipped on every rank ({self.consecutive} in a row, {self.skipped} this epoch)")
+        if self.output_dir and utils.is_main_process():
+            utils.append_json_line(os.path.join(self.output_dir, "log_steps.txt"),
+                                   {"epoch": self.epoch, "step": step, "skipped": "non-finite loss",
+                                    "consecutive": self.consecutive})
+        return False
+
+    def stop_if_exhausted(self, batches_done):
+        if self.max_consecutive and self.consecutive >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f"stopped: {self.consecutive} consecutive non-finite losses (--max_nonfinite "
+                f"{self.max_consecutive}) at epoch {self.epoch}, batch {batches_done}; the weights "
+                "are those of the last finite step", batches_done)
 
 
 def step_scalars(out, hyp_optimizer=None):
@@ -82,13 +145,13 @@ class RunningMeans:
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def averages(self):
+        if not self.sums:
+            return {}
         return read_scalars({name: total / self.counts[name] for name, total in self.sums.items()})
 
 
 def log_step(args, engine, values, epoch, step, total, logger, wandb_run):
     """Prints and records one step's scalars (log_steps.txt on rank 0, and W&B)."""
-    if not math.isfinite(values["loss"]):
-        raise FloatingPointError(f"loss is {values['loss']} at epoch {epoch} step {step}")
     lr = engine.get_lr()[0]
     logger.update(**values, lr=lr)
     if args.output_dir and utils.is_main_process():

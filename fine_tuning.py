@@ -7,6 +7,7 @@
 """
 import datetime
 import os
+import sys
 import time
 
 import torch
@@ -21,6 +22,9 @@ import riemannian  # noqa: E402
 import utils  # noqa: E402
 
 
+SHOWN_PROBLEMS = 20  # skipped samples printed per split (bad_samples.txt lists them all)
+
+
 def resolve_run_paths(args):
     """Looks up and checks every path the run needs, before any model is built."""
     paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root, args.mt5_path)
@@ -32,8 +36,21 @@ def resolve_run_paths(args):
     return paths
 
 
+def check_vocabulary(mt5_path, tokenizer):
+    """Stops when the tokenizer has ids the mT5 embeddings lack (a tokenizer and a model that do
+    not belong together); a larger model vocabulary, as google/mt5-base has, is fine."""
+    from transformers import AutoConfig
+    model_vocab = AutoConfig.from_pretrained(mt5_path).vocab_size
+    if len(tokenizer) > model_vocab:
+        raise config.ConfigError(
+            f"the tokenizer in {mt5_path} has {len(tokenizer)} tokens but the mT5 model "
+            f"{os.path.join(mt5_path, 'config.json')} has vocab_size {model_vocab}: token ids from "
+            f"{model_vocab} on would index past its embeddings")
+
+
 def build_datasets(args, paths, tokenizer, phases):
-    from datasets import DataError, S2T_Dataset
+    """The splits, every clip checked before any model is built (see prescan)."""
+    from datasets import S2T_Dataset
     splits = {}
     for phase in phases:
         label_path = paths["labels"][phase]
@@ -42,14 +59,58 @@ def build_datasets(args, paths, tokenizer, phases):
         splits[phase] = S2T_Dataset(label_path, paths["pose_dirs"][phase], phase,
                                     dataset_name=args.dataset, max_length=args.max_length,
                                     tokenizer=tokenizer, task=args.task,
-                                    max_tgt_len=args.max_tgt_len, seed=args.seed)
-        if len(splits[phase]) == 0:
-            raise DataError(f"{label_path}: the {phase} split is empty")
+                                    max_tgt_len=args.max_tgt_len, seed=args.seed,
+                                    defer_label_errors=True)
+        splits[phase].skipped = prescan(args, splits[phase], phase, label_path)
         print(f"{phase}: {len(splits[phase])} clips from {label_path}")
     if "dev" in phases and "dev" not in splits:
         print("no dev split for this dataset: the test split selects the best checkpoint")
         splits["dev"] = splits["test"]
     return splits
+
+
+def prescan(args, dataset, phase, label_path):
+    """Reads and checks every clip of a split: each rank its share, in --num_workers processes.
+    Bad samples stop the run with a message naming their files and problems, or with
+    --skip_bad_samples are dropped and returned (their messages)."""
+    from datasets import DataError, validate_samples
+    from sample_checks import merge_findings, scan_samples
+    rank, world = utils.get_rank(), utils.get_world_size()
+    local = scan_samples(dataset, range(rank, len(dataset), world), args.num_workers)
+    findings = merge_findings(utils.all_gather_objects(local))
+    try:
+        _, problems = validate_samples(dataset, args.skip_bad_samples, findings=findings)
+    except DataError as error:
+        raise DataError(f"{phase} split ({label_path}): {error}") from None
+    if len(dataset) == 0:
+        skipped = f" once its {len(problems)} bad samples are skipped" if problems else ""
+        raise DataError(f"{label_path}: the {phase} split is empty{skipped}")
+    for problem in problems[:SHOWN_PROBLEMS]:
+        print(f"skipped ({phase}): {problem}")
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"skipped ({phase}): ... and {len(problems) - SHOWN_PROBLEMS} more")
+    return problems
+
+
+def report_skipped_samples(args, splits):
+    """--skip_bad_samples: lists the skipped samples in <output_dir>/bad_samples.txt (rank 0)
+    and returns a one-line summary, or None when nothing was skipped."""
+    seen, lines, counts = set(), [], []
+    for phase, dataset in splits.items():
+        if id(dataset) not in seen and dataset.skipped:
+            seen.add(id(dataset))
+            lines += [f"{phase}\t{problem}" for problem in dataset.skipped]
+            counts.append(f"{phase} {len(dataset.skipped)}")
+    if not lines:
+        return None
+    summary = f"skipped {len(lines)} bad samples ({', '.join(counts)})"
+    if args.output_dir:
+        path = os.path.join(args.output_dir, "bad_samples.txt")
+        if utils.is_main_process():
+            checkpoint.atomic_write_text(path, "\n".join(lines) + "\n")
+        summary += f", listed in {path}"
+    print(summary)
+    return summary
 
 
 def make_loader(args, dataset, train):
@@ -194,6 +255,45 @@ def end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_s
     return best
 
 
+def train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run, hyp_optimizer):
+    """One training epoch; after --max_nonfinite non-finite losses in a row, saves a training
+    state at the batch reached (resumable with the same --output_dir) and re-raises."""
+    sampler = loaders["train"].batch_sampler
+    try:
+        return trainer.train_one_epoch(
+            args, engine, loaders["train"], epoch, wandb_run,
+            step_saver(args, engine, sampler, epoch, best, hyp_optimizer), hyp_optimizer)
+    except trainer.NonFiniteLossError as error:
+        if args.output_dir:
+            tag = checkpoint.save_training_state(
+                engine, args.output_dir, f"epoch{epoch}-step{error.batches_done}",
+                client_state(hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
+                             sampler=sampler.state_dict(), stopped="non-finite loss"),
+                keep_last=args.keep_last)
+            print(f"saved the training state {args.output_dir}/training_state/{tag}; a run with "
+                  "the same --output_dir continues from it")
+        raise
+
+
+def train(args, engine, loaders, tokenizer, hyp_optimizer):
+    """The epochs from the resumed position on; returns (best dev metric, skipped steps)."""
+    sampler = loaders["train"].batch_sampler
+    start_epoch, best = resume_if_possible(args, engine, sampler, hyp_optimizer)
+    wandb_run = init_wandb(args)
+    nonfinite = 0
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        loaders["train"].dataset.set_epoch(epoch)
+        train_stats = train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run,
+                                          hyp_optimizer)
+        nonfinite += train_stats.get("nonfinite_steps", 0)
+        best = end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_stats,
+                            best, wandb_run)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return best, nonfinite
+
+
 def main(args):
     if args.task == "CSLR" and args.head == "ctc":
         import cslr  # imported here: cslr builds on this module
@@ -203,8 +303,10 @@ def main(args):
     utils.set_seed(args.seed)
     from transformers import T5Tokenizer
     tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
+    check_vocabulary(args.mt5_path, tokenizer)
     phases = ("dev", "test") if args.eval else config.PHASES
     splits = build_datasets(args, paths, tokenizer, phases)
+    skipped = report_skipped_samples(args, splits)
     loaders = {phase: make_loader(args, ds, train=phase == "train") for phase, ds in splits.items()}
     model = build_model(args)
     steps = len(loaders["train"]) if "train" in loaders else 1
@@ -213,28 +315,32 @@ def main(args):
     engine = init_engine(args, model, steps)
     hyp_optimizer = riemannian.build(args, engine.module)
     if args.eval:
-        return run_evaluation_only(args, engine, loaders, tokenizer)
-    sampler = loaders["train"].batch_sampler
-    start_epoch, best = resume_if_possible(args, engine, sampler, hyp_optimizer)
-    wandb_run = init_wandb(args)
+        results = run_evaluation_only(args, engine, loaders, tokenizer)
+        if skipped:
+            print(skipped)
+        return results
     start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        loaders["train"].dataset.set_epoch(epoch)
-        train_stats = trainer.train_one_epoch(
-            args, engine, loaders["train"], epoch, wandb_run,
-            step_saver(args, engine, sampler, epoch, best, hyp_optimizer), hyp_optimizer)
-        best = end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_stats,
-                            best, wandb_run)
+    best, nonfinite = train(args, engine, loaders, tokenizer, hyp_optimizer)
     print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")
-    if wandb_run is not None:
-        wandb_run.finish()
+    if nonfinite:
+        print(f"skipped {nonfinite} updates with a non-finite loss (see log_steps.txt)")
+    if skipped:
+        print(skipped)
     return best
+
+
+def run_command_line(main_function, args):
+    """Runs `main_function(args)`; bad input and a stop on non-finite losses end the process
+    with the message and exit status 1 instead of a traceback."""
+    from datasets import DataError
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+    try:
+        return main_function(args)
+    except (config.ConfigError, DataError, trainer.NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cli_args = utils.parse_args("fine_tuning.py")
-    if cli_args.output_dir:
-        os.makedirs(cli_args.output_dir, exist_ok=True)
-    main(cli_args)
+    run_command_line(main, utils.parse_args("fine_tuning.py"))

@@ -94,6 +94,17 @@ def get_args_parser():
     _add(p, "--stgcn_channels", type=_int_list, default=[64, 128, 256])
     _add(p, "--temporal_layers", type=int, default=3)
     _add(p, "--temporal_kernel", type=int, default=5)
+    # speed (models.py; each keeps Uni-Sign's loss up to float rounding, bench/train_step.py)
+    _add(p, "--graph_product", default="matmul", choices=["matmul", "einsum"],
+         help="ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
+    _add(p, "--hands_batch", default="auto", choices=["auto", "on", "off"],
+         help="both hands through their shared encoder as one batch (auto: on CUDA only)")
+    _add(p, "--target_logits", default="real", choices=["real", "all"],
+         help="vocabulary projection and loss on real target tokens only, or on every position")
+    _add(p, "--embed_once", default="on", choices=["on", "off"],
+         help="one embedding lookup for the prompt and the decoder inputs")
+    _add(p, "--compile_encoder", action="store_true",
+         help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
     # generation
     _add(p, "--num_beams", type=int, default=4)
     _add(p, "--max_new_tokens", type=int, default=100)
@@ -103,6 +114,8 @@ def get_args_parser():
     _add(p, "--wandb_run_name", default=None)
     _add(p, "--skip_bad_samples", action="store_true",
          help="skip unreadable or invalid clips (counted and logged) instead of stopping")
+    _add(p, "--max_nonfinite", type=int, default=10,
+         help="stop (saving a training state) after N consecutive NaN/Inf losses; 0: never")
     add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
     return p

@@ -389,6 +389,22 @@ def test_csl_news_keeps_last_percent_for_evaluation(tmp_path):
     assert len(train) == 198 and len(dev) == 2 and dev.entries[0]['name'] == '198.mp4'
 
 
+def test_deferred_label_errors_leave_the_news_split_where_it_was(tmp_path):
+    entries = [{'video': f'{i}.mp4', 'pose': f'{i}.pkl', 'text': 't'} for i in range(200)]
+    del entries[5]['text']
+    path = tmp_path / 'news.json'
+    path.write_text(json.dumps(entries))
+    with pytest.raises(DataError, match=r"news.json: entry '5.mp4' has no text"):
+        load_labels(str(path))
+    assert isinstance(datasets.read_label_entries(str(path))[5], DataError)
+    train = S2T_Dataset(str(path), str(tmp_path), 'train', dataset_name='CSL_News',
+                        defer_label_errors=True)
+    dev = S2T_Dataset(str(path), str(tmp_path), 'dev', dataset_name='CSL_News',
+                      defer_label_errors=True)
+    assert len(train) == 197 and train.label_problems == [f"{path}: entry '5.mp4' has no text"]
+    assert [e['name'] for e in dev.entries] == ['198.mp4', '199.mp4'] and not dev.label_problems
+
+
 # ----------------------------------------------------------------------------- packed poses
 
 def pack_split(tmp_path, lengths):

@@ -1,3 +1,9 @@
+"""Tests for engine.py: sharded evaluation, scoring levels and the non-finite loss guard."""
+import json
+
+import pytest
+import torch
+
 import engine
 import utils
 
@@ -30,3 +36,24 @@ def test_scoring_level_is_char_for_chinese_translation_only():
 def test_best_metric_direction():
     assert engine.BEST_METRIC["CSLR"] == ("wer", False)
     assert engine.BEST_METRIC["SLT"] == ("bleu4", True)
+
+
+def test_nonfinite_guard_counts_skips_and_stops_after_a_streak(tmp_path):
+    guard = engine.NonFiniteGuard(3, str(tmp_path), epoch=2)
+    nan, inf, one = torch.tensor(float("nan")), torch.tensor(float("inf")), torch.tensor(1.0)
+    assert guard.check(one, 0) and not guard.check(nan, 1) and not guard.check(inf, 2)
+    guard.stop_if_exhausted(3)
+    assert guard.check(one, 3) and guard.consecutive == 0  # a finite loss ends the streak
+    for step in (4, 5, 6):
+        assert not guard.check(nan, step)
+    with pytest.raises(engine.NonFiniteLossError, match="3 consecutive non-finite") as error:
+        guard.stop_if_exhausted(7)
+    assert error.value.batches_done == 7 and guard.skipped == 5
+    with open(tmp_path / "log_steps.txt") as f:
+        records = [json.loads(line) for line in f]
+    assert [(r["step"], r["consecutive"]) for r in records] == [(1, 1), (2, 2), (4, 1), (5, 2),
+                                                                (6, 3)]
+    never = engine.NonFiniteGuard(0, "", 0)  # --max_nonfinite 0: skip, but never stop
+    for step in range(20):
+        assert not never.check(nan, step)
+    never.stop_if_exhausted(20)

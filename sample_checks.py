@@ -1,0 +1,137 @@
+"""Checks every clip of a dataset before any model is built.
+
+Each pose file is read once (in worker processes when asked) with the same validation as
+training, and the clip is checked for what reading alone accepts but training could not use:
+with fewer than 4 confident body joints `load_part_kp` has no body box and the clip would reach
+the model as zeros. Problems are messages naming the file; `problem_kind` sorts them into
+kinds for counting. Used by the trainers' pre-scan (datasets.validate_samples) and by
+script/check_data.py.
+"""
+import multiprocessing
+import os
+from collections import Counter
+
+import numpy as np
+
+from datasets import PART_JOINTS, SCORE_THRESHOLD, DataError, clip_span
+
+# Below this many clips a worker pool costs more than it saves.
+MIN_PARALLEL_CLIPS = 2048
+_BODY_JOINTS = PART_JOINTS['body']
+# (kind, phrase identifying it in a DataError message); the first matching phrase wins.
+PROBLEM_PHRASES = (
+    ("missing file", "not found"), ("missing file", "has no clip"),
+    ("refused pickle", "refused to unpickle"),
+    ("unreadable file", "unreadable"),
+    ("bad label entry", ": entry "),
+    ("non-finite values", "NaN or Inf"),
+    ("zero-length clip", "zero-length clip"),
+    ("bad clip window", "'start'"), ("bad clip window", "clip window"),
+    ("low confidence", "would be all zeros"),
+    ("wrong shape or format", "shape"), ("wrong shape or format", "lacks"),
+    ("wrong shape or format", "expected a"), ("wrong shape or format", "frames of keypoints"),
+    ("wrong shape or format", "dtype"),
+)
+
+
+def problem_kind(message):
+    for kind, phrase in PROBLEM_PHRASES:
+        if phrase in message:
+            return kind
+    return "other"
+
+
+def confidence_problem(pose):
+    """Why the clip of a read_pose() dict would be all zeros for the model, or None."""
+    first, frames = clip_span(pose)
+    body_scores = pose['scores'][first:first + frames, 0, _BODY_JOINTS]
+    confident = body_scores > SCORE_THRESHOLD
+    count = int(np.count_nonzero(confident))
+    if count >= 4:
+        body = pose['keypoints'][first:first + frames, 0, _BODY_JOINTS]
+        for axis in (0, 1):  # x then y; one coordinate at a time is much faster in numpy
+            values = body[:, :, axis][confident]
+            if values.max() > values.min():
+                return None
+        return "every confident body joint is at the same point (the clip would be all zeros)"
+    if not (pose['scores'][first:first + frames] > SCORE_THRESHOLD).any():
+        return (f"every keypoint score is at or below {SCORE_THRESHOLD} "
+                "(the clip would be all zeros)")
+    return (f"only {count} body joint detections score above {SCORE_THRESHOLD} in the whole "
+            "clip; at least 4 are needed to place the body (the clip would be all zeros)")
+
+
+def clip_source(dataset, index):
+    """The file a sample's clip comes from: its pose file, or its packed store and clip name."""
+    if dataset.store is None:
+        return dataset.pose_path(index)
+    return f"{dataset.store.directory} (clip {dataset.clip_name(index)!r})"
+
+
+def check_clip(dataset, index):
+    """(frames, None) for a usable clip of `dataset`, (None, problem message) otherwise."""
+    try:
+        pose = dataset.read_clip(index)
+    except DataError as error:
+        return None, str(error)
+    problem = confidence_problem(pose)
+    if problem is not None:
+        return None, f"{clip_source(dataset, index)}: {problem}"
+    return clip_span(pose)[1], None
+
+
+_worker_dataset = None
+
+
+def _set_worker_dataset(dataset):
+    global _worker_dataset
+    _worker_dataset = dataset
+
+
+def _check_in_worker(index):
+    return index, check_clip(_worker_dataset, index)
+
+
+def scan_samples(dataset, indices=None, workers=0):
+    """Checks the clips of the given sample indices (all by default) in `workers` processes
+    (0 or 1: in this one); returns ({index: frames} of usable clips, {index: problem})."""
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    workers = min(workers, os.cpu_count() or 1)
+    if workers > 1 and len(indices) >= MIN_PARALLEL_CLIPS:
+        chunk = max(1, min(256, len(indices) // (workers * 8)))
+        with multiprocessing.Pool(workers, _set_worker_dataset, (dataset,)) as pool:
+            results = list(pool.imap_unordered(_check_in_worker, indices, chunksize=chunk))
+    else:
+        results = [(index, check_clip(dataset, index)) for index in indices]
+    durations = {index: frames for index, (frames, problem) in results if problem is None}
+    problems = {index: problem for index, (frames, problem) in results if problem is not None}
+    return durations, problems
+
+
+def merge_findings(parts):
+    """One (durations, problems) pair from the scan_samples results of disjoint index sets."""
+    durations, problems = {}, {}
+    for part_durations, part_problems in parts:
+        durations.update(part_durations)
+        problems.update(part_problems)
+    return durations, problems
+
+
+def describe_problems(problems, total, shown=10):
+    """A message counting the problems by kind and quoting the first `shown`."""
+    counts = Counter(problem_kind(problem) for problem in problems)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in counts.most_common())
+    listed = "\n  ".join(problems[:shown])
+    more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    return (f"{len(problems)} of {total} samples are unusable ({kinds}):\n  {listed}{more}\n"
+            "script/check_data.py lists them all; --skip_bad_samples trains without them")
+
+
+def length_stats(durations):
+    """min, mean, median, 95th percentile and max of clip lengths in frames."""
+    if not durations:
+        return {}
+    frames = np.fromiter(durations, dtype=np.float64)
+    return {"min": int(frames.min()), "mean": round(float(frames.mean()), 1),
+            "median": float(np.median(frames)), "p95": float(np.percentile(frames, 95)),
+            "max": int(frames.max())}

@@ -1,0 +1,107 @@
+"""Checks every label entry and pose file of a dataset's splits, as the trainers' pre-scan does.
+
+    python script/check_data.py --dataset CSL_Daily
+    python script/check_data.py --dataset Demo --data_root data --report data_report.json
+
+Paths come from config.py and the same --dataset/--data_root/--pose_root flags as the trainer.
+Prints every bad sample with its file and problem, the count of each kind of problem and clip
+length statistics per split; --report also writes them as JSON. Exit status: 0 when everything
+is usable, 1 when any sample is bad, 2 when a label file or pose folder cannot be used at all.
+"""
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import config  # noqa: E402
+from datasets import DataError, S2T_Dataset  # noqa: E402
+from sample_checks import length_stats, problem_kind, scan_samples  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--dataset', default='CSL_Daily',
+                        help=f"one of {', '.join(config.DATASETS)}")
+    parser.add_argument('--data_root', default=None, help='label root (see config.py)')
+    parser.add_argument('--pose_root', default=None, help='pose root (see config.py)')
+    parser.add_argument('--splits', default=','.join(config.PHASES), help='comma-separated')
+    parser.add_argument('--max_length', type=int, default=256,
+                        help='frames the trainer keeps per clip (counts the longer clips)')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='reading processes (default: all cores)')
+    parser.add_argument('--report', default=None, help='also write the report to this JSON file')
+    return parser.parse_args(argv)
+
+
+def check_split(args, phase, label_path, pose_dir):
+    """The report of one split: its samples, every problem and the clip lengths."""
+    dataset = S2T_Dataset(label_path, pose_dir, phase, dataset_name=args.dataset,
+                          max_length=args.max_length, defer_label_errors=True)
+    durations, pose_problems = scan_samples(dataset, workers=args.workers)
+    problems = [{'name': None, 'file': label_path, 'problem': message}
+                for message in dataset.label_problems]
+    problems += [{'name': dataset.entries[index]['name'], 'file': dataset.pose_path(index),
+                  'problem': pose_problems[index]} for index in sorted(pose_problems)]
+    for problem in problems:
+        problem['kind'] = problem_kind(problem['problem'])
+    lengths = list(durations.values())
+    return {'label_file': label_path, 'pose_dir': pose_dir,
+            'samples': len(dataset) + len(dataset.label_problems), 'usable': len(durations),
+            'bad': len(problems), 'problem_counts': dict(Counter(p['kind'] for p in problems)),
+            'problems': problems, 'clip_frames': length_stats(lengths),
+            'max_length': args.max_length,
+            'longer_than_max_length': sum(n > args.max_length for n in lengths)}
+
+
+def check_dataset(args):
+    """{'dataset', 'splits': {phase: report}, 'bad'}; raises ConfigError/DataError when a label
+    file or pose folder cannot be used at all."""
+    paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root)
+    phases = [phase for phase in args.splits.split(',') if phase]
+    unknown = sorted(set(phases) - set(config.PHASES))
+    if unknown:
+        raise config.ConfigError(f"unknown split(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(config.PHASES)}")
+    config.validate_paths(paths, phases, need_mt5=False)
+    splits = {phase: check_split(args, phase, paths['labels'][phase], paths['pose_dirs'][phase])
+              for phase in phases if paths['labels'][phase] is not None}
+    return {'dataset': args.dataset, 'splits': splits,
+            'bad': sum(split['bad'] for split in splits.values())}
+
+
+def print_report(report):
+    for phase, split in report['splits'].items():
+        print(f"{phase}: {split['usable']} of {split['samples']} samples usable "
+              f"({split['label_file']}, poses in {split['pose_dir']})")
+        for problem in split['problems']:
+            print(f"  [{problem['kind']}] {problem['problem']}")
+        if split['problem_counts']:
+            counts = ', '.join(f"{kind} {n}" for kind, n in split['problem_counts'].items())
+            print(f"  problems: {counts}")
+        stats = split['clip_frames']
+        if stats:
+            print(f"  clip frames: min {stats['min']}, mean {stats['mean']}, median "
+                  f"{stats['median']:g}, 95% {stats['p95']:g}, max {stats['max']}; "
+                  f"{split['longer_than_max_length']} longer than {split['max_length']}")
+    verdict = f"{report['bad']} bad samples" if report['bad'] else "every sample is usable"
+    print(f"{report['dataset']}: {verdict}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        report = check_dataset(args)
+    except (config.ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.report:
+        with open(args.report, 'w', encoding='utf-8') as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+    return 1 if report['bad'] else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
