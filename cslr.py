@@ -471,8 +471,8 @@ def main(args):
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         loaders["train"].dataset.set_epoch(epoch)
-        stats = trainer.train_one_epoch(args, engine, loaders["train"], epoch, wandb_run,
-                                        fine_tuning.step_saver(args, engine, sampler, epoch, best))
+        stats = fine_tuning.train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run,
+                                                hyp_optimizer=None)
         best = end_of_epoch(args, engine, loaders, vocab, epoch, stats, best, wandb_run)
     print(f"training time {time.time() - start:.0f} s")
     if wandb_run is not None:
@@ -486,7 +486,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    cli_args = parse_args()
-    if cli_args.output_dir:
-        os.makedirs(cli_args.output_dir, exist_ok=True)
-    main(cli_args)
+    fine_tuning.run_command_line(main, parse_args())

@@ -26,9 +26,7 @@ STAGE1_DEFAULTS = {"dataset": "CSL_News", "batch_size": 16, "gradient_accumulati
 
 def main(argv=None):
     args = utils.parse_args("pretraining.py", argv, defaults=STAGE1_DEFAULTS)
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-    return fine_tuning.main(args)
+    return fine_tuning.run_command_line(fine_tuning.main, args)
 
 
 if __name__ == "__main__":
