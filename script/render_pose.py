@@ -1,0 +1,130 @@
+"""Draws a clip's normalised part keypoints, as the encoders see them, as a strip of frames.
+
+    python script/render_pose.py clip.pkl --out clip.png --frames 8
+    python script/render_pose.py clip.pose --out clip.png --fps 25
+
+Rows: the whole signer (parts put back together), then the four part tensors load_part_kp
+returns: body (in [-1, 1] by the clip's bounding square), left and right hand (relative to
+their wrist) and face (relative to the nose tip). Columns: evenly spaced frames. Bones follow
+the part graphs of stgcn_layers.py (the face's spokes to its centre are drawn faint); joints
+with score 0 (undetected, or at most 0.3 before normalisation) are left out. Image y points
+down, as in the video.
+"""
+import argparse
+import os
+import sys
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from datasets import PARTS, load_part_kp, read_pose  # noqa: E402
+from stgcn_layers import LAYOUTS  # noqa: E402
+
+COLORS = {"body": "tab:blue", "left": "tab:green", "right": "tab:orange", "face_all": "tab:purple"}
+# Where each part is attached in the whole-signer row: index of the body joint it hangs from
+# (the body part's left/right wrist and nose), and the factor from part units to body units
+# (the body spans 2 units per bounding-square side, the parts 1).
+ATTACH = {"left": 7, "right": 8, "face_all": 0}
+PART_TO_BODY = 2.0
+
+
+def load_parts(path, fps=None):
+    """{part: (T, V, 3) numpy} for the whole clip (its start/end window when it has one)."""
+    pose = read_pose(path, fps=fps)
+    start, end = pose.get("start", 0), pose.get("end", len(pose["scores"]))
+    parts = load_part_kp(pose["keypoints"][start:end], pose["scores"][start:end])
+    return {part: tensor.numpy() for part, tensor in parts.items()}
+
+
+def whole_signer(parts, frame):
+    """{part: (V, 3)} of one frame in body coordinates; a part whose anchor is missing is empty."""
+    body = parts["body"][frame]
+    placed = {"body": body}
+    for part, joint in ATTACH.items():
+        points = parts[part][frame].copy()
+        if body[joint, 2] > 0:
+            points[:, :2] = body[joint, :2] + PART_TO_BODY * points[:, :2]
+        else:
+            points[:, 2] = 0
+        placed[part] = points
+    return placed
+
+
+def draw_skeleton(axis, points, part, size=6):
+    """Bones between detected joints, then the joints; points (V, 3) with x, y, score."""
+    _, edges, centre = LAYOUTS[part]
+    seen = points[:, 2] > 0
+    for i, j in edges:
+        if seen[i] and seen[j]:
+            faint = part == "face_all" and centre in (i, j)
+            axis.plot(points[[i, j], 0], points[[i, j], 1], color=COLORS[part],
+                      linewidth=0.4 if faint else 1.2, alpha=0.25 if faint else 0.9)
+    axis.scatter(points[seen, 0], points[seen, 1], s=size, color=COLORS[part], zorder=3)
+
+
+def limits(point_sets):
+    """Square axis limits covering every detected point of the given (V, 3) arrays."""
+    seen = [p[p[:, 2] > 0, :2] for p in point_sets]
+    seen = np.concatenate([s for s in seen if len(s)] or [np.zeros((1, 2))])
+    low, high = seen.min(0), seen.max(0)
+    centre, half = (low + high) / 2, max((high - low).max() / 2, 1e-3) * 1.1
+    return (centre[0] - half, centre[0] + half), (centre[1] + half, centre[1] - half)
+
+
+def render(parts, frames, title, out_path):
+    rows = ["whole"] + list(PARTS)
+    figure, axes = plt.subplots(len(rows), len(frames), squeeze=False,
+                                figsize=(1.7 * len(frames) + 0.6, 1.7 * len(rows) + 0.5))
+    wholes = [whole_signer(parts, f) for f in frames]
+    for row, name in enumerate(rows):
+        sets = [list(w.values()) for w in wholes] if name == "whole" else \
+            [[parts[name][f]] for f in frames]
+        xlim, ylim = limits([p for points in sets for p in points])
+        for col, frame in enumerate(frames):
+            axis = axes[row, col]
+            if name == "whole":
+                for part, points in wholes[col].items():
+                    draw_skeleton(axis, points, part, size=2)
+            else:
+                draw_skeleton(axis, parts[name][frame], name)
+            axis.set_xlim(xlim)
+            axis.set_ylim(ylim)
+            axis.set_aspect("equal")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(f"frame {frame}", fontsize=8)
+            if col == 0:
+                axis.set_ylabel(name, fontsize=9)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pose_file", help=".pkl or .pose clip")
+    parser.add_argument("--out", required=True, help="PNG file")
+    parser.add_argument("--frames", type=int, default=8, help="frames shown, evenly spaced")
+    parser.add_argument("--fps", type=float, help=".pose files: resample to this frame rate first")
+    args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error("--frames must be at least 1")
+    from datasets import DataError
+    try:
+        parts = load_parts(args.pose_file, args.fps)
+    except DataError as error:
+        raise SystemExit(f"render_pose.py: error: {error}")
+    count = len(parts["body"])
+    frames = np.unique(np.round(np.linspace(0, count - 1, min(args.frames, count))).astype(int))
+    render(parts, frames.tolist(), f"{os.path.basename(args.pose_file)} ({count} frames)", args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

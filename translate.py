@@ -1,0 +1,265 @@
+"""Translates pose files (.pkl or .pose) to text with a trained translator.
+
+    python translate.py --checkpoint out/x/best_checkpoint.pth clips/ extra.pose 'more/*.pkl'
+    python translate.py --checkpoint out/x/best_checkpoint.pth --export models/x   # one folder
+    python translate.py --model models/x clips/ --format jsonl --output translations.jsonl
+
+A checkpoint written by fine_tuning.py holds the training flags; its mT5 directory (tokenizer
+and config) is the one it was trained with, or --mt5_path. An exported folder holds everything:
+translator.pth (weights, `{'model': state_dict}`, also usable with --finetune), translator.json
+(flags) and the mT5 config and tokenizer files. Inputs are files, globs or folders (searched
+recursively for .pkl and .pose); clips are named by their path below the folder, or by their
+file name, without extension. Output: `name<TAB>text` lines, or JSON lines with --format jsonl.
+Clips are batched in input order and padded as in training (with copies of their last frame,
+which the temporal convolutions see), so a clip's translation can depend slightly on its batch:
+the trainer's --batch-size and --num_beams reproduce its evaluation predictions exactly, and
+--batch_size 1 makes every translation independent of the others.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+import utils
+
+POSE_EXTENSIONS = ('.pkl', '.pose')
+EXPORT_WEIGHTS, EXPORT_FLAGS = 'translator.pth', 'translator.json'
+# Flags of the model's shape that a checkpoint without stored flags can be given here.
+MODEL_FLAGS = ('dataset', 'stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel')
+
+
+def int_list(text):
+    return [int(x) for x in str(text).replace(',', ' ').split()]
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; the message says which."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('inputs', nargs='*', help='pose files, globs or folders')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', help="fine_tuning.py weight file ({'model', 'args'})")
+    source.add_argument('--model', help='folder written by --export')
+    p.add_argument('--mt5_path', help='mT5 folder (tokenizer, config) for --checkpoint')
+    p.add_argument('--export', metavar='DIR', help='write weights, tokenizer and flags to DIR')
+    p.add_argument('--num_beams', type=int, help="beam width (default: the checkpoint's)")
+    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--max_new_tokens', type=int, help="default: the checkpoint's")
+    p.add_argument('--max_length', type=int, help="frames kept per clip (default: the checkpoint's)")
+    p.add_argument('--fps', type=float, help='resample .pose clips to this frame rate')
+    p.add_argument('--format', choices=['tsv', 'jsonl'], default='tsv')
+    p.add_argument('--output', help='output file (default: standard output)')
+    p.add_argument('--skip_bad_samples', action='store_true',
+                   help='skip unreadable or invalid pose files (counted) instead of stopping')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
+    p.add_argument('--dataset', help='prompt language / flags for checkpoints without stored flags')
+    p.add_argument('--stgcn_channels', type=int_list)
+    p.add_argument('--hidden_dim', type=int)
+    p.add_argument('--temporal_layers', type=int)
+    p.add_argument('--temporal_kernel', type=int)
+    args = p.parse_args(argv)
+    if not args.inputs and not args.export:
+        p.error('give pose files to translate, or --export DIR')
+    return args
+
+
+# ----------------------------------------------------------------------------- model
+
+def model_flags(stored, overrides):
+    """The trainer's defaults, updated with a checkpoint's stored flags and explicit overrides;
+    regularisers are off (they only shape the training loss)."""
+    flags = utils.get_args_parser().parse_args([])
+    vars(flags).update(stored or {})
+    vars(flags).update({k: v for k, v in overrides.items() if v is not None})
+    flags.use_signcl = flags.use_sst = flags.use_hyperbolic = False
+    flags.rgb_support = False
+    return flags
+
+
+def load_from_checkpoint(path, mt5_path, overrides):
+    from models import SignTranslator, load_checkpoint_weights
+    if not os.path.isfile(path):
+        raise UsageError(f"--checkpoint {path} does not exist")
+    saved = torch.load(path, map_location='cpu', weights_only=True)
+    flags = model_flags(saved.get('args') if isinstance(saved, dict) else None, overrides)
+    flags.mt5_path = mt5_path or flags.mt5_path
+    if not flags.mt5_path or not os.path.isdir(flags.mt5_path):
+        raise UsageError(f"mT5 folder {flags.mt5_path!r} (tokenizer and config for {path}) not "
+                         "found; pass --mt5_path")
+    model = SignTranslator(flags)
+    load_checkpoint_weights(model, saved)
+    info = {k: v for k, v in saved.items() if k not in ('model', 'args')}
+    return model, flags, info
+
+
+def load_exported(folder):
+    from transformers import GenerationConfig, MT5Config, MT5ForConditionalGeneration, T5Tokenizer
+
+    from models import SignTranslator, load_checkpoint_weights
+    for name in (EXPORT_WEIGHTS, EXPORT_FLAGS, 'config.json'):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise UsageError(f"--model {folder}: {name} not found (write the folder with --export)")
+    with open(os.path.join(folder, EXPORT_FLAGS), encoding='utf-8') as f:
+        description = json.load(f)
+    flags = model_flags(description['flags'], {})
+    flags.mt5_path = folder
+    mt5 = MT5ForConditionalGeneration(MT5Config.from_pretrained(folder))
+    if os.path.isfile(os.path.join(folder, 'generation_config.json')):
+        mt5.generation_config = GenerationConfig.from_pretrained(folder)
+    tokenizer = T5Tokenizer.from_pretrained(folder, legacy=False)
+    model = SignTranslator(flags, mt5_model=mt5, tokenizer=tokenizer)
+    load_checkpoint_weights(model, os.path.join(folder, EXPORT_WEIGHTS))
+    return model, flags, description.get('info', {})
+
+
+def export(model, flags, info, folder):
+    """Writes weights, flags, mT5 config and tokenizer into `folder`."""
+    import checkpoint
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    checkpoint.atomic_torch_save({'model': state, 'args': checkpoint.plain_args(flags)},
+                                 os.path.join(folder, EXPORT_WEIGHTS))
+    model.mt5_model.config.save_pretrained(folder)
+    model.mt5_model.generation_config.save_pretrained(folder)
+    model.mt5_tokenizer.save_pretrained(folder)
+    # Recent transformers write only tokenizer.json; the SentencePiece model keeps the folder
+    # loadable by older versions too.
+    spiece = getattr(model.mt5_tokenizer, 'vocab_file', None)
+    target = os.path.join(folder, 'spiece.model')
+    if spiece and os.path.isfile(spiece) and not os.path.exists(target):
+        shutil.copyfile(spiece, target)
+    stored = checkpoint.plain_args(flags)
+    stored.pop('mt5_path', None)
+    description = {'flags': stored, 'info': info}
+    checkpoint.write_json(os.path.join(folder, EXPORT_FLAGS), description)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def collect_inputs(items):
+    """[(name, path)] for files, globs and folders, in the given order (folders and globs sorted)."""
+    clips = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(p for ext in POSE_EXTENSIONS
+                           for p in glob.glob(os.path.join(item, '**', '*' + ext), recursive=True))
+            if not found:
+                raise UsageError(f"{item}: no .pkl or .pose files in this folder")
+            clips += [(os.path.splitext(os.path.relpath(p, item))[0].replace(os.sep, '/'), p)
+                      for p in found]
+        elif os.path.isfile(item):
+            if not item.endswith(POSE_EXTENSIONS):
+                raise UsageError(f"{item}: not a pose file (expected .pkl or .pose)")
+            clips.append((os.path.splitext(os.path.basename(item))[0], item))
+        else:
+            found = sorted(p for p in glob.glob(item, recursive=True) if p.endswith(POSE_EXTENSIONS))
+            if not found:
+                raise UsageError(f"{item}: no such file, folder or matching pose files")
+            clips += [(os.path.splitext(os.path.basename(p))[0], p) for p in found]
+    return clips
+
+
+def load_parts(path, max_length, fps=None):
+    """The part tensors of a clip, with evaluation's evenly spaced frame subsampling."""
+    from datasets import clip_span, load_part_kp, read_pose, sample_frame_indices
+    pose = read_pose(path, fps=fps)
+    start, duration = clip_span(pose)
+    frames = sample_frame_indices(duration, max_length, train=False, start=start)
+    return load_part_kp(pose['keypoints'][frames], pose['scores'][frames])
+
+
+def collate(clips):
+    """The encoder input dict of a batch of part dicts, padded as datasets.S2T_Dataset does."""
+    from datasets import PARTS, pad_repeat_last
+    lengths = torch.tensor([len(clip['body']) for clip in clips], dtype=torch.long)
+    batch = {part: pad_repeat_last([clip[part] for clip in clips], lengths) for part in PARTS}
+    steps = torch.arange(batch['body'].shape[1])
+    batch['attention_mask'] = (steps[None, :] < lengths[:, None]).long()
+    return batch
+
+
+def read_batches(clips, batch_size, max_length, fps, skip_bad, skipped):
+    """Yields ([names], [paths], batch); bad files raise, or with skip_bad go to `skipped`."""
+    from datasets import DataError
+    names, paths, parts = [], [], []
+    for name, path in clips:
+        try:
+            parts.append(load_parts(path, max_length, fps))
+        except DataError as error:
+            if not skip_bad:
+                raise UsageError(f"{error} (--skip_bad_samples skips such files)") from None
+            skipped.append(str(error))
+            print(f"skipped {error}", file=sys.stderr)
+            continue
+        names.append(name)
+        paths.append(path)
+        if len(parts) == batch_size:
+            yield names, paths, collate(parts)
+            names, paths, parts = [], [], []
+    if parts:
+        yield names, paths, collate(parts)
+
+
+# ----------------------------------------------------------------------------- translation
+
+def format_line(name, path, text, fmt):
+    if fmt == 'jsonl':
+        return json.dumps({'name': name, 'file': path, 'text': text}, ensure_ascii=False) + '\n'
+    return f"{name}\t{' '.join(text.split())}\n"  # tabs and newlines would break the columns
+
+
+@torch.no_grad()
+def translate(model, clips, args, flags, out):
+    """Writes one line per readable clip to `out`; returns (translated, skipped messages)."""
+    skipped, done = [], 0
+    beams = args.num_beams or flags.num_beams
+    max_new_tokens = args.max_new_tokens or flags.max_new_tokens
+    max_length = args.max_length or flags.max_length
+    for names, paths, batch in read_batches(clips, args.batch_size, max_length, args.fps,
+                                            args.skip_bad_samples, skipped):
+        batch = {k: v.to(args.device) for k, v in batch.items()}
+        texts = model.generate_text(batch, max_new_tokens=max_new_tokens, num_beams=beams)
+        out.writelines(format_line(n, p, t, args.format) for n, p, t in zip(names, paths, texts))
+        out.flush()
+        done += len(names)
+    return done, skipped
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    clips = collect_inputs(args.inputs)
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
+    if args.checkpoint:
+        model, flags, info = load_from_checkpoint(args.checkpoint, args.mt5_path, overrides)
+    else:
+        model, flags, info = load_exported(args.model)
+    if args.export:
+        export(model, flags, info, args.export)
+        print(f"exported the translator to {args.export}", file=sys.stderr)
+    if not clips:
+        return
+    dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
+    model.to(device=args.device, dtype=dtype).eval()
+    out = open(args.output, 'w', encoding='utf-8') if args.output else sys.stdout
+    try:
+        done, skipped = translate(model, clips, args, flags, out)
+    finally:
+        if args.output:
+            out.close()
+    message = f"translated {done} of {len(clips)} clips"
+    print(message + (f", skipped {len(skipped)} bad files" if skipped else ''), file=sys.stderr)
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    try:
+        main()
+    except UsageError as error:
+        sys.exit(f"translate.py: error: {error}")
