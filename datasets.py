@@ -406,7 +406,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
                  tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None,
-                 defer_label_errors=False):
+                 defer_label_errors=False, pose_fps=None):
         entries = read_label_entries(label_path) if defer_label_errors else load_labels(label_path)
         self.store = open_packed_store(pose_dir, packed_dir)
         if 'CSL_News' in dataset_name:  # split first, so a bad entry does not move the boundary
@@ -424,6 +424,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self._durations = {}
+        self.pose_fps = pose_fps  # `.pose` inputs are resampled to this rate when set
 
     def __len__(self):
         return len(self.entries)
@@ -445,7 +446,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         if self.store is not None:
             pose = self.store.read(self.clip_name(index))
         else:
-            pose = read_pose(self.pose_path(index))
+            pose = read_pose(self.pose_path(index), fps=self.pose_fps)
         self._durations[index] = clip_span(pose)[1]
         return pose
 

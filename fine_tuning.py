@@ -60,7 +60,8 @@ def build_datasets(args, paths, tokenizer, phases):
                                     dataset_name=args.dataset, max_length=args.max_length,
                                     tokenizer=tokenizer, task=args.task,
                                     max_tgt_len=args.max_tgt_len, seed=args.seed,
-                                    defer_label_errors=True)
+                                    defer_label_errors=True,
+                                    pose_fps=getattr(args, "pose_fps", None))
         splits[phase].skipped = prescan(args, splits[phase], phase, label_path)
         print(f"{phase}: {len(splits[phase])} clips from {label_path}")
     if "dev" in phases and "dev" not in splits:

@@ -220,8 +220,19 @@ def test_demo_set_as_pose_files_matches_pickles_and_trains(demo_root, tmp_path):
         for part in expected:
             torch.testing.assert_close(parts[part], expected[part], atol=1e-5, rtol=1e-5)
 
+    # --pose_fps resamples the .pose inputs the trainer reads (pickles carry no frame rate)
+    from pose_format import Pose
+    with open(from_pose.pose_path(0), 'rb') as f:
+        fps = float(Pose.read(f.read()).body.fps)
+    halved = S2T_Dataset(os.path.join(pose_root, 'Demo', 'labels.dev'),
+                         os.path.join(pose_root, 'Demo', 'pose_format'), 'dev', 'Demo',
+                         pose_fps=fps / 2)
+    frames = from_pose.read_clip(0)['keypoints'].shape[0]
+    assert halved.read_clip(0)['keypoints'].shape[0] == round(frames / 2)
+
     out = tmp_path / 'run'
     cmd = [sys.executable, 'fine_tuning.py', '--dataset', 'Demo', '--data_root', pose_root,
+           '--pose_fps', str(fps / 2),
            '--output_dir', str(out), '--batch-size', '4', '--gradient-accumulation-steps', '1',
            '--epochs', '1', '--quick_break', '2', '--num_workers', '0', '--dtype', 'fp32',
            '--stgcn_channels', '8,16', '--hidden_dim', '16', '--temporal_layers', '1',
