@@ -27,7 +27,7 @@ deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29533}" fine_tuni
   --dataset Demo --data_root "$DATA_ROOT" --task SLT \
   --batch-size "$BATCH_PER_RANK" --gradient-accumulation-steps 1 \
   --epochs "$EPOCHS" --warmup-epochs 0.5 --opt AdamW --lr 1e-3 --weight-decay 0.01 \
-  --label_smoothing 0.1 --stgcn_channels 16,32 --hidden_dim 32 --temporal_layers 1 \
+  --label_smoothing 0.1 --stgcn_channels 16,32 --hidden_dim 32 --temporal_layers 1 --hands_batch joint \
   --max_length 48 --num_beams 4 --max_new_tokens 30 \
   --zero_stage "$ZERO_STAGE" --dtype fp32 --num_workers 1 --eval_every 7 --skip_test_eval \
   --output_dir "$OUTPUT_DIR" "$@"
