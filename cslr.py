@@ -167,6 +167,11 @@ class CTCRecognizer(nn.Module):
         SignTranslator.build_pose_encoder(self, channels, getattr(args, "temporal_layers", 3),
                                           getattr(args, "temporal_kernel", 5))
         self.part_para = nn.Parameter(torch.zeros(hidden_dim * len(PARTS)))
+        # Both hands share one encoder. Normalised apart in training (Uni-Sign) its BatchNorm
+        # keeps running statistics of the mixture, so evaluation sees other statistics than
+        # training did; one joint batch keeps the two consistent.
+        hands = getattr(args, "hands_batch", "auto")
+        self.hands_batch = "joint" if hands == "auto" else hands
         self.apply(init_linear)  # the translator's initialisation, before the head is added
         weights = parse_loss_weights(getattr(args, "loss_weights", "")) or None
         self.head = CTCHead(hidden_dim * len(PARTS), num_classes,

@@ -9,6 +9,20 @@ with the embedded prompt "Translate sign language video to {lang}: ".
 
 The left hand reuses the right hand's modules; both names stay in the state dict.
 
+Speed switches (flags read by the constructor, then attributes set with `set_speed`; each keeps
+the loss, the gradients and the running statistics of Uni-Sign's computation up to float
+rounding; bench/train_step.py measures them): `graph_product` 'matmul' or 'einsum' and
+`temporal_conv` 'direct' or 'winograd' (stgcn_layers.py); `hands_batch` 'on' runs both hands
+through their shared encoder as one batch with per-hand BatchNorm statistics ('auto': on CUDA
+only, where it saves kernel launches; on CPU it measured no faster; 'joint' also normalises both
+hands with one statistic, which is not Uni-Sign's model); `target_logits` 'real'
+applies the vocabulary projection and the cross-entropy to real target tokens only, 'all' to
+every padded position as Uni-Sign does; `embed_once` looks the prompt and the decoder inputs up
+in one embedding call whose gradient, when the table is tied to the output layer (as mT5 is
+here), is row-sparse and added into the output layer's, so no (vocabulary x d_model) gradient is
+zero-filled and summed per lookup; `compile_encoder` compiles the part encoders with
+torch.compile. UNISIGN_SPEED is Uni-Sign's way, SPEED_DEFAULTS the trainer's.
+
 With --use_signcl, --use_sst or --use_hyperbolic, `regularizers` holds the enabled auxiliary losses
 (training_losses.py combines them with the cross-entropy); with none, it is an empty ModuleDict and
 forward computes exactly Uni-Sign's loss. Their weights live under `regularizers.*`: checkpoints
@@ -21,9 +35,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
+from transformers.modeling_outputs import BaseModelOutput
 
 import regularizers
-from stgcn_layers import Graph, get_stgcn_chain
+from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
+                          set_graph_product, set_temporal_conv)
 from training_losses import RegularizerInputs, regularized_loss
 
 PARTS = ('body', 'left', 'right', 'face_all')
@@ -32,6 +48,37 @@ BODY_ANCHOR_JOINT = {'left': -2, 'right': -1, 'face_all': 0}
 RGB_KEY_PREFIXES = ('rgb_support_backbone.', 'rgb_proj.', 'fusion_pose_rgb_', 'fusion_gate.')
 REGULARIZER_PREFIX = 'regularizers.'
 IGNORE_INDEX = -100
+SPEED_DEFAULTS = {'graph_product': 'matmul', 'temporal_conv': 'direct', 'hands_batch': 'auto',
+                  'target_logits': 'real', 'embed_once': 'on', 'compile_encoder': False}
+SPEED_CHOICES = {'graph_product': GRAPH_PRODUCTS, 'temporal_conv': TEMPORAL_CONVS,
+                 'hands_batch': ('auto', 'on', 'off', 'joint'), 'target_logits': ('real', 'all'),
+                 'embed_once': ('on', 'off')}
+UNISIGN_SPEED = {'graph_product': 'einsum', 'temporal_conv': 'direct', 'hands_batch': 'off',
+                 'target_logits': 'all', 'embed_once': 'off', 'compile_encoder': False}
+
+
+def speed_options(args):
+    """The speed switches of `args` (missing ones take SPEED_DEFAULTS), checked."""
+    return check_speed({name: getattr(args, name, None) for name in SPEED_DEFAULTS},
+                       defaults=SPEED_DEFAULTS)
+
+
+def check_speed(switches, defaults=None):
+    """Switches with booleans turned into 'on'/'off' and None into `defaults`; raises naming
+    an unknown switch or value."""
+    checked = {}
+    for name, value in switches.items():
+        if name not in SPEED_DEFAULTS:
+            raise ValueError(f"unknown speed switch {name!r}; "
+                             f"expected one of {list(SPEED_DEFAULTS)}")
+        if value is None and defaults is not None:
+            value = defaults[name]
+        if isinstance(value, bool) and name in SPEED_CHOICES:
+            value = 'on' if value else 'off'
+        if value is not None and name in SPEED_CHOICES and value not in SPEED_CHOICES[name]:
+            raise ValueError(f"--{name} {value!r}: expected one of {SPEED_CHOICES[name]}")
+        checked[name] = value
+    return checked
 
 
 def prompt_for(dataset):
@@ -80,6 +127,7 @@ class SignTranslator(nn.Module):
         self.modes = list(PARTS)
         self.build_pose_encoder(channels, getattr(args, 'temporal_layers', 3),
                                 getattr(args, 'temporal_kernel', 5))
+        self.set_speed(**speed_options(args))
         self.part_para = nn.Parameter(torch.zeros(hidden_dim * len(PARTS)))
         config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
             args.mt5_path)
@@ -105,6 +153,22 @@ class SignTranslator(nn.Module):
         # the hyperbolic CE weight schedule).
         self.progress = 0.0
 
+    def set_speed(self, **switches):
+        """Sets speed switches by name (see SPEED_CHOICES; compile_encoder=True compiles the
+        part encoders in place, keeping their state-dict keys); None leaves one as it is."""
+        switches = check_speed(switches)
+        if switches.get('graph_product') is not None:
+            set_graph_product(self, switches['graph_product'])
+        if switches.get('temporal_conv') is not None:
+            set_temporal_conv(self, switches['temporal_conv'])
+        for name in ('hands_batch', 'target_logits', 'embed_once'):
+            if switches.get(name) is not None:
+                setattr(self, name, switches[name])
+        if switches.get('compile_encoder'):
+            for chain in {id(c): c for table in (self.gcn_modules, self.fusion_gcn_modules)
+                          for c in table.values()}.values():
+                chain.compile()
+
     def build_pose_encoder(self, channels, temporal_layers, temporal_kernel):
         # Modules are created for every part (left included, then replaced by right) so that a
         # given seed draws the same initial weights as Uni-Sign.
@@ -125,6 +189,7 @@ class SignTranslator(nn.Module):
                 temporal_layers=temporal_layers)
         for table in (self.gcn_modules, self.fusion_gcn_modules, self.proj_linear):
             table['left'] = table['right']
+        self.hands_batch = SPEED_DEFAULTS['hands_batch']
 
     def encode_pose(self, src_input):
         """(B, T, 4*C) pose features: the four part features plus `part_para` (pose_proj input)."""
@@ -133,34 +198,39 @@ class SignTranslator(nn.Module):
     def encode_parts(self, src_input):
         """The four (B, T, C) part features, body, left, right, face, before `part_para`."""
         dtype, device = self.part_para.dtype, self.part_para.device
-        features, body_feat = [], None
-        for part in PARTS:
-            x = src_input[part].to(device=device, dtype=dtype)
-            feat = self.gcn_modules[part](self.proj_linear[part](x).permute(0, 3, 1, 2))
-            if part == 'body':
-                body_feat = feat
-            else:
-                anchor = body_feat[..., BODY_ANCHOR_JOINT[part]]
-                feat = feat + anchor[..., None].detach()
-            feat = self.fusion_gcn_modules[part](feat)  # (B, C, T, V)
-            features.append(feat.mean(-1).transpose(1, 2))
-        return features
+        x = {part: src_input[part].to(device=device, dtype=dtype) for part in PARTS}
+        body = spatial_features(self, 'body', x['body'])
+        features = {'body': temporal_features(self, 'body', body)}
+        if hands_in_one_batch(self, body):
+            groups = 1 if self.hands_batch == 'joint' else 2
+            both = spatial_features(self, 'right', torch.cat([x['left'], x['right']]), groups)
+            anchors = torch.cat([anchor_feature(body, 'left'), anchor_feature(body, 'right')])
+            both = temporal_features(self, 'right', both + anchors, groups)
+            features['left'], features['right'] = both.chunk(2)
+        for part in PARTS[1:]:
+            if part not in features:
+                feat = spatial_features(self, part, x[part]) + anchor_feature(body, part)
+                features[part] = temporal_features(self, part, feat)
+        return [features[part] for part in PARTS]
 
     def prompt_tokens(self, batch_size, device):
         tokens = self.mt5_tokenizer([self.prompt] * batch_size, padding='longest',
                                     truncation=True, return_tensors='pt')
         return tokens['input_ids'].to(device), tokens['attention_mask'].to(device)
 
+    def prefix_tokens(self, src_input, batch_size, device):
+        """Prompt ids and mask, from the batch (tokenised by the dataset) or tokenised here."""
+        if 'prefix_ids' in src_input:
+            return src_input['prefix_ids'].to(device), src_input['prefix_mask'].to(device)
+        return self.prompt_tokens(batch_size, device)
+
     def embed_inputs(self, src_input, batch_size=None, pose_embeds=None):
         """mT5 encoder inputs: (prompt + pose embeddings (B, P+T, D), attention mask (B, P+T))."""
         if pose_embeds is None:
             pose_embeds = self.pose_proj(self.encode_pose(src_input))
         device = pose_embeds.device
-        if 'prefix_ids' in src_input:
-            prefix_ids = src_input['prefix_ids'].to(device)
-            prefix_mask = src_input['prefix_mask'].to(device)
-        else:
-            prefix_ids, prefix_mask = self.prompt_tokens(batch_size or len(pose_embeds), device)
+        prefix_ids, prefix_mask = self.prefix_tokens(src_input, batch_size or len(pose_embeds),
+                                                     device)
         prefix_embeds = self.mt5_model.encoder.embed_tokens(prefix_ids)
         inputs_embeds = torch.cat([prefix_embeds, pose_embeds], dim=1)
         attention_mask = torch.cat([prefix_mask, src_input['attention_mask'].to(device)], dim=1)
@@ -179,28 +249,68 @@ class SignTranslator(nn.Module):
     def forward(self, src_input, tgt_input):
         parts = self.encode_parts(src_input)
         pose_embeds = self.pose_proj(torch.cat(parts, dim=-1) + self.part_para)
-        inputs_embeds, attention_mask = self.embed_inputs(src_input, pose_embeds=pose_embeds)
-        labels = self.target_labels(tgt_input, inputs_embeds.device)
-        # Teacher forcing with explicit decoder inputs: the same logits as passing `labels`,
-        # without mT5 also computing its own (unsmoothed) loss.
+        device = pose_embeds.device
+        labels = self.target_labels(tgt_input, device)
         decoder_input_ids = self.mt5_model.prepare_decoder_input_ids_from_labels(labels=labels)
-        mt5_out = self.mt5_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                 decoder_input_ids=decoder_input_ids, use_cache=False,
-                                 output_hidden_states=self.needs_decoder_states, return_dict=True)
-        logits = mt5_out.logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
+        prefix_ids, prefix_mask = self.prefix_tokens(src_input, len(pose_embeds), device)
+        if self.embed_once == 'on':
+            embedding = self.mt5_model.get_input_embeddings()
+            tied = embedding.weight is self.mt5_model.get_output_embeddings().weight
+            prefix_embeds, decoder_embeds = embed_together(embedding, prefix_ids,
+                                                           decoder_input_ids, sparse_grad=tied)
+        else:
+            prefix_embeds, decoder_embeds = self.mt5_model.encoder.embed_tokens(prefix_ids), None
+        inputs_embeds = torch.cat([prefix_embeds, pose_embeds], dim=1)
+        attention_mask = torch.cat([prefix_mask, src_input['attention_mask'].to(device)], dim=1)
+        mt5_out = self.run_mt5(inputs_embeds, attention_mask, decoder_input_ids, decoder_embeds,
+                               labels)
+        loss = F.cross_entropy(mt5_out['logits'], mt5_out['targets'], ignore_index=IGNORE_INDEX,
+                               label_smoothing=self.label_smoothing)
         out = {'loss': loss, 'ce_loss': loss.detach(), 'inputs_embeds': inputs_embeds,
-               'attention_mask': attention_mask, 'logits': logits}
+               'attention_mask': attention_mask}
+        if self.target_logits == 'all':
+            out['logits'] = mt5_out['logits'].view(*labels.shape, -1)
+        else:
+            out['token_logits'] = mt5_out['logits']
         if len(self.regularizers):
             inputs = self.regularizer_inputs(src_input, parts, pose_embeds, labels, mt5_out)
             out.update(regularized_loss(self.regularizers, self.loss_weights, loss, inputs,
                                         self.progress))
         return out
 
+    def run_mt5(self, inputs_embeds, attention_mask, decoder_input_ids, decoder_embeds, labels):
+        """Teacher-forced mT5: {'logits' (rows, V), 'targets' (rows,), 'encoder_states',
+        'decoder_states'}; the rows are every target position, or with target_logits 'real'
+        only those that are not padding (the same mean cross-entropy)."""
+        decoder_ids = decoder_input_ids if decoder_embeds is None else None
+        if self.target_logits == 'all':
+            # Explicit decoder inputs: the logits of passing `labels`, without mT5 also computing
+            # its own (unsmoothed) loss.
+            out = self.mt5_model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                decoder_input_ids=decoder_ids, decoder_inputs_embeds=decoder_embeds,
+                use_cache=False, output_hidden_states=self.needs_decoder_states, return_dict=True)
+            logits, targets = out.logits.flatten(0, 1), labels.flatten()
+            encoder_states = out.encoder_last_hidden_state
+            decoder_states = out.decoder_hidden_states[-1] if self.needs_decoder_states else None
+        else:
+            encoder_states = self.mt5_model.encoder(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                return_dict=True).last_hidden_state
+            decoder_states = self.mt5_model.decoder(
+                input_ids=decoder_ids, inputs_embeds=decoder_embeds,
+                encoder_hidden_states=encoder_states, encoder_attention_mask=attention_mask,
+                use_cache=False, return_dict=True).last_hidden_state
+            # The row count is data-dependent, so on a GPU this waits for it once per step:
+            # far cheaper than the padded rows' products with the whole vocabulary.
+            real = labels != IGNORE_INDEX
+            logits, targets = self.mt5_model.lm_head(decoder_states[real]), labels[real]
+        return {'logits': logits, 'targets': targets, 'encoder_states': encoder_states,
+                'decoder_states': decoder_states}
+
     def regularizer_inputs(self, src_input, parts, pose_embeds, labels, mt5_out):
         """The features the enabled regularisers read (see training_losses.RegularizerInputs)."""
-        encoder_states = mt5_out.encoder_last_hidden_state
+        encoder_states = mt5_out['encoder_states']
         prompt_length = encoder_states.shape[1] - pose_embeds.shape[1]
         token_embeds = None
         if self.hyp_text_source == 'token':
@@ -209,7 +319,7 @@ class SignTranslator(nn.Module):
             frame_mask=src_input['attention_mask'].to(pose_embeds.device),
             text_mask=labels != IGNORE_INDEX, pose_embeds=pose_embeds, part_features=parts,
             pose_states=encoder_states[:, prompt_length:],
-            decoder_states=mt5_out.decoder_hidden_states[-1] if self.needs_decoder_states else None,
+            decoder_states=mt5_out['decoder_states'] if self.needs_decoder_states else None,
             token_embeds=token_embeds)
 
     @torch.no_grad()
@@ -225,12 +335,73 @@ class SignTranslator(nn.Module):
                                        max_new_tokens=max_new_tokens, num_beams=num_beams,
                                        **generate_kwargs)
 
+    @torch.no_grad()
+    def generate_grouped(self, src_inputs, max_new_tokens=100, num_beams=4, **generate_kwargs):
+        """generate() for several batches with one beam search: a list of id tensors, one per
+        batch, padded to a common width. Each batch is encoded on its own, with its own padding,
+        so the encoder states are the ones generate() computes; they are padded to a common
+        length and masked, and each decoding step then reads the (vocabulary x d_model) output
+        layer once for all the batches instead of once per batch, the cost that bounds beam
+        search on a CPU. The tokens equal generate()'s batch by batch (bench/eval_speed.py)."""
+        states, masks = [], []
+        for src_input in src_inputs:
+            inputs_embeds, attention_mask = self.embed_inputs(src_input)
+            states.append(self.mt5_model.encoder(inputs_embeds=inputs_embeds,
+                                                 attention_mask=attention_mask,
+                                                 return_dict=True).last_hidden_state)
+            masks.append(attention_mask)
+        length = max(state.shape[1] for state in states)
+        hidden = torch.cat([F.pad(state, (0, 0, 0, length - state.shape[1])) for state in states])
+        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in masks])
+        ids = self.mt5_model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                      attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      num_beams=num_beams, **generate_kwargs)
+        return list(ids.split([len(state) for state in states]))
+
     def generate_text(self, pre_compute_item, max_new_tokens=100, num_beams=4):
         ids = self.generate(pre_compute_item, max_new_tokens=max_new_tokens, num_beams=num_beams)
         return self.mt5_tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 Uni_Sign = SignTranslator
+
+
+def spatial_features(encoder, part, x, groups=1):
+    """(B, T, V, 3) keypoints -> (B, C, T, V) spatial features of `part`; with groups > 1 the
+    batch holds `groups` parts sharing the modules, normalised apart."""
+    chain = encoder.gcn_modules[part]
+    with batch_groups(chain, groups):
+        return chain(encoder.proj_linear[part](x).permute(0, 3, 1, 2))
+
+
+def temporal_features(encoder, part, feat, groups=1):
+    """(B, C, T, V) -> temporal chain -> mean over joints -> (B, T, C)."""
+    chain = encoder.fusion_gcn_modules[part]
+    with batch_groups(chain, groups):
+        return chain(feat).mean(-1).transpose(1, 2)
+
+
+def anchor_feature(body_feat, part):
+    """The detached body feature (B, C, T, 1) at the joint `part` hangs from."""
+    return body_feat[..., BODY_ANCHOR_JOINT[part]][..., None].detach()
+
+
+def hands_in_one_batch(encoder, reference):
+    mode = getattr(encoder, 'hands_batch', 'auto')
+    return mode in ('on', 'joint') or (mode == 'auto' and reference.is_cuda)
+
+
+def embed_together(embedding, first_ids, second_ids, sparse_grad=False):
+    """Two id tensors through one embedding call. With sparse_grad the table gets a row-sparse
+    gradient, which autograd adds into the dense gradient of a tied output layer, instead of a
+    dense (vocabulary x d_model) one: the same sum without zero-filling the whole table."""
+    dense, embedding.sparse = embedding.sparse, sparse_grad
+    try:
+        rows = embedding(torch.cat([first_ids.flatten(), second_ids.flatten()]))
+    finally:
+        embedding.sparse = dense
+    first, second = rows.split([first_ids.numel(), second_ids.numel()])
+    return first.view(*first_ids.shape, -1), second.view(*second_ids.shape, -1)
 
 
 def get_requires_grad_dict(model):

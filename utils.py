@@ -83,6 +83,8 @@ def get_args_parser():
     _add(p, "--dataset", default="CSL_Daily")
     _add(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
     _add(p, "--max_length", type=int, default=256, help="frames kept per clip")
+    _add(p, "--pose_fps", type=float, default=None,
+         help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
     _add(p, "--max_tgt_len", type=int, default=50, help="target tokens kept")
     _add(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
     _add(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
@@ -97,8 +99,12 @@ def get_args_parser():
     # speed (models.py; each keeps Uni-Sign's loss up to float rounding, bench/train_step.py)
     _add(p, "--graph_product", default="matmul", choices=["matmul", "einsum"],
          help="ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
-    _add(p, "--hands_batch", default="auto", choices=["auto", "on", "off"],
-         help="both hands through their shared encoder as one batch (auto: on CUDA only)")
+    _add(p, "--temporal_conv", default="direct", choices=["direct", "winograd"],
+         help="ST-GCN temporal conv: direct, or Winograd F(4,k) (fewer FLOPs, memory-bound transforms)")
+    _add(p, "--hands_batch", default="auto", choices=["auto", "on", "off", "joint"],
+         help="both hands through their shared encoder as one batch (auto: on CUDA only); "
+              "joint also normalises them with one BatchNorm statistic, as evaluation does "
+              "(default of the CTC head)")
     _add(p, "--target_logits", default="real", choices=["real", "all"],
          help="vocabulary projection and loss on real target tokens only, or on every position")
     _add(p, "--embed_once", default="on", choices=["on", "off"],

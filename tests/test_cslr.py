@@ -88,6 +88,42 @@ def test_flags_parse_in_both_spellings_and_belong_to_the_trainer_parser():
     assert args.head == "ctc" and args.ctc_beam == 1 and args.dataset == "CSL_Daily"
 
 
+# ---- hand normalisation ----
+
+def hands_unlike_batch(batch=6, frames=20):
+    """Parts where the left hand rests and the right hand moves, as in most signing."""
+    gen = torch.Generator().manual_seed(0)
+    src = {part: torch.rand(batch, frames, joints, 3, generator=gen)
+           for part, joints in (("body", 9), ("left", 21), ("right", 21), ("face_all", 18))}
+    src["left"] = 0.05 * src["left"] - 0.5
+    src["right"] = 3.0 * src["right"] + 1.0
+    src["attention_mask"] = torch.ones(batch, frames, dtype=torch.long)
+    return src
+
+
+def train_eval_gap(hands_batch):
+    """Largest gap between the training-mode and evaluation-mode pose features of one batch,
+    once the BatchNorm running statistics are that batch's own (cumulative average)."""
+    torch.manual_seed(0)
+    model = cslr.CTCRecognizer(model_args(hands_batch=hands_batch), num_classes=5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    src = hands_unlike_batch()
+    with torch.no_grad():
+        model.train()
+        trained = torch.cat(model.encode_parts(src), -1)
+        model.eval()
+        evaluated = torch.cat(model.encode_parts(src), -1)
+    return ((trained - evaluated).abs().max() / trained.abs().max()).item()
+
+
+def test_joint_hand_normalisation_makes_evaluation_see_training_statistics():
+    joint, apart = train_eval_gap("auto"), train_eval_gap("off")
+    assert joint < 0.02  # the recognizer's default: one statistic for both hands
+    assert apart > 10 * joint  # Uni-Sign's per-hand batch statistics vs mixed running ones
+
+
 # ---- label files ----
 
 def test_stm_reader_matches_sclite_reader_and_keeps_signers(tmp_path):

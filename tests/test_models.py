@@ -4,14 +4,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models import (SignTranslator, Uni_Sign, get_requires_grad_dict, load_checkpoint_weights,
-                    prompt_for)
+from models import (SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator, Uni_Sign,
+                    get_requires_grad_dict, load_checkpoint_weights, prompt_for)
 
 # targets; the tiny mT5 comes from conftest's `tiny_mt5_dir` (an English corpus like these)
 SENTENCES = ['the teacher gave a book to the child', 'yesterday we saw a red car',
              'my friend likes hot tea', 'tomorrow they will not come home']
 PARTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
 CHANNELS = [8, 16, 32]
+ALL_ON = dict(SPEED_DEFAULTS, hands_batch='on')
+SPEEDS = {'unisign': UNISIGN_SPEED, 'default': SPEED_DEFAULTS, 'all_on': ALL_ON}
 
 
 def make_args(mt5_dir, **overrides):
@@ -122,9 +124,11 @@ def test_left_hand_shares_right_hand_modules(tiny_mt5_dir):
     assert model.lang == 'English' and build(tiny_mt5_dir, dataset='CSL_Daily').lang == 'Chinese'
 
 
+@pytest.mark.parametrize('speed', ['unisign', 'default', 'all_on'])
 @pytest.mark.parametrize('train', [False, True])
-def test_loss_equals_unisign_reference(tiny_mt5_dir, train):
+def test_loss_equals_unisign_reference(tiny_mt5_dir, train, speed):
     model = build(tiny_mt5_dir).train(train)
+    model.set_speed(**SPEEDS[speed])
     src, tgt = plain_batch()
     torch.manual_seed(7)
     out = model(src, tgt)
@@ -132,8 +136,11 @@ def test_loss_equals_unisign_reference(tiny_mt5_dir, train):
     expected, _ = reference_loss(model, src, tgt)
     assert torch.isfinite(out['loss'])
     torch.testing.assert_close(out['loss'], expected, rtol=1e-5, atol=0)
-    assert out['logits'].shape[:2] == (3, max(len(model.mt5_tokenizer(s).input_ids)
-                                               for s in tgt['gt_sentence']))
+    target_lengths = [len(model.mt5_tokenizer(s).input_ids) for s in tgt['gt_sentence']]
+    if model.target_logits == 'all':
+        assert out['logits'].shape[:2] == (3, max(target_lengths))
+    else:
+        assert out['token_logits'].shape[0] == sum(target_lengths)
     assert out['inputs_embeds'].shape[1] == out['attention_mask'].shape[1]
 
 
@@ -230,6 +237,145 @@ def test_bad_configurations(tiny_mt5_dir):
         build(tiny_mt5_dir, rgb_support=True)
 
 
+# ---------------------------------------------------------------------------- speed switches
+
+SWITCHES_ON = {'graph_product': 'matmul', 'temporal_conv': 'winograd', 'hands_batch': 'on',
+               'target_logits': 'real', 'embed_once': 'on'}
+
+
+def training_step(model, batch, seed=3):
+    torch.manual_seed(seed)  # same mT5 dropout masks
+    out = model(*batch)
+    out['loss'].backward()
+    return out
+
+
+def assert_same_training_step(reference, candidate, batch):
+    """Equal loss (relative 1e-5 in float32), and in float64 (where float rounding cannot hide a
+    change of the math) equal loss, gradients, BatchNorm buffers and state-dict layout."""
+    expected, got = training_step(reference, batch), training_step(candidate, batch)
+    torch.testing.assert_close(got['loss'], expected['loss'], rtol=1e-5, atol=0)
+    reference.double().zero_grad()
+    candidate.double().zero_grad()
+    candidate.load_state_dict(reference.state_dict())
+    expected, got = training_step(reference, batch), training_step(candidate, batch)
+    torch.testing.assert_close(got['loss'], expected['loss'], rtol=1e-10, atol=0)
+    grads = dict(candidate.named_parameters())
+    for name, param in reference.named_parameters():
+        if param.grad is None:
+            assert grads[name].grad is None, name
+            continue
+        assert grads[name].grad.layout == torch.strided, name  # sparse parts summed in
+        # Conv biases feeding a BatchNorm have a true gradient of 0: allow rounding noise there.
+        bound = 1e-5 * param.grad.abs().max() + 1e-12
+        assert (grads[name].grad - param.grad).abs().max() <= bound, name
+    state, reference_state = candidate.state_dict(), reference.state_dict()
+    assert list(state) == list(reference_state)
+    for key, value in reference_state.items():
+        assert state[key].shape == value.shape, key
+        if key.endswith('num_batches_tracked'):
+            assert torch.equal(state[key], value), key
+        else:
+            torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize('switch', [*SWITCHES_ON, 'all'])
+def test_speed_switches_keep_loss_gradients_and_statistics(tiny_mt5_dir, switch):
+    reference = build(tiny_mt5_dir, **UNISIGN_SPEED).train()
+    candidate = build(tiny_mt5_dir, **UNISIGN_SPEED).train()
+    candidate.set_speed(**(SWITCHES_ON if switch == 'all' else {switch: SWITCHES_ON[switch]}))
+    assert_same_training_step(reference, candidate, tokenised_batch(reference.mt5_tokenizer))
+
+
+def test_speed_switches_with_regularizers_and_plain_batches(tiny_mt5_dir):
+    flags = dict(REGULARIZER_FLAGS['all'], hyp_text_emb_src='decoder')
+    reference = build(tiny_mt5_dir, **UNISIGN_SPEED, **flags).train()
+    candidate = build(tiny_mt5_dir, **ALL_ON, **flags).train()
+    assert candidate.needs_decoder_states
+    assert_same_training_step(reference, candidate, plain_batch(frames=40))
+
+
+def test_untied_output_layer_keeps_dense_embedding_gradients(tiny_mt5_dir):
+    model = build(tiny_mt5_dir, **ALL_ON).train()
+    mt5 = model.mt5_model
+    mt5.lm_head.weight = torch.nn.Parameter(mt5.lm_head.weight.detach().clone())
+    assert mt5.get_output_embeddings().weight is not mt5.get_input_embeddings().weight
+    training_step(model, tokenised_batch(model.mt5_tokenizer))
+    assert mt5.shared.weight.grad.layout == torch.strided and not mt5.shared.sparse
+
+
+def test_generation_is_identical_with_speed_switches(tiny_mt5_dir):
+    reference = build(tiny_mt5_dir, **UNISIGN_SPEED).eval()
+    candidate = build(tiny_mt5_dir, **ALL_ON).eval()
+    src, tgt = plain_batch()
+    with torch.no_grad():
+        expected = reference.generate(reference(src, tgt), max_new_tokens=6, num_beams=2)
+    assert torch.equal(candidate.generate(src, max_new_tokens=6, num_beams=2), expected)
+    torch.testing.assert_close(candidate.encode_pose(src), reference.encode_pose(src),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_beam_search_equals_batch_by_batch(tiny_mt5_dir):
+    model = build(tiny_mt5_dir).eval()
+    batches = [plain_batch(batch=3, frames=10, seed=1)[0],
+               plain_batch(batch=2, frames=6, seed=2)[0]]
+    grouped = model.generate_grouped(batches, max_new_tokens=5, num_beams=2)
+    for src, ids in zip(batches, grouped):
+        single = model.generate(src, max_new_tokens=5, num_beams=2)
+        assert ids.shape[0] == single.shape[0]
+        assert model.mt5_tokenizer.batch_decode(ids, skip_special_tokens=True) == \
+            model.mt5_tokenizer.batch_decode(single, skip_special_tokens=True)
+        width = single.shape[1]
+        assert torch.equal(ids[:, :width], single) and not ids[:, width:].any()
+
+
+def test_hands_batch_modes(tiny_mt5_dir):
+    from models import hands_in_one_batch
+    model = build(tiny_mt5_dir)
+    assert model.hands_batch == 'auto' and not hands_in_one_batch(model, torch.zeros(1))  # CPU
+    model.set_speed(hands_batch=True)
+    assert model.hands_batch == 'on' and hands_in_one_batch(model, torch.zeros(1))
+    src, _ = plain_batch()
+    model.eval().set_speed(hands_batch='off')
+    with torch.no_grad():  # evaluation normalises with the running statistics: all modes agree
+        separate = model.encode_pose(src)
+        for mode in ('on', 'joint'):
+            model.set_speed(hands_batch=mode)
+            torch.testing.assert_close(model.encode_pose(src), separate, rtol=1e-5, atol=1e-6)
+
+
+def test_speed_flags_reach_the_model(tiny_mt5_dir):
+    import utils
+    argv = ['--dataset', 'How2Sign', '--mt5_path', tiny_mt5_dir, '--stgcn_channels', '8,16,32',
+            '--hidden_dim', '32', '--graph_product', 'einsum', '--hands-batch', 'on',
+            '--target_logits', 'all', '--embed_once', 'off', '--temporal_conv', 'winograd']
+    model = SignTranslator(utils.parse_args('test', argv))
+    assert (model.hands_batch, model.target_logits, model.embed_once) == ('on', 'all', 'off')
+    assert model.gcn_modules['body'].layer0_0.gcn.graph_product == 'einsum'
+    assert model.fusion_gcn_modules['left'].layer0_1.tcn[0].algorithm == 'winograd'
+    defaults = SignTranslator(utils.parse_args('test', argv[:8]))
+    assert defaults.fusion_gcn_modules['face_all'].layer0_2.gcn.graph_product == 'matmul'
+    assert (defaults.hands_batch, defaults.target_logits, defaults.embed_once) == (
+        'auto', 'real', 'on')
+
+
+def test_compiled_encoder_keeps_the_state_dict(tiny_mt5_dir):
+    model = build(tiny_mt5_dir)
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    model.set_speed(compile_encoder=True)  # compiles lazily: nothing runs here
+    assert {k: v.shape for k, v in model.state_dict().items()} == keys
+
+
+def test_bad_speed_switches(tiny_mt5_dir):
+    with pytest.raises(ValueError, match='graph_product'):
+        build(tiny_mt5_dir, graph_product='dense')
+    model = build(tiny_mt5_dir)
+    with pytest.raises(ValueError, match='unknown speed switch'):
+        model.set_speed(channels_last=True)
+    with pytest.raises(ValueError, match='target_logits'):
+        model.set_speed(target_logits='some')
+
+
 # ------------------------------------------------------------------------------ regularisers
 
 REGULARIZER_FLAGS = {
@@ -251,7 +397,7 @@ def long_batch(tokenizer):
 
 
 def test_without_regularizers_the_loss_is_exactly_the_cross_entropy(tiny_mt5_dir):
-    model = build(tiny_mt5_dir).train()
+    model = build(tiny_mt5_dir, target_logits='all').train()
     assert len(model.regularizers) == 0 and not model.needs_decoder_states
     src, tgt = long_batch(model.mt5_tokenizer)
     out = model(src, tgt)
@@ -265,7 +411,7 @@ def test_without_regularizers_the_loss_is_exactly_the_cross_entropy(tiny_mt5_dir
 
 @pytest.mark.parametrize('name', list(REGULARIZER_FLAGS))
 def test_regularized_forward_is_finite_and_reaches_the_pose_encoder(tiny_mt5_dir, name):
-    model = build(tiny_mt5_dir, **REGULARIZER_FLAGS[name]).train()
+    model = build(tiny_mt5_dir, target_logits='all', **REGULARIZER_FLAGS[name]).train()
     model.progress = 0.5
     src, tgt = long_batch(model.mt5_tokenizer)
     out = model(src, tgt)

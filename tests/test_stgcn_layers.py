@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stgcn_layers import Graph, STGCNBlock, get_stgcn_chain, hop_distance
+from stgcn_layers import (Graph, GraphConv, PartBatchNorm2d, STGCNBlock, TemporalConv2d,
+                          batch_groups, get_stgcn_chain, hop_distance, set_graph_product,
+                          set_temporal_conv, winograd_matrices)
 
 JOINTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
 EDGE_COUNTS = {'body': 8, 'left': 20, 'right': 20, 'face_all': 8 + 7 + 1 + 17}
@@ -132,10 +134,11 @@ def reference_block(block, x):
     return F.relu(y + res)
 
 
+@pytest.mark.parametrize('graph_product', ['matmul', 'einsum'])
 @pytest.mark.parametrize('cin,cout,kernel', [(6, 6, 1), (6, 10, 1), (10, 10, 5), (6, 10, 3)])
-def test_block_matches_reference(cin, cout, kernel):
+def test_block_matches_reference(cin, cout, kernel, graph_product):
     torch.manual_seed(0)
-    block = STGCNBlock(cin, cout, (kernel, 2), adjacency('face_all'))
+    block = STGCNBlock(cin, cout, (kernel, 2), adjacency('face_all'), graph_product=graph_product)
     with torch.no_grad():
         block.gcn.A.add_(0.05 * torch.randn_like(block.gcn.A))  # learnt graphs are dense
     x = torch.randn(3, cin, 11, 18)
@@ -152,3 +155,116 @@ def test_gradients_reach_adjacency_and_input():
     assert block.gcn.A.grad.abs().sum() > 0
     assert x.grad.abs().sum() > 0
     assert block.tcn[0].weight.grad.abs().sum() > 0
+
+
+def graph_conv_pass(layer, x, grad):
+    x = x.clone().requires_grad_()
+    layer.zero_grad()
+    y = layer(x)
+    y.backward(grad)
+    return [y, x.grad] + [p.grad.clone() for p in layer.parameters()]
+
+
+@pytest.mark.parametrize('cin,cout', [(6, 6), (6, 10), (10, 6)])
+def test_graph_products_agree_in_outputs_and_gradients(cin, cout):
+    """'matmul' (per-partition products, or graphs first when the layer widens) is the same
+    function as Uni-Sign's einsum: checked in float64, values and every gradient."""
+    torch.manual_seed(0)
+    A = adjacency('right').double() + 0.05 * torch.randn(2, 21, 21, dtype=torch.float64)
+    layer = GraphConv(cin, cout, A, graph_product='einsum').double()
+    with torch.no_grad():
+        layer.conv.bias.normal_()  # a non-zero bias exercises the bias pushed through the graphs
+    x, grad = torch.randn(3, cin, 7, 21, dtype=torch.float64), torch.randn(3, cout, 7, 21,
+                                                                          dtype=torch.float64)
+    expected = graph_conv_pass(layer, x, grad)
+    set_graph_product(layer, 'matmul')
+    for got, want in zip(graph_conv_pass(layer, x, grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match='graph product'):
+        set_graph_product(layer, 'sparse')
+
+
+def test_part_batchnorm_groups_equal_separate_passes():
+    torch.manual_seed(0)
+    grouped, separate = PartBatchNorm2d(5), PartBatchNorm2d(5)
+    left, right = torch.randn(2, 5, 4, 3) * 2 + 1, torch.randn(2, 5, 4, 3)
+    both = torch.cat([left, right]).requires_grad_()
+    with batch_groups(grouped, 2):
+        y = grouped(both)
+    assert grouped.groups == 1  # restored on exit
+    parts = [p.clone().requires_grad_() for p in (left, right)]
+    expected = torch.cat([separate(p) for p in parts])
+    torch.testing.assert_close(y, expected)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(both.grad, torch.cat([p.grad for p in parts]))
+    torch.testing.assert_close(grouped.weight.grad, separate.weight.grad)
+    for name in ('running_mean', 'running_var', 'num_batches_tracked'):
+        torch.testing.assert_close(getattr(grouped, name), getattr(separate, name))
+    assert grouped.num_batches_tracked.item() == 2
+    grouped.eval()
+    with batch_groups(grouped, 2):  # evaluation uses the running statistics: groups change nothing
+        torch.testing.assert_close(grouped(both), separate.eval()(torch.cat([left, right])))
+
+
+def test_chain_blocks_use_part_batchnorm():
+    chain, _ = get_stgcn_chain(4, 'temporal', (3, 2), adjacency('body'), True, channels=(4, 8))
+    norms = [m for m in chain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, PartBatchNorm2d) for m in norms)
+    assert 'layer0_0.tcn.1.running_var' in chain.state_dict()
+
+
+@pytest.mark.parametrize('tile,kernel', [(4, 5), (4, 3), (2, 5), (4, 7)])
+def test_winograd_matrices_compute_the_correlation(tile, kernel):
+    AT, G, BT = winograd_matrices(tile, kernel)
+    d = torch.randn(tile + kernel - 1, dtype=torch.float64)
+    g = torch.randn(kernel, dtype=torch.float64)
+    expected = torch.stack([(g * d[j:j + kernel]).sum() for j in range(tile)])
+    torch.testing.assert_close(AT @ ((G @ g) * (BT @ d)), expected, rtol=1e-12, atol=1e-12)
+
+
+def temporal_pass(conv, x, grad):
+    x = x.clone().requires_grad_()
+    conv.zero_grad()
+    y = conv(x)
+    y.backward(grad)
+    return [y, x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()]
+
+
+@pytest.mark.parametrize('kernel,frames', [(5, 13), (5, 4), (3, 9), (5, 1)])
+def test_winograd_temporal_conv_equals_the_direct_conv(kernel, frames):
+    """Same values and gradients as nn.Conv2d in float64 (the math), close in float32."""
+    torch.manual_seed(0)
+    conv = TemporalConv2d(6, kernel).double()
+    x = torch.randn(2, 6, frames, 5, dtype=torch.float64)
+    grad = torch.randn(2, 6, frames, 5, dtype=torch.float64)
+    set_temporal_conv(conv, 'direct')
+    expected = temporal_pass(conv, x, grad)
+    set_temporal_conv(conv, 'winograd')
+    for got, want in zip(temporal_pass(conv, x, grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
+    conv.float()
+    got = temporal_pass(conv, x.float(), grad.float())
+    for got, want in zip(got, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_conv_choice():
+    conv = TemporalConv2d(4, 5)
+    x = torch.randn(1, 4, 6, 3)
+    assert conv.algorithm == 'direct' and not conv.uses_winograd(x)
+    set_temporal_conv(conv, 'winograd')
+    assert conv.uses_winograd(x)
+    assert not conv.uses_winograd(x.to(torch.bfloat16))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not conv.uses_winograd(x)
+    set_temporal_conv(conv, 'direct')
+    assert not conv.uses_winograd(x)
+    long_kernel = TemporalConv2d(4, 11)
+    set_temporal_conv(long_kernel, 'winograd')
+    assert not long_kernel.uses_winograd(x)  # no transform that long: direct
+    with pytest.raises(ValueError, match='temporal conv'):
+        set_temporal_conv(conv, 'fft')
+    block = STGCNBlock(4, 4, (5, 2), adjacency('body'))
+    assert isinstance(block.tcn[0], TemporalConv2d) and 'tcn.0.weight' in block.state_dict()

@@ -1,0 +1,52 @@
+"""Smoke runs of bench/train_step.py and bench/eval_speed.py at the tiny size (no timing checks)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'bench'))
+import eval_speed  # noqa: E402
+import train_step  # noqa: E402
+
+
+def test_train_step_bench_prints_rows_and_the_loss_check(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    out_json = tmp_path / 'train.json'
+    train_step.main(['--size', 'tiny', '--steps', '1', '--batch_size', '2', '--device', 'cpu',
+                     '--rows', 'all_on', '--json', str(out_json)])
+    text = capsys.readouterr().out
+    assert 'AMD' in text or 'CPU' in text
+    for row in ('baseline', 'all_on'):
+        assert f'\n{row} ' in text, row
+    relative = float(text.split('relative difference ')[1].split()[0])
+    assert relative < 1e-5
+    assert out_json.exists()
+
+
+def test_train_step_pool_covers_the_same_clips_both_ways():
+    opts = train_step.parse_options(['--size', 'tiny', '--steps', '3', '--batch_size', '2'])
+    lengths, sentences, bucketed, random_batches = train_step.make_pool(opts)
+    assert sorted(sum(bucketed, [])) == sorted(sum(random_batches, []))
+    assert len(sentences) == len(lengths) == 100
+    assert train_step.padding_fraction(bucketed, lengths) <= train_step.padding_fraction(
+        random_batches, lengths)
+    with pytest.raises(ValueError, match='unknown row'):
+        train_step.row_settings('fastest')
+    assert train_step.row_settings('malloc')['malloc']
+    assert not train_step.row_settings('defaults')['malloc']
+
+
+def test_layer_timings_run(capsys):
+    train_step.main(['--layers', '--batch_size', '1', '--mean_frames', '8',
+                     '--layer_repeats', '1', '--device', 'cpu'])
+    text = capsys.readouterr().out
+    assert 'channels_last' in text and 'einsum vs matmul' in text
+
+
+def test_eval_speed_bench_generates_identical_ids(capsys):
+    eval_speed.main(['--size', 'tiny', '--steps', '1', '--batch_size', '2', '--device', 'cpu',
+                     '--max_new_tokens', '3', '--num_beams', '2'])
+    text = capsys.readouterr().out
+    for row in eval_speed.ROWS:
+        assert f'\n{row} ' in text and 'NO' not in text.split(row, 2)[-1].splitlines()[0]
