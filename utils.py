@@ -35,7 +35,21 @@ def _int_list(text):
 def get_args_parser():
     """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
     p = argparse.ArgumentParser("Pose-to-text sign language trainer", add_help=False)
-    # optimisation (Uni-Sign names and defaults)
+    add_optimisation_flags(p)
+    add_distributed_flags(p)
+    add_run_flags(p)
+    add_data_flags(p)
+    add_model_flags(p)
+    add_speed_flags(p)
+    add_generation_flags(p)
+    add_tracking_flags(p)
+    add_recognition_flags(p)
+    regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
+    return p
+
+
+def add_optimisation_flags(p):
+    """Optimisation flags, with Uni-Sign's names and defaults."""
     _add(p, "--batch-size", type=int, default=16)
     _add(p, "--gradient-accumulation-steps", type=int, default=8)
     _add(p, "--gradient-clipping", type=float, default=1.0)
@@ -51,7 +65,10 @@ def get_args_parser():
     _add(p, "--min-lr", type=float, default=1.0e-8)
     _add(p, "--warmup-epochs", type=float, default=0)
     _add(p, "--label_smoothing", type=float, default=0.2)
-    # distributed / DeepSpeed
+
+
+def add_distributed_flags(p):
+    """Distributed and DeepSpeed flags."""
     _add(p, "--world_size", type=int, default=1)
     _add(p, "--dist_url", default="env://")
     _add(p, "--local_rank", type=int, default=0)
@@ -60,7 +77,10 @@ def get_args_parser():
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
     _add(p, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
     _add(p, "--compute_fp32_loss", action="store_true")
-    # run
+
+
+def add_run_flags(p):
+    """Output, resuming, evaluation schedule and logging flags."""
     _add(p, "--output_dir", default="")
     _add(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
     _add(p, "--seed", type=int, default=42)
@@ -79,7 +99,10 @@ def get_args_parser():
     _add(p, "--print_freq", type=int, default=10)
     _add(p, "--eval_every", type=int, default=1, help="evaluate every N epochs (and the last)")
     _add(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
-    # data
+
+
+def add_data_flags(p):
+    """Dataset, task and path flags (paths default to config.py)."""
     _add(p, "--dataset", default="CSL_Daily")
     _add(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
     _add(p, "--max_length", type=int, default=256, help="frames kept per clip")
@@ -91,12 +114,18 @@ def get_args_parser():
     _add(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
     _add(p, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
     _add(p, "--online_video", default="")
-    # model
+
+
+def add_model_flags(p):
+    """Pose encoder widths (Uni-Sign's defaults)."""
     _add(p, "--hidden_dim", type=int, default=256)
     _add(p, "--stgcn_channels", type=_int_list, default=[64, 128, 256])
     _add(p, "--temporal_layers", type=int, default=3)
     _add(p, "--temporal_kernel", type=int, default=5)
-    # speed (models.py; each keeps Uni-Sign's loss up to float rounding, bench/train_step.py)
+
+
+def add_speed_flags(p):
+    """Speed switches (models.py); each keeps Uni-Sign's loss up to float rounding."""
     _add(p, "--graph_product", default="matmul", choices=["matmul", "einsum"],
          help="ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
     _add(p, "--temporal_conv", default="direct", choices=["direct", "winograd"],
@@ -111,10 +140,16 @@ def get_args_parser():
          help="one embedding lookup for the prompt and the decoder inputs")
     _add(p, "--compile_encoder", action="store_true",
          help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
-    # generation
+
+
+def add_generation_flags(p):
+    """Decoding flags."""
     _add(p, "--num_beams", type=int, default=4)
     _add(p, "--max_new_tokens", type=int, default=100)
-    # tracking
+
+
+def add_tracking_flags(p):
+    """Weights & Biases tracking and bad-input handling."""
     _add(p, "--wandb", action="store_true", help="log to Weights & Biases")
     _add(p, "--wandb_project", default="sign-pose-trainer")
     _add(p, "--wandb_run_name", default=None)
@@ -122,9 +157,6 @@ def get_args_parser():
          help="skip unreadable or invalid clips (counted and logged) instead of stopping")
     _add(p, "--max_nonfinite", type=int, default=10,
          help="stop (saving a training state) after N consecutive NaN/Inf losses; 0: never")
-    add_recognition_flags(p)
-    regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
-    return p
 
 
 def add_recognition_flags(p):
