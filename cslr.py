@@ -238,6 +238,7 @@ def build_datasets(args, paths, phases):
             continue
         splits[phase] = GlossDataset(label_path, paths["pose_dirs"][phase], phase, args.dataset,
                                      max_length=args.max_length, seed=args.seed)
+        splits[phase].pose_fps = getattr(args, "pose_fps", None)
         if len(splits[phase]) == 0:
             raise DataError(f"{label_path}: the {phase} split is empty")
         print(f"{phase}: {len(splits[phase])} clips from {label_path}")

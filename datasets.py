@@ -403,6 +403,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
     stops construction, or with defer_label_errors is left out and its message kept in
     `label_problems` for validate_samples to report with the pose files' problems.
     """
+    pose_fps = None  # `.pose` inputs are resampled to this rate when set
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
                  tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None,
@@ -424,7 +425,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self._durations = {}
-        self.pose_fps = pose_fps  # `.pose` inputs are resampled to this rate when set
+        self.pose_fps = pose_fps
 
     def __len__(self):
         return len(self.entries)
