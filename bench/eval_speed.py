@@ -16,7 +16,7 @@ tokens, by default the mean over the batches of their longest reference (about w
 model generates), or --max_new_tokens. Clips and references come from train_step.py's
 CSL-Daily-like pool (random batches; padding repeats the last frame).
 
-    OMP_NUM_THREADS=2 python bench/eval_speed.py --size small --steps 6 --repeats 2
+    OMP_NUM_THREADS=1 python bench/eval_speed.py --size small --steps 4 --repeats 2
 """
 import argparse
 import os

@@ -11,7 +11,8 @@ the median):
   malloc        glibc keeps freed memory (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_): large
                 gradient buffers are reused, not page-faulted in again every step
   all_on        every row above; `defaults` is what the trainer runs by default (the models.py
-                defaults, pre-tokenised, bucketing; no malloc settings)
+                defaults, pre-tokenised, bucketing; no malloc settings), `defaults_malloc` the
+                same with the malloc settings
   bf16, compile (with --with_bf16 / --with_compile) all_on under bf16 autocast / torch.compile:
                 not exact, and compile costs minutes on CPU
 A step is forward + backward with fresh gradients (as DeepSpeed gives), plus an AdamW step with
@@ -62,7 +63,8 @@ ENCODER_CHANNELS = {'tiny': [16, 32], 'small': [64, 128, 256], 'base': [64, 128,
 LEVERS = {'graph_product': 'matmul', 'temporal_conv': 'winograd', 'hands_batch': 'on',
           'target_logits': 'real', 'embed_once': 'on'}
 ALL_ON = dict(SPEED_DEFAULTS, **LEVERS)
-EXACT_ROWS = ('baseline', *LEVERS, 'pretokenized', 'bucketing', 'malloc', 'all_on', 'defaults')
+EXACT_ROWS = ('baseline', *LEVERS, 'pretokenized', 'bucketing', 'malloc', 'all_on', 'defaults',
+              'defaults_malloc')
 # glibc: large blocks from the heap, kept after free, so each step's big gradient buffers are
 # reused instead of being mapped and page-faulted afresh
 MALLOC_SETTINGS = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(2 ** 62)}
@@ -165,8 +167,8 @@ def row_settings(row):
         return dict(plain, speed=dict(UNISIGN_SPEED, **{row: LEVERS[row]}))
     if row in ('pretokenized', 'bucketing', 'malloc'):
         return dict(plain, **{'bucketed' if row == 'bucketing' else row: True})
-    if row == 'defaults':
-        return dict(every, speed=dict(SPEED_DEFAULTS), malloc=False)
+    if row in ('defaults', 'defaults_malloc'):
+        return dict(every, speed=dict(SPEED_DEFAULTS), malloc=row == 'defaults_malloc')
     if row in ('all_on', 'bf16', 'compile'):
         return dict(every, bf16=row == 'bf16',
                     speed=dict(ALL_ON, compile_encoder=row == 'compile'))
@@ -370,7 +372,7 @@ def summarise(results, device, peak_flops):
     on_cpu = device.type == 'cpu'
     base = median_rate(results['baseline'])
     base_cpu = median_rate(results['baseline'], 'cpu_seconds')
-    header = f"{'row':14s} {'exact':5s} {'samples/s':>9s} {'x base':>7s} "
+    header = f"{'row':16s} {'exact':5s} {'samples/s':>9s} {'x base':>7s} "
     header += f"{'x base (CPU time)':>17s} " if on_cpu else ''
     header += f"{'ms/step':>8s} {'padding':>7s} {'peak MB':>8s}"
     header += f" {'rise MB':>8s}" if on_cpu else ''
@@ -381,7 +383,7 @@ def summarise(results, device, peak_flops):
         rate = median_rate(runs)
         step_ms = statistics.median(1e3 * r['seconds'] / r['steps'] for r in runs)
         exact = 'yes' if row in EXACT_ROWS else 'no'
-        line = f"{row:14s} {exact:5s} {rate:9.3f} {rate / base:6.2f}x "
+        line = f"{row:16s} {exact:5s} {rate:9.3f} {rate / base:6.2f}x "
         line += f"{median_rate(runs, 'cpu_seconds') / base_cpu:16.2f}x " if on_cpu else ''
         line += (f"{step_ms:8.0f} {100 * runs[0]['padding']:6.1f}% "
                  f"{statistics.median(r['peak_mb'] for r in runs):8.0f}")
