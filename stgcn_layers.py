@@ -131,13 +131,17 @@ def batch_groups(module, groups):
             norm.groups = 1
 
 
+def _set_in_layers(module, layer_type, attribute, mode, choices, what):
+    if mode not in choices:
+        raise ValueError(f"unknown {what} {mode!r}; expected one of {choices}")
+    for layer in module.modules():
+        if isinstance(layer, layer_type):
+            setattr(layer, attribute, mode)
+
+
 def set_graph_product(module, mode):
     """Selects 'matmul' or 'einsum' in every GraphConv of `module`."""
-    if mode not in GRAPH_PRODUCTS:
-        raise ValueError(f"unknown graph product {mode!r}; expected one of {GRAPH_PRODUCTS}")
-    for layer in module.modules():
-        if isinstance(layer, GraphConv):
-            layer.graph_product = mode
+    _set_in_layers(module, GraphConv, 'graph_product', mode, GRAPH_PRODUCTS, "graph product")
 
 
 class GraphConv(nn.Module):
@@ -282,11 +286,7 @@ class WinogradTemporalConv(torch.autograd.Function):
 
 def set_temporal_conv(module, mode):
     """Selects 'direct' (nn.Conv2d's) or 'winograd' in every TemporalConv2d."""
-    if mode not in TEMPORAL_CONVS:
-        raise ValueError(f"unknown temporal conv {mode!r}; expected one of {TEMPORAL_CONVS}")
-    for layer in module.modules():
-        if isinstance(layer, TemporalConv2d):
-            layer.algorithm = mode
+    _set_in_layers(module, TemporalConv2d, 'algorithm', mode, TEMPORAL_CONVS, "temporal conv")
 
 
 class TemporalConv2d(nn.Conv2d):

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny offline mT5 and a small generated Demo set, built once per session."""
 import os
+import shutil
 import sys
 
 import pytest
@@ -32,3 +33,15 @@ def demo_root(tmp_path_factory):
     make_demo(str(data_root / "Demo"), seed=0, n_train=48, n_dev=8, n_test=8,
               mt5_kwargs=dict(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16))
     return str(data_root)
+
+
+@pytest.fixture
+def data_root(demo_root, tmp_path):
+    """A private copy of the Demo labels and poses (the tiny mT5 is shared through a link), for
+    tests that damage files."""
+    source, copy = os.path.join(demo_root, "Demo"), os.path.join(tmp_path, "data", "Demo")
+    shutil.copytree(os.path.join(source, "pose_format"), os.path.join(copy, "pose_format"))
+    for phase in ("train", "dev", "test"):
+        shutil.copy(os.path.join(source, f"labels.{phase}"), os.path.join(copy, f"labels.{phase}"))
+    os.symlink(os.path.join(source, "mt5"), os.path.join(copy, "mt5"))
+    return os.path.join(tmp_path, "data")

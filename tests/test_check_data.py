@@ -4,14 +4,12 @@ import importlib.util
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-import config
 import sample_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,16 +21,6 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def data_root(demo_root, tmp_path):
-    """A copy of the Demo labels and poses (check_data needs no mT5)."""
-    source, copy = os.path.join(demo_root, "Demo"), tmp_path / "data" / "Demo"
-    shutil.copytree(os.path.join(source, "pose_format"), copy / "pose_format")
-    for phase in config.PHASES:
-        shutil.copy(os.path.join(source, f"labels.{phase}"), copy / f"labels.{phase}")
-    return str(tmp_path / "data")
 
 
 def corrupt(data_root):

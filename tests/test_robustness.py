@@ -24,17 +24,6 @@ BAD_TRAIN_CLIP = "demo_train_00003"
 
 
 @pytest.fixture
-def data_root(demo_root, tmp_path):
-    """A private copy of the Demo labels and poses (the tiny mT5 is shared through a link)."""
-    source, copy = os.path.join(demo_root, "Demo"), tmp_path / "data" / "Demo"
-    shutil.copytree(os.path.join(source, "pose_format"), copy / "pose_format")
-    for phase in config.PHASES:
-        shutil.copy(os.path.join(source, f"labels.{phase}"), copy / f"labels.{phase}")
-    os.symlink(os.path.join(source, "mt5"), copy / "mt5")
-    return str(tmp_path / "data")
-
-
-@pytest.fixture
 def trainer(monkeypatch, tmp_path):
     """Runs fine_tuning.main(flags) here. The process group of the first call stays for the
     session (DeepSpeed keeps its groups); the variables describing it are removed afterwards so
