@@ -1,5 +1,6 @@
 """Command-line flags, distributed set-up, DeepSpeed configuration and small run helpers."""
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -214,10 +215,32 @@ def init_distributed(args):
     else:
         backend = "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=30))
+    if backend == "gloo":
+        release_shared_memory_name(args.rank, args.world_size)
     args.device = torch.device("cuda", args.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if args.dtype is None:
         args.dtype = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     silence_other_ranks(args.rank == 0)
+
+
+def shared_memory_path(rank):
+    """The /dev/shm file in which DeepSpeed's CPU all-reduce keeps this rank's buffer (69 MB)."""
+    return os.path.join("/dev/shm", f"deepspeed_allreduce_buffer_{os.getuid()}_"
+                                    f"{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}")
+
+
+def release_shared_memory_name(rank, world_size):
+    """Unlinks this rank's all-reduce buffer file once every rank has mapped it.
+
+    DeepSpeed's CPU backend (when its launcher sets LOCAL_SIZE) never unlinks these files, so each
+    run with a new master port left 69 MB per rank in /dev/shm until the machine ran out of memory.
+    The mappings outlive the name: the memory is freed when the ranks exit, killed or not."""
+    if os.environ.get("LOCAL_SIZE") != str(world_size):
+        return
+    if world_size > 1:
+        dist.barrier()  # every rank has opened its peers' files during init
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(shared_memory_path(rank))
 
 
 def silence_other_ranks(is_main):

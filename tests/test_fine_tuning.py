@@ -1,4 +1,5 @@
 """End to end: fine_tuning.py under the deepspeed launcher on CPU ranks, on a small Demo set."""
+import glob
 import json
 import os
 import socket
@@ -39,12 +40,14 @@ def read_log(out_dir):
 
 @pytest.mark.parametrize("zero_stage", ["2", "3"])
 def test_two_ranks_train_evaluate_and_reload(demo_root, tmp_path, zero_stage):
-    out = tmp_path / "run"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", free_port(), "fine_tuning.py",
+    out, port = tmp_path / "run", free_port()
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", port, "fine_tuning.py",
            *train_args(demo_root, out, "--epochs", "4", "--zero_stage", zero_stage,
                        "--eval_every", "4")]
     proc = run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # DeepSpeed's CPU all-reduce buffers are unlinked, not left in /dev/shm
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*")
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
