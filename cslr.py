@@ -462,6 +462,7 @@ def build_run(args):
 
 def main(args):
     """CTC training and evaluation; expects parsed flags and no process group yet."""
+    utils.keep_freed_memory(args.keep_freed_memory)
     utils.init_distributed(args)
     loaders, vocab, model = build_run(args)
     steps = len(loaders["train"]) if "train" in loaders else 1

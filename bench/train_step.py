@@ -8,11 +8,11 @@ the median):
                 one models.py switch on (temporal_conv: Winograd)
   pretokenized  prompt and targets tokenised by the collate (as datasets.py does), not in forward
   bucketing     samplers.py --bucket_by_length batches (less padding)
-  malloc        glibc keeps freed memory (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_): large
-                gradient buffers are reused, not page-faulted in again every step
+  malloc        glibc keeps freed memory (utils.keep_freed_memory, the trainer's
+                --keep_freed_memory): large gradient buffers are reused, not page-faulted in
+                again every step
   all_on        every row above; `defaults` is what the trainer runs by default (the models.py
-                defaults, pre-tokenised, bucketing; no malloc settings), `defaults_malloc` the
-                same with the malloc settings
+                defaults, pre-tokenised, bucketing, --keep_freed_memory auto: on CPU only)
   bf16, compile (with --with_bf16 / --with_compile) all_on under bf16 autocast / torch.compile:
                 not exact, and compile costs minutes on CPU
 A step is forward + backward with fresh gradients (as DeepSpeed gives), plus an AdamW step with
@@ -52,6 +52,7 @@ sys.path.insert(0, ROOT)
 from datasets import PROMPT, pad_repeat_last  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator  # noqa: E402
 from samplers import ResumableDistributedSampler, padding_fraction  # noqa: E402
+from utils import keep_freed_memory  # noqa: E402
 
 JOINTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
 MT5_SHAPES = {  # d_ff, heads and d_kv of mt5-base; 'tiny' is for smoke runs
@@ -63,11 +64,7 @@ ENCODER_CHANNELS = {'tiny': [16, 32], 'small': [64, 128, 256], 'base': [64, 128,
 LEVERS = {'graph_product': 'matmul', 'temporal_conv': 'winograd', 'hands_batch': 'on',
           'target_logits': 'real', 'embed_once': 'on'}
 ALL_ON = dict(SPEED_DEFAULTS, **LEVERS)
-EXACT_ROWS = ('baseline', *LEVERS, 'pretokenized', 'bucketing', 'malloc', 'all_on', 'defaults',
-              'defaults_malloc')
-# glibc: large blocks from the heap, kept after free, so each step's big gradient buffers are
-# reused instead of being mapped and page-faulted afresh
-MALLOC_SETTINGS = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(2 ** 62)}
+EXACT_ROWS = ('baseline', *LEVERS, 'pretokenized', 'bucketing', 'malloc', 'all_on', 'defaults')
 # dense bf16 tensor-core peaks (FLOP/s)
 GPU_PEAKS = {'H100': 989.4e12, 'H200': 989.4e12, 'A100': 312e12, 'L40S': 362e12, 'A10': 125e12}
 WORDS = [c + v for c in 'bdfgklmnprst' for v in 'aeiou']
@@ -159,16 +156,18 @@ def to_device(batch, device):
 def row_settings(row):
     """{'speed', 'pretokenized', 'bucketed', 'bf16', 'malloc'} of a row."""
     plain = dict(speed=dict(UNISIGN_SPEED), pretokenized=False, bucketed=False, bf16=False,
-                 malloc=False)
-    every = dict(speed=dict(ALL_ON), pretokenized=True, bucketed=True, bf16=False, malloc=True)
+                 malloc='off')
+    every = dict(speed=dict(ALL_ON), pretokenized=True, bucketed=True, bf16=False, malloc='on')
     if row == 'baseline':
         return plain
     if row in LEVERS:
         return dict(plain, speed=dict(UNISIGN_SPEED, **{row: LEVERS[row]}))
-    if row in ('pretokenized', 'bucketing', 'malloc'):
+    if row in ('pretokenized', 'bucketing'):
         return dict(plain, **{'bucketed' if row == 'bucketing' else row: True})
-    if row in ('defaults', 'defaults_malloc'):
-        return dict(every, speed=dict(SPEED_DEFAULTS), malloc=row == 'defaults_malloc')
+    if row == 'malloc':
+        return dict(plain, malloc='on')
+    if row == 'defaults':
+        return dict(every, speed=dict(SPEED_DEFAULTS), malloc='auto')
     if row in ('all_on', 'bf16', 'compile'):
         return dict(every, bf16=row == 'bf16',
                     speed=dict(ALL_ON, compile_encoder=row == 'compile'))
@@ -198,6 +197,7 @@ def run_row(opts, row):
     """Worker: times one row and returns its measurements as a dict."""
     device = torch.device(opts.device)
     settings = row_settings(row)
+    keep_freed_memory(settings['malloc'])
     speed, pretokenized, bf16 = settings['speed'], settings['pretokenized'], settings['bf16']
     tokenizer = make_tokenizer(opts.tokenizer_dir)
     model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed).to(device).train()
@@ -342,11 +342,7 @@ def worker_command(opts, mode, row=None):
 
 
 def run_worker(opts, mode, row=None):
-    env = dict(os.environ)
-    if row and row_settings(row)['malloc']:
-        env.update(MALLOC_SETTINGS)
-    done = subprocess.run(worker_command(opts, mode, row), capture_output=True, text=True,
-                          env=env)
+    done = subprocess.run(worker_command(opts, mode, row), capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
     if done.returncode or not lines:
         raise RuntimeError(f"{mode} {row or ''} failed (exit {done.returncode}):\n"

@@ -1,6 +1,13 @@
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_both_spellings_of_uni_sign_flags():
@@ -63,3 +70,28 @@ def test_cosine_schedule_warms_up_then_decays():
         opt.step()
         sched.step()
     assert lrs[0] == 0.0 and abs(lrs[10] - 1.0) < 1e-9 and lrs[19] < 0.05
+
+
+FREE_AND_MEASURE = """
+import sys, numpy as np, utils
+applied = utils.keep_freed_memory(sys.argv[1])
+def resident_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2 ** 20
+block = np.ones(64 * 2 ** 20, dtype=np.uint8)
+before = resident_mb()
+del block
+print(applied, before - resident_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_keep_freed_memory_keeps_large_blocks_resident():
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0] == "True", float(out[1])
+    applied, released_mb = run("on")
+    assert applied and released_mb < 8
+    applied, released_mb = run("off")
+    assert not applied and released_mb > 56
