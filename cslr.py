@@ -29,13 +29,12 @@ from ctc_decode import beam_decode, greedy_decode
 from ctc_head import DEFAULT_LOSS_WEIGHTS, CTCHead, GlossVocab, ctc_min_length
 from datasets import (PARTS, DataError, S2T_Dataset, load_labels, open_packed_store,
                       validate_samples)
-from models import SignTranslator, init_linear, key_list, read_checkpoint
+from models import ENCODER_PREFIXES, SignTranslator, init_linear, key_list, read_checkpoint
 from SLRT_metrics import STM_END_TIME, wer_list, write_ctm, write_stm
 
 # VAC pads each clip with 6 copies of its first and last frames and rounds it up to a multiple of
 # the pooling stride, so K5-P2-K5-P2 gives exactly ceil(frames / 4) outputs.
 EDGE_PAD, POOL_STRIDE = 6, 4
-ENCODER_PREFIXES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.', 'part_para')
 
 
 def parse_loss_weights(text):

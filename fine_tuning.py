@@ -32,6 +32,11 @@ def resolve_run_paths(args):
     config.validate_paths(paths, phases)
     if args.finetune and not os.path.isfile(args.finetune):
         raise config.ConfigError(f"--finetune checkpoint {args.finetune} does not exist")
+    if args.init_encoder and not os.path.isfile(args.init_encoder):
+        raise config.ConfigError(f"--init_encoder checkpoint {args.init_encoder} does not exist")
+    if args.init_encoder and args.finetune:
+        raise config.ConfigError("--init_encoder and --finetune both set: --finetune already "
+                                 "loads the whole model, encoder included")
     args.mt5_path = paths["mt5_path"]
     return paths
 
@@ -135,11 +140,14 @@ def make_loader(args, dataset, train):
 
 
 def build_model(args):
-    from models import Uni_Sign, load_checkpoint_weights
+    from models import Uni_Sign, load_checkpoint_weights, load_encoder_weights
     model = Uni_Sign(args)
     if args.finetune:
         report = load_checkpoint_weights(model, args.finetune)
         print(f"loaded {args.finetune}: {report}")
+    if args.init_encoder:
+        report = load_encoder_weights(model, args.init_encoder)
+        print(f"pose encoder from {args.init_encoder}: {report}")
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     if len(model.regularizers):
         print(f"regularisers: {', '.join(model.regularizers)}")

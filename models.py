@@ -30,6 +30,7 @@ without them load (the regularisers start fresh) and theirs load into a model wi
 """
 import math
 import os
+from collections import Counter
 
 import torch
 import torch.nn as nn
@@ -47,6 +48,8 @@ PARTS = ('body', 'left', 'right', 'face_all')
 BODY_ANCHOR_JOINT = {'left': -2, 'right': -1, 'face_all': 0}
 RGB_KEY_PREFIXES = ('rgb_support_backbone.', 'rgb_proj.', 'fusion_pose_rgb_', 'fusion_gate.')
 REGULARIZER_PREFIX = 'regularizers.'
+# The pose encoder's keys, shared by the translator, the CTC recognizer and Uni-Sign checkpoints.
+ENCODER_PREFIXES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.', 'part_para')
 IGNORE_INDEX = -100
 SPEED_DEFAULTS = {'graph_product': 'matmul', 'temporal_conv': 'direct', 'hands_batch': 'auto',
                   'target_logits': 'real', 'embed_once': 'on', 'compile_encoder': False}
@@ -436,6 +439,24 @@ def key_list(keys, limit=20):
     keys = sorted(keys)
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ''
     return ', '.join(keys[:limit]) + more
+
+
+def load_encoder_weights(model, path_or_state_dict):
+    """Loads only the pose encoder (ENCODER_PREFIXES keys, BatchNorm statistics included) from
+    a checkpoint of any head: a CTC recognizer, a translator, pretraining or Uni-Sign. Every
+    encoder key must be there with the model's shape; the rest is left as it is. Returns
+    {'source', 'loaded_keys', 'skipped'} (skipped: counts of other keys by first name)."""
+    source, state = read_checkpoint(path_or_state_dict)
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+    problems = [f"{k} {tuple(state[k].shape) if k in state else 'absent'} vs {tuple(v.shape)}"
+                for k, v in expected.items() if k not in state or state[k].shape != v.shape]
+    if problems:
+        raise RuntimeError(f"checkpoint {source} has no pose encoder of this shape: "
+                           f"[{key_list(problems)}] (check --stgcn_channels, --hidden_dim, "
+                           f"--temporal_layers)")
+    model.load_state_dict({k: state[k] for k in expected}, strict=False)
+    skipped = Counter(k.split('.')[0] for k in state if k not in expected)
+    return {'source': source, 'loaded_keys': len(expected), 'skipped': dict(skipped)}
 
 
 def load_checkpoint_weights(model, path_or_state_dict):

@@ -84,6 +84,8 @@ def add_run_flags(p):
     """Output, resuming, evaluation schedule and logging flags."""
     _add(p, "--output_dir", default="")
     _add(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
+    _add(p, "--init_encoder", default="",
+         help="initialise only the pose encoder, from a checkpoint of any head (e.g. CTC)")
     _add(p, "--seed", type=int, default=42)
     _add(p, "--eval", action="store_true", help="evaluate only")
     _add(p, "--num_workers", type=int, default=8)

@@ -240,6 +240,51 @@ def test_recognizer_shares_the_translator_encoder_keys(tiny_mt5_dir):
                                      if not k.startswith("gcn_modules.body")}, "partial.pth")
 
 
+def test_translator_starts_from_a_recognizer_encoder(tiny_mt5_dir, tmp_path, capsys):
+    import fine_tuning
+    import utils
+    argv = ["--dataset", "Demo", "--mt5_path", tiny_mt5_dir, "--stgcn_channels", "8,16",
+            "--hidden_dim", "16", "--temporal_layers", "1", "--ctc_hidden", "32"]
+    recognizer = cslr.CTCRecognizer(utils.parse_args("t", argv), num_classes=7)
+    with torch.no_grad():
+        for value in recognizer.state_dict().values():
+            value.add_(1)  # unlike any fresh initialisation, BatchNorm statistics included
+    path = tmp_path / "ctc.pth"
+    torch.save({"model": recognizer.state_dict()}, path)
+
+    torch.manual_seed(0)
+    translator = fine_tuning.build_model(utils.parse_args("t", argv + ["--init_encoder", str(path)]))
+    torch.manual_seed(0)
+    fresh = fine_tuning.build_model(utils.parse_args("t", argv))
+    ours, theirs, fresh = recognizer.state_dict(), translator.state_dict(), fresh.state_dict()
+    for key, value in theirs.items():
+        expected = ours[key] if key.startswith(cslr.ENCODER_PREFIXES) else fresh[key]
+        assert torch.equal(value, expected), key
+    encoder_keys = sum(key.startswith(cslr.ENCODER_PREFIXES) for key in theirs)
+    assert f"pose encoder from {path}: {{'source': '{path}', 'loaded_keys': {encoder_keys}, " \
+           f"'skipped': {{'head': " in capsys.readouterr().out
+
+    wider = cslr.CTCRecognizer(utils.parse_args("t", argv[:4] + ["--stgcn_channels", "8,32",
+                                                                 "--hidden_dim", "32"]), 7)
+    torch.save({"model": wider.state_dict()}, tmp_path / "wider.pth")
+    with pytest.raises(RuntimeError, match="wider.pth has no pose encoder of this shape"):
+        fine_tuning.build_model(utils.parse_args(
+            "t", argv + ["--init_encoder", str(tmp_path / "wider.pth")]))
+
+
+def test_init_encoder_conflicts_and_missing_files_stop_the_run(demo_root, tmp_path):
+    def run_failing(*extra):
+        return subprocess.run([sys.executable, "fine_tuning.py", "--dataset", "Demo",
+                               "--data_root", demo_root, "--output_dir", str(tmp_path / "out"),
+                               *SMALL_MODEL, *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    proc = run_failing("--init_encoder", str(tmp_path / "absent.pth"))
+    assert proc.returncode == 1 and "absent.pth does not exist" in proc.stderr
+    (tmp_path / "x.pth").write_bytes(b"")
+    proc = run_failing("--init_encoder", str(tmp_path / "x.pth"), "--finetune", str(tmp_path / "x.pth"))
+    assert proc.returncode == 1 and "--init_encoder and --finetune both set" in proc.stderr
+
+
 def test_forward_gives_loss_parts_and_logits(tmp_path):
     stm, poses = write_set(tmp_path, [("a", ["X", "Y"], 30), ("b", ["Z"], 21)])
     dataset = cslr.GlossDataset(stm, poses, "train", "PhoenixDemo")
