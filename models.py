@@ -135,6 +135,7 @@ class SignTranslator(nn.Module):
         config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
             args.mt5_path)
         self.pose_proj = nn.Linear(hidden_dim * len(PARTS), config.d_model)
+        self.pose_positions = getattr(args, 'pose_positions', 'none')
         self.apply(init_linear)  # before mT5 is attached: its weights stay as loaded
         if mt5_model is None:
             mt5_model = MT5ForConditionalGeneration.from_pretrained(args.mt5_path)
@@ -227,10 +228,18 @@ class SignTranslator(nn.Module):
             return src_input['prefix_ids'].to(device), src_input['prefix_mask'].to(device)
         return self.prompt_tokens(batch_size, device)
 
+    def project_pose(self, features):
+        """(B, T, 4*C) pose features -> (B, T, d_model) mT5 input embeddings; with
+        `--pose_positions sinusoidal` each frame also carries its position."""
+        embeds = self.pose_proj(features)
+        if self.pose_positions == 'sinusoidal':
+            embeds = embeds + sinusoidal_positions(embeds.shape[1], embeds.shape[2]).to(embeds)
+        return embeds
+
     def embed_inputs(self, src_input, batch_size=None, pose_embeds=None):
         """mT5 encoder inputs: (prompt + pose embeddings (B, P+T, D), attention mask (B, P+T))."""
         if pose_embeds is None:
-            pose_embeds = self.pose_proj(self.encode_pose(src_input))
+            pose_embeds = self.project_pose(self.encode_pose(src_input))
         device = pose_embeds.device
         prefix_ids, prefix_mask = self.prefix_tokens(src_input, batch_size or len(pose_embeds),
                                                      device)
@@ -251,7 +260,7 @@ class SignTranslator(nn.Module):
 
     def forward(self, src_input, tgt_input):
         parts = self.encode_parts(src_input)
-        pose_embeds = self.pose_proj(torch.cat(parts, dim=-1) + self.part_para)
+        pose_embeds = self.project_pose(torch.cat(parts, dim=-1) + self.part_para)
         device = pose_embeds.device
         labels = self.target_labels(tgt_input, device)
         decoder_input_ids = self.mt5_model.prepare_decoder_input_ids_from_labels(labels=labels)
@@ -367,6 +376,16 @@ class SignTranslator(nn.Module):
 
 
 Uni_Sign = SignTranslator
+
+
+def sinusoidal_positions(length, dim):
+    """(length, dim) sine/cosine position table of "Attention is all you need"."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[:dim // 2])
+    return table
 
 
 def spatial_features(encoder, part, x, groups=1):

@@ -120,11 +120,14 @@ def add_data_flags(p):
 
 
 def add_model_flags(p):
-    """Pose encoder widths (Uni-Sign's defaults)."""
+    """Pose encoder widths (Uni-Sign's defaults) and how its frames enter mT5."""
     _add(p, "--hidden_dim", type=int, default=256)
     _add(p, "--stgcn_channels", type=_int_list, default=[64, 128, 256])
     _add(p, "--temporal_layers", type=int, default=3)
     _add(p, "--temporal_kernel", type=int, default=5)
+    _add(p, "--pose_positions", default="none", choices=["none", "sinusoidal"],
+         help="add sinusoidal frame positions to the pose embeddings (none: Uni-Sign); helps "
+              "when the output order is not implied by content, as in fingerspelling")
 
 
 def add_speed_flags(p):

@@ -193,6 +193,25 @@ def test_generate(tiny_mt5_dir, num_beams):
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
+def test_sinusoidal_pose_positions_mark_each_frame(tiny_mt5_dir):
+    from models import sinusoidal_positions
+    plain = build(tiny_mt5_dir).eval()
+    positioned = build(tiny_mt5_dir, pose_positions='sinusoidal').eval()
+    assert all(torch.equal(v, positioned.state_dict()[k]) for k, v in plain.state_dict().items())
+    src, tgt = plain_batch()
+    frames = src['attention_mask'].shape[1]
+    with torch.no_grad():
+        shift = positioned.embed_inputs(src)[0] - plain.embed_inputs(src)[0]
+        prompt = shift.shape[1] - frames
+        assert torch.equal(shift[:, :prompt], torch.zeros_like(shift[:, :prompt]))
+        table = sinusoidal_positions(frames, shift.shape[2])
+        assert torch.allclose(shift[:, prompt:], table.expand_as(shift[:, prompt:]), atol=1e-5)
+        out = positioned(src, tgt)
+        assert not torch.isclose(out['loss'], plain(src, tgt)['loss'])
+        assert torch.equal(positioned.generate(out, max_new_tokens=5, num_beams=2),
+                           positioned.generate(src, max_new_tokens=5, num_beams=2))
+
+
 def test_checkpoint_round_trip_drops_rgb_keys(tiny_mt5_dir, tmp_path):
     trained = build(tiny_mt5_dir, seed=1).eval()
     state = get_requires_grad_dict(trained)
