@@ -232,7 +232,7 @@ def init_distributed(args):
 
 def keep_freed_memory(mode="auto"):
     """Has glibc serve large blocks from its heap and keep them after free (mallopt: no mmap,
-    trimming only above 2 GiB free); returns whether it applied.
+    no trimming); returns whether it applied.
 
     On CPU every training step frees and allocates the same large buffers (the vocabulary-sized
     gradients of mT5 are 768 MB each); by default glibc unmaps each and the next step
@@ -248,7 +248,8 @@ def keep_freed_memory(mode="auto"):
     except (OSError, AttributeError):  # not glibc
         return False
     m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+    never = -1  # mallopt(3): a trim threshold of -1 disables trimming
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, never))
 
 
 def shared_memory_path(rank):

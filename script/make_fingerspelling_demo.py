@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mediapipe_pose  # noqa: E402
+from SLRT_metrics import bleu_1_to_4  # noqa: E402
 
 LEXICON_IN_WHEEL = 'spoken_to_signed/assets/fingerspelling_lexicon/'
 FACE_POINTS = sorted({source[1] for sources in mediapipe_pose.HOLISTIC_TO_WHOLEBODY.values()
@@ -218,14 +219,19 @@ def read_tmp_file(path, field):
 
 
 def score(output_dir, phase='test'):
-    """Character accuracy (1 - letter edit distance / reference letters) and word accuracy."""
-    hyps = read_tmp_file(os.path.join(output_dir, f'{phase}_tmp_pres.txt'), 'prediction')
-    refs = read_tmp_file(os.path.join(output_dir, f'{phase}_tmp_refs.txt'), 'ground-truth')
+    """Character accuracy (1 - letter edit distance / reference letters), word accuracy and
+    BLEU-4 over letters, from the prediction files of either head (the CTC head writes the
+    letters as upper-case glosses, the translator as lower-case text)."""
+    hyps = {n: h.lower() for n, h in read_tmp_file(
+        os.path.join(output_dir, f'{phase}_tmp_pres.txt'), 'prediction').items()}
+    refs = {n: r.lower() for n, r in read_tmp_file(
+        os.path.join(output_dir, f'{phase}_tmp_refs.txt'), 'ground-truth').items()}
     errors = sum(edit_distance(hyps.get(n, '').split(), r.split()) for n, r in refs.items())
     letters = sum(len(r.split()) for r in refs.values())
     exact = sum(hyps.get(n, '').split() == r.split() for n, r in refs.items())
+    bleu4 = bleu_1_to_4(list(refs.values()), [hyps.get(n, '') for n in refs])['bleu4']
     return {'char_accuracy': 100 * (1 - errors / letters), 'word_accuracy': 100 * exact / len(refs),
-            'clips': len(refs)}
+            'bleu4': bleu4, 'clips': len(refs)}
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import sacrebleu
 
 from datasets import load_labels, read_pose
 from mediapipe_pose import HAND_POINTS, holistic_header, write_pose
@@ -94,9 +95,10 @@ def test_dataset_holds_unseen_words_and_readable_pose_files(lexicon, tmp_path):
 
 def test_score_counts_letter_edits(tmp_path):
     (tmp_path / 'test_tmp_pres.txt').write_text(
-        'sample: x, prediction: c a t\nsample: y, prediction: d o\n')
+        'sample: x, prediction: C A T\nsample: y, prediction: d o\n')
     (tmp_path / 'test_tmp_refs.txt').write_text(
         'sample: x, ground-truth: c a t\nsample: y, ground-truth: d o g\n')
     result = fingerspelling.score(str(tmp_path))
+    bleu4 = sacrebleu.corpus_bleu(['c a t', 'd o'], [['c a t', 'd o g']]).score
     assert result == {'char_accuracy': pytest.approx(100 * 5 / 6), 'word_accuracy': 50.0,
-                      'clips': 2}
+                      'bleu4': pytest.approx(bleu4), 'clips': 2}
