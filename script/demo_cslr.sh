@@ -3,13 +3,13 @@
 # generates data/PhoenixDemo if missing, trains a small pose encoder + CTC head on CPU ranks (or
 # GPUs), then scores the best checkpoint on dev and test with greedy and prefix beam decoding.
 # The last lines give dev and test WER for both decoders.
-#   NUM_GPUS  ranks (default 1)   EPOCHS  default 15   BEAM  beam width compared (default 10)
+#   NUM_GPUS  ranks (default 1)   EPOCHS  default 30   BEAM  beam width compared (default 10)
 #   OUTPUT_DIR default out/demo_cslr
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NUM_GPUS=${NUM_GPUS:-1}
-EPOCHS=${EPOCHS:-15}
+EPOCHS=${EPOCHS:-30}
 BEAM=${BEAM:-10}
 OUTPUT_DIR=${OUTPUT_DIR:-out/demo_cslr}
 DATA_ROOT=${SIGN_DATA_ROOT:-./data}
@@ -25,7 +25,7 @@ MODEL=(--stgcn_channels 16,32 --hidden_dim 32 --temporal_layers 1 --ctc_hidden 2
        --max_length 128)
 deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29535}" fine_tuning.py \
   --task CSLR --head ctc --dataset PhoenixDemo --data_root "$DATA_ROOT" "${MODEL[@]}" \
-  --batch-size $(( 8 / NUM_GPUS > 0 ? 8 / NUM_GPUS : 1 )) --gradient-accumulation-steps 1 \
+  --batch-size $(( 16 / NUM_GPUS > 0 ? 16 / NUM_GPUS : 1 )) --gradient-accumulation-steps 1 \
   --epochs "$EPOCHS" --opt adamw --lr 3e-3 --weight-decay 1e-4 --sched cosine \
   --zero_stage 2 --dtype fp32 --num_workers 1 --eval_every 5 --skip_test_eval \
   --output_dir "$OUTPUT_DIR" "$@"
