@@ -304,10 +304,10 @@ def train(args, engine, loaders, tokenizer, hyp_optimizer):
 
 
 def main(args):
-    utils.keep_freed_memory(args.keep_freed_memory)
     if args.task == "CSLR" and args.head == "ctc":
         import cslr  # imported here: cslr builds on this module
         return cslr.main(args)
+    utils.keep_freed_memory(args.keep_freed_memory)
     utils.init_distributed(args)
     paths = resolve_run_paths(args)
     utils.set_seed(args.seed)

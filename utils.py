@@ -237,7 +237,7 @@ def keep_freed_memory(mode="auto"):
     On CPU every training step frees and allocates the same large buffers (the vocabulary-sized
     gradients of mT5 are 768 MB each); by default glibc unmaps each and the next step
     page-faults it in again. Kept, they are reused: about +30% steps/s (bench/train_step.py,
-    row malloc), at the cost of a few hundred MB of resident memory. `auto`: CPU runs only."""
+    row malloc), at the cost of up to about 1 GB more resident memory. `auto`: CPU runs only."""
     if mode == "off" or (mode == "auto" and torch.cuda.is_available()):
         return False
     import ctypes
