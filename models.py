@@ -36,8 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
-from transformers.modeling_outputs import BaseModelOutput
 
+import beam_search
 import regularizers
 from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
                           set_graph_product, set_temporal_conv)
@@ -348,27 +348,22 @@ class SignTranslator(nn.Module):
                                        **generate_kwargs)
 
     @torch.no_grad()
-    def generate_grouped(self, src_inputs, max_new_tokens=100, num_beams=4, **generate_kwargs):
-        """generate() for several batches with one beam search: a list of id tensors, one per
-        batch, padded to a common width. Each batch is encoded on its own, with its own padding,
-        so the encoder states are the ones generate() computes; they are padded to a common
-        length and masked, and each decoding step then reads the (vocabulary x d_model) output
-        layer once for all the batches instead of once per batch, the cost that bounds beam
-        search on a CPU. The tokens equal generate()'s batch by batch (bench/eval_speed.py)."""
-        states, masks = [], []
-        for src_input in src_inputs:
-            inputs_embeds, attention_mask = self.embed_inputs(src_input)
-            states.append(self.mt5_model.encoder(inputs_embeds=inputs_embeds,
-                                                 attention_mask=attention_mask,
-                                                 return_dict=True).last_hidden_state)
-            masks.append(attention_mask)
-        length = max(state.shape[1] for state in states)
-        hidden = torch.cat([F.pad(state, (0, 0, 0, length - state.shape[1])) for state in states])
-        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in masks])
-        ids = self.mt5_model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                      attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      num_beams=num_beams, **generate_kwargs)
-        return list(ids.split([len(state) for state in states]))
+    def encode(self, src_input):
+        """mT5 encoder states (B, P+T, D) and their attention mask, as generate() computes them."""
+        inputs_embeds, attention_mask = self.embed_inputs(src_input)
+        states = self.mt5_model.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                        return_dict=True).last_hidden_state
+        return states, attention_mask
+
+    @torch.no_grad()
+    def generate_pooled(self, src_inputs, max_new_tokens=100, num_beams=4, pool_rows=64):
+        """generate() for a sequence of batches, one id tensor per batch in order, equal to
+        generate()'s batch by batch: each batch is encoded on its own, and beam search runs over
+        about `pool_rows` beam rows of several batches at once (beam_search.pooled_generate)."""
+        encoded = ((k, *self.encode(src)) for k, src in enumerate(src_inputs))
+        results = dict(beam_search.pooled_generate(self.mt5_model, encoded, num_beams,
+                                                   max_new_tokens, pool_rows))
+        return [results[k] for k in range(len(results))]
 
     def generate_text(self, pre_compute_item, max_new_tokens=100, num_beams=4):
         ids = self.generate(pre_compute_item, max_new_tokens=max_new_tokens, num_beams=num_beams)

@@ -8,8 +8,10 @@ Rows, all on the same batches and weights:
   two_pass_switches  two passes with models.SPEED_DEFAULTS and pre-tokenised batches
   one_pass_plain     one pass, UNISIGN_SPEED encoder
   one_pass           one pass, SPEED_DEFAULTS (engine.predict's way)
-  one_pass_grouped   one_pass, then one beam search over --group batches at a time
-                     (SignTranslator.generate_grouped: each batch still encoded on its own)
+  one_pass_pooled    one_pass, with beam search over --pool_rows beam rows of several batches
+                     at a time (SignTranslator.generate_pooled, engine.predict's default): each
+                     batch still encoded and decoded on its own, one output-layer product per
+                     step for all, sentences leave the pool when their result is final
 Every row's tokens must equal the unisign row's, sentence by sentence. The model has random
 weights, so beam search never stops on its own: every batch decodes the same number of new
 tokens, by default the mean over the batches of their longest reference (about what a trained
@@ -37,7 +39,7 @@ ROWS = {  # name: (speed switches, mode, pre-tokenised batches)
     'two_pass_switches': (SPEED_DEFAULTS, 'two_pass', True),
     'one_pass_plain': (UNISIGN_SPEED, 'one_pass', False),
     'one_pass': (SPEED_DEFAULTS, 'one_pass', True),
-    'one_pass_grouped': (SPEED_DEFAULTS, 'grouped', True),
+    'one_pass_pooled': (SPEED_DEFAULTS, 'pooled', True),
 }
 
 
@@ -48,11 +50,10 @@ def evaluate_batches(model, batches, mode, opts, device):
     options = dict(max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams)
     synchronize(device)
     start = time.perf_counter()
-    if mode == 'grouped':
-        for first in range(0, len(batches), opts.group):
-            group = [src for src, _ in batches[first:first + opts.group]]
-            outputs += model.generate_grouped(group, **options)
-    for src, tgt in batches if mode != 'grouped' else []:
+    if mode == 'pooled':
+        outputs += model.generate_pooled([src for src, _ in batches], pool_rows=opts.pool_rows,
+                                         **options)
+    for src, tgt in batches if mode != 'pooled' else []:
         if mode == 'one_pass':
             outputs.append(model.generate(src, **options))
         else:
@@ -109,7 +110,7 @@ def main(argv=None):
     p.add_argument('--num_beams', type=int, default=4)
     p.add_argument('--max_new_tokens', type=int, default=0,
                    help="0: the mean over the batches of their longest reference")
-    p.add_argument('--group', type=int, default=4, help="batches per grouped beam search")
+    p.add_argument('--pool_rows', type=int, default=64, help="beam rows decoded together")
     p.add_argument('--mean_frames', type=float, default=120)
     p.add_argument('--cv', type=float, default=0.35)
     p.add_argument('--seed', type=int, default=0)
@@ -120,8 +121,8 @@ def main(argv=None):
     times, outputs, sentences = run(opts)
     base = sentences / statistics.median(times['unisign'])
     print(f"\nsize {opts.size}, {sentences} clips in batches of {opts.batch_size}, "
-          f"{opts.num_beams} beams, {opts.max_new_tokens} new tokens, grouped beam search over "
-          f"{opts.group} batches, median of {opts.repeats} round(s)")
+          f"{opts.num_beams} beams, {opts.max_new_tokens} new tokens, pool of {opts.pool_rows} "
+          f"beam rows, median of {opts.repeats} round(s)")
     print(f"{'row':18s} {'sentences/s':>11s} {'x unisign':>9s}  identical ids")
     identical = True
     for row in ROWS:

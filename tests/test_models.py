@@ -334,18 +334,15 @@ def test_generation_is_identical_with_speed_switches(tiny_mt5_dir):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_grouped_beam_search_equals_batch_by_batch(tiny_mt5_dir):
+def test_pooled_beam_search_equals_batch_by_batch(tiny_mt5_dir):
     model = build(tiny_mt5_dir).eval()
     batches = [plain_batch(batch=3, frames=10, seed=1)[0],
-               plain_batch(batch=2, frames=6, seed=2)[0]]
-    grouped = model.generate_grouped(batches, max_new_tokens=5, num_beams=2)
-    for src, ids in zip(batches, grouped):
-        single = model.generate(src, max_new_tokens=5, num_beams=2)
-        assert ids.shape[0] == single.shape[0]
-        assert model.mt5_tokenizer.batch_decode(ids, skip_special_tokens=True) == \
-            model.mt5_tokenizer.batch_decode(single, skip_special_tokens=True)
-        width = single.shape[1]
-        assert torch.equal(ids[:, :width], single) and not ids[:, width:].any()
+               plain_batch(batch=2, frames=6, seed=2)[0],
+               plain_batch(batch=1, frames=8, seed=3)[0]]
+    pooled = model.generate_pooled(batches, max_new_tokens=5, num_beams=2, pool_rows=4)
+    assert len(pooled) == len(batches)
+    for src, ids in zip(batches, pooled):
+        assert torch.equal(ids, model.generate(src, max_new_tokens=5, num_beams=2))
 
 
 def test_hands_batch_modes(tiny_mt5_dir):

@@ -1,0 +1,102 @@
+"""Pooled beam search against Hugging Face's generate, batch by batch, token for token."""
+import pytest
+import torch
+from transformers import MT5Config, MT5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+
+import beam_search
+
+
+
+class EosHead(torch.nn.Module):
+    """The output layer with EOS scored by a pseudo-random function of the decoder state, so
+    sentences end at varied steps; sin(1000 x) also turns any rounding difference between the
+    two searches' decoder states into a different choice."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+        self.register_buffer('direction', torch.randn(head.in_features))
+
+    def forward(self, hidden):
+        logits = self.head(hidden)
+        wobble = torch.sin(1000 * (hidden * self.direction).sum(-1))
+        logits[..., 1] = logits.max(-1).values + wobble - 0.5
+        return logits
+
+
+def tiny_mt5():
+    torch.manual_seed(0)
+    config = MT5Config(vocab_size=300, d_model=64, d_ff=128, num_heads=4, d_kv=16, num_layers=2,
+                       num_decoder_layers=2, decoder_start_token_id=0, eos_token_id=1,
+                       pad_token_id=0, tie_word_embeddings=False)
+    mt5 = MT5ForConditionalGeneration(config).eval()
+    mt5.lm_head = EosHead(mt5.lm_head)
+    return mt5
+
+
+def encoded_batches(sizes=(3, 4, 1, 4, 2, 4), seed=1):
+    """(key, states, mask) per batch; every batch padded, its first sentence the longest."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for key, size in enumerate(sizes):
+        length = int(torch.randint(5, 20, (1,), generator=generator))
+        states = torch.randn(size, length, 64, generator=generator)
+        lengths = torch.randint(1, length + 1, (size,), generator=generator)
+        lengths[0] = length
+        mask = (torch.arange(length)[None] < lengths[:, None]).long()
+        batches.append((key, states, mask))
+    return batches
+
+
+def generate_each(mt5, batches, num_beams, max_new_tokens):
+    with torch.no_grad():
+        return {key: mt5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                                  attention_mask=mask, num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens)
+                for key, states, mask in batches}
+
+
+@pytest.mark.parametrize("early_stopping", [False, True, "never"])
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
+def test_pooled_equals_generate(early_stopping, length_penalty):
+    mt5 = tiny_mt5()
+    mt5.generation_config.early_stopping = early_stopping
+    mt5.generation_config.length_penalty = length_penalty
+    batches = encoded_batches()
+    expected = generate_each(mt5, batches, num_beams=4, max_new_tokens=12)
+    for pool_rows in (1, 8, 1000):
+        with torch.no_grad():
+            pooled = dict(beam_search.pooled_generate(mt5, batches, 4, 12, pool_rows))
+        assert pooled.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(pooled[key], expected[key]), (key, pool_rows)
+
+
+def test_sentences_end_at_different_steps():
+    """The comparison above covers finished beams: outputs end with EOS at varied lengths."""
+    mt5 = tiny_mt5()
+    outputs = generate_each(mt5, encoded_batches(), num_beams=4, max_new_tokens=12)
+    first_eos = [int((row == 1).nonzero()[0]) for ids in outputs.values() for row in ids
+                 if (row == 1).any()]
+    assert len(set(first_eos)) >= 3
+    assert any(ids.shape[1] == 13 for ids in outputs.values())  # some hit max_new_tokens
+
+
+def test_batches_leave_the_pool_as_they_end():
+    mt5 = tiny_mt5()
+    batches = encoded_batches(sizes=(2, 2, 2, 2))
+    with torch.no_grad():
+        order = [key for key, _ in beam_search.pooled_generate(mt5, batches, 3, 12, 1000)]
+    assert sorted(order) == [0, 1, 2, 3]
+
+
+def test_unsupported_settings_are_refused():
+    mt5 = tiny_mt5()
+    mt5.generation_config.no_repeat_ngram_size = 2
+    assert beam_search.unsupported_settings(mt5.generation_config, 4) == \
+        ["no_repeat_ngram_size=2"]
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        list(beam_search.pooled_generate(mt5, encoded_batches(), 4, 5))
+    assert beam_search.unsupported_settings(tiny_mt5().generation_config, 1) == \
+        ["num_beams=1 (greedy search)"]
