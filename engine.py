@@ -6,6 +6,7 @@ import os
 import torch
 import torch.distributed as dist
 
+import beam_search
 import utils
 from regularizers import dump_batch
 from riemannian import optimizer_step
@@ -214,22 +215,62 @@ def root_parameters_gathered(model, zero_stage):
     return deepspeed.zero.GatheredParameters(list(model.parameters(recurse=False)))
 
 
+def pooled_decoding(args, model):
+    """Whether predict() can use the pooled beam search (same ids as generate, batch by batch):
+    not where ZeRO-3 ranks must step together, nor for settings it does not reproduce."""
+    if args.decode_pool <= 0 or args.num_beams < 2 or (args.zero_stage == 3
+                                                         and utils.get_world_size() > 1):
+        return False
+    reasons = beam_search.unsupported_settings(model.mt5_model.generation_config, args.num_beams)
+    if reasons:
+        print("evaluation decodes batch by batch: the pooled beam search does not support "
+              + ", ".join(reasons))
+    return not reasons
+
+
 @torch.no_grad()
 def predict(args, model, data_loader, tokenizer):
-    """Generates a hypothesis per clip: the pose encoder runs once, then beam search."""
+    """Generates a hypothesis per clip: the pose encoder runs once, then beam search, pooled
+    over several batches (--decode_pool) or batch by batch."""
     model.eval()
+    logger = utils.MetricLogger(header="Test:")
+    batches = logger.log_every(data_loader, args.print_freq * 5)
+    if pooled_decoding(args, model):
+        outputs = pooled_predictions(args, model, batches)
+    else:
+        outputs = batch_predictions(args, model, batches)
+    names, hyps, refs = [], [], []
+    for batch_names, batch_refs, ids in outputs:
+        hyps += tokenizer.batch_decode(ids, skip_special_tokens=True)
+        refs += batch_refs
+        names += batch_names
+    return list(zip(names, hyps, refs))
+
+
+def batch_predictions(args, model, batches):
     # Under ZeRO-3 every rank must keep running forward passes until the slowest beam ends.
     synced = args.zero_stage == 3 and utils.get_world_size() > 1
-    names, hyps, refs = [], [], []
-    logger = utils.MetricLogger(header="Test:")
-    for src_input, tgt_input in logger.log_every(data_loader, args.print_freq * 5):
+    for src_input, tgt_input in batches:
         with root_parameters_gathered(model, args.zero_stage):
-            ids = model.generate(move_to_device(src_input, args.device), max_new_tokens=args.max_new_tokens,
-                                 num_beams=args.num_beams, synced_gpus=synced)
-        hyps += tokenizer.batch_decode(ids, skip_special_tokens=True)
-        refs += tgt_input["gt_sentence"]
-        names += src_input["name_batch"]
-    return list(zip(names, hyps, refs))
+            ids = model.generate(move_to_device(src_input, args.device),
+                                 max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                                 synced_gpus=synced)
+        yield src_input["name_batch"], tgt_input["gt_sentence"], ids
+
+
+def pooled_predictions(args, model, batches):
+    """(names, references, ids) per batch in loader order, decoded by the pooled search."""
+    def encoded():
+        for index, (src_input, tgt_input) in enumerate(batches):
+            with root_parameters_gathered(model, args.zero_stage):
+                states, mask = model.encode(move_to_device(src_input, args.device))
+            yield (index, src_input["name_batch"], tgt_input["gt_sentence"]), states, mask
+
+    finished = {}
+    for (index, names, refs), ids in beam_search.pooled_generate(
+            model.mt5_model, encoded(), args.num_beams, args.max_new_tokens, args.decode_pool):
+        finished[index] = (names, refs, ids)
+    return [finished[index] for index in range(len(finished))]
 
 
 @torch.no_grad()

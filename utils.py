@@ -154,6 +154,9 @@ def add_generation_flags(p):
     """Decoding flags."""
     _add(p, "--num_beams", type=int, default=4)
     _add(p, "--max_new_tokens", type=int, default=100)
+    _add(p, "--decode_pool", type=int, default=64,
+         help="beam rows of several evaluation batches decoded together, with the same output "
+              "as batch by batch (0: Hugging Face generate per batch)")
 
 
 def add_tracking_flags(p):

@@ -57,3 +57,27 @@ def test_nonfinite_guard_counts_skips_and_stops_after_a_streak(tmp_path):
     for step in range(20):
         assert not never.check(nan, step)
     never.stop_if_exhausted(20)
+
+
+def test_pooled_predictions_equal_batch_by_batch(tiny_mt5_dir):
+    from types import SimpleNamespace
+    from test_models import build, plain_batch
+    from transformers import T5Tokenizer
+    model = build(tiny_mt5_dir).eval()
+    with torch.no_grad():  # louder pose input, cross-attention and output layer: the text
+        model.pose_proj.weight.mul_(100)  # depends on the clip and ends at varied lengths
+        for block in model.mt5_model.decoder.block:
+            block.layer[1].EncDecAttention.o.weight.mul_(100)
+        model.mt5_model.lm_head.weight.mul_(10)
+    tokenizer = T5Tokenizer.from_pretrained(tiny_mt5_dir)
+    loader = [plain_batch(batch=size, frames=frames, seed=seed)
+              for size, frames, seed in ((3, 10, 1), (2, 6, 2), (3, 12, 3), (1, 8, 4))]
+    results = {}
+    for pool in (0, 4, 64):
+        args = SimpleNamespace(decode_pool=pool, num_beams=3, max_new_tokens=8, zero_stage=2,
+                               device="cpu", print_freq=100)
+        results[pool] = engine.predict(args, model, loader, tokenizer)
+    assert results[4] == results[0] and results[64] == results[0]
+    names = [name for src, _ in loader for name in src["name_batch"]]
+    assert [name for name, _, _ in results[0]] == names
+    assert len({hyp for _, hyp, _ in results[0]}) > 1  # varied text, not one repeated output

@@ -87,6 +87,20 @@ def test_eval_only_from_checkpoint_single_process_zero3(demo_root, tmp_path):
     trained = read_log(out)[-1]
     assert metrics["test"]["bleu4"] == pytest.approx(trained["test_bleu4"], abs=1e-6)
 
+    # Beam search pooled over batches (ZeRO-3 on one rank) writes what batch by batch writes.
+    predictions = {}
+    for pool in ("0", "4", "64"):
+        evaluated = tmp_path / f"beams_pool{pool}"
+        proc = run([sys.executable, "fine_tuning.py", "--eval", "--finetune",
+                    str(out / "best_checkpoint.pth"),
+                    *train_args(demo_root, evaluated, "--zero_stage", "3", "--num_beams", "3",
+                                "--decode_pool", pool)], tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        predictions[pool] = [(evaluated / f"{split}_tmp_pres.txt").read_text()
+                             for split in ("dev", "test")]
+    assert predictions["4"] == predictions["0"] and predictions["64"] == predictions["0"]
+    assert len(predictions["0"][1].splitlines()) == 8
+
 
 def test_missing_mt5_directory_stops_before_building(demo_root, tmp_path):
     proc = run([sys.executable, "fine_tuning.py", "--mt5_path", str(tmp_path / "no_mt5"),
