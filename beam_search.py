@@ -255,8 +255,8 @@ def step(mt5, batches):
     """One decoding step for every batch in flight, with one output-layer product for all."""
     hidden = [batch.decoder_hidden(mt5) for batch in batches]
     sizes = [len(h) for h in hidden]
-    logits = mt5.lm_head(torch.cat(hidden) if len(hidden) > 1 else hidden[0])
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    del logits
+    logits = mt5.lm_head(torch.cat(hidden) if len(hidden) > 1 else hidden[0]).float()
+    # In place (the same kernel and values as log_softmax): the pool's largest tensor, once.
+    log_probs = torch._log_softmax(logits, -1, False, out=logits)
     for batch, part in zip(batches, log_probs.split(sizes)):
         batch.advance(part)
