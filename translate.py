@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+import beam_search
 import utils
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
@@ -51,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument('--num_beams', type=int, help="beam width (default: the checkpoint's)")
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--max_new_tokens', type=int, help="default: the checkpoint's")
+    p.add_argument('--decode_pool', type=int, default=64,
+                   help="beam rows of several batches decoded together, same output "
+                        "(0: batch by batch)")
     p.add_argument('--max_length', type=int, help="frames kept per clip (default: the checkpoint's)")
     p.add_argument('--fps', type=float, help='resample .pose clips to this frame rate')
     p.add_argument('--format', choices=['tsv', 'jsonl'], default='tsv')
@@ -217,19 +221,46 @@ def format_line(name, path, text, fmt):
 
 @torch.no_grad()
 def translate(model, clips, args, flags, out):
-    """Writes one line per readable clip to `out`; returns (translated, skipped messages)."""
+    """Writes one line per readable clip to `out`, in input order; returns (translated, skipped
+    messages). Beam search is pooled over batches (--decode_pool) where it reproduces generate."""
     skipped, done = [], 0
     beams = args.num_beams or flags.num_beams
     max_new_tokens = args.max_new_tokens or flags.max_new_tokens
     max_length = args.max_length or flags.max_length
-    for names, paths, batch in read_batches(clips, args.batch_size, max_length, args.fps,
-                                            args.skip_bad_samples, skipped):
-        batch = {k: v.to(args.device) for k, v in batch.items()}
-        texts = model.generate_text(batch, max_new_tokens=max_new_tokens, num_beams=beams)
+    batches = read_batches(clips, args.batch_size, max_length, args.fps, args.skip_bad_samples,
+                           skipped)
+    pooled = args.decode_pool > 0 and not beam_search.unsupported_settings(
+        model.mt5_model.generation_config, beams)
+    for names, paths, ids in (pooled_ids if pooled else batch_ids)(
+            model, batches, args, beams, max_new_tokens):
+        texts = model.mt5_tokenizer.batch_decode(ids, skip_special_tokens=True)
         out.writelines(format_line(n, p, t, args.format) for n, p, t in zip(names, paths, texts))
         out.flush()
         done += len(names)
     return done, skipped
+
+
+def batch_ids(model, batches, args, beams, max_new_tokens):
+    for names, paths, batch in batches:
+        batch = {k: v.to(args.device) for k, v in batch.items()}
+        yield names, paths, model.generate(batch, max_new_tokens=max_new_tokens, num_beams=beams)
+
+
+def pooled_ids(model, batches, args, beams, max_new_tokens):
+    """(names, paths, ids) per batch in input order, each batch as soon as it and all batches
+    before it are decoded."""
+    def encoded():
+        for index, (names, paths, batch) in enumerate(batches):
+            states, mask = model.encode({k: v.to(args.device) for k, v in batch.items()})
+            yield (index, names, paths), states, mask
+
+    finished, next_index = {}, 0
+    for (index, names, paths), ids in beam_search.pooled_generate(
+            model.mt5_model, encoded(), beams, max_new_tokens, args.decode_pool):
+        finished[index] = (names, paths, ids)
+        while next_index in finished:
+            yield finished.pop(next_index)
+            next_index += 1
 
 
 def main(argv=None):

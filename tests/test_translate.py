@@ -68,6 +68,11 @@ def test_files_in_label_order_reproduce_the_trainers_predictions(trained, tmp_pa
     assert [name for name, _ in rows] == [name for name, _ in expected]
     assert [text for _, text in rows] == [' '.join(text.split()) for _, text in expected]
     assert 'translated 8 of 8 clips' in proc.stderr
+    # Batch by batch (no pooled beam search) writes the same lines; so does a pool of 2 rows.
+    for pool in ('0', '2'):
+        again = run('translate.py', '--checkpoint', str(out / 'best_checkpoint.pth'), *files,
+                    '--num_beams', BEAMS, '--batch_size', BATCH, '--decode_pool', pool)
+        assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-3000:]
 
 
 def translate_here(capsys, *argv):
