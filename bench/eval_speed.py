@@ -1,28 +1,36 @@
-"""Evaluation speed: Uni-Sign's two passes against one pass, with identical generated text.
+"""Evaluation speed and memory: Uni-Sign's two passes against one pass and pooled beam search,
+with identical generated text.
 
 Uni-Sign evaluates a batch with a teacher-forced forward (pose encoder, mT5, loss) and then
 beam search from that forward's input embeddings; engine.predict runs the pose encoder once and
-goes straight to beam search (both batched over the clips and beams by Hugging Face generate).
-Rows, all on the same batches and weights:
+goes straight to beam search, pooled over batches. Rows, all on the same batches and weights,
+each in a fresh subprocess (rounds repeated and interleaved with --repeats; the median is shown):
   unisign            two passes, models.UNISIGN_SPEED, tokenizer inside forward
   two_pass_switches  two passes with models.SPEED_DEFAULTS and pre-tokenised batches
-  one_pass_plain     one pass, UNISIGN_SPEED encoder
-  one_pass           one pass, SPEED_DEFAULTS (engine.predict's way)
-  one_pass_pooled    one_pass, with beam search over --pool_rows beam rows of several batches
-                     at a time (SignTranslator.generate_pooled, engine.predict's default): each
-                     batch still encoded and decoded on its own, one output-layer product per
-                     step for all, sentences leave the pool when their result is final
+  one_pass_plain     one pass, UNISIGN_SPEED encoder, Hugging Face generate batch by batch
+  one_pass           one pass, SPEED_DEFAULTS, generate batch by batch
+  one_pass_pooled    one pass, SPEED_DEFAULTS, beam search pooled over --pool_rows beam rows of
+                     several batches (SignTranslator.generate_pooled, engine.predict's default):
+                     each batch is encoded and decoded on its own, one output-layer product per
+                     step serves all, sentences leave the pool when their result is final
 Every row's tokens must equal the unisign row's, sentence by sentence. The model has random
 weights, so beam search never stops on its own: every batch decodes the same number of new
 tokens, by default the mean over the batches of their longest reference (about what a trained
-model generates), or --max_new_tokens. Clips and references come from train_step.py's
-CSL-Daily-like pool (random batches; padding repeats the last frame).
+model generates), or --max_new_tokens. (With a trained model, sentences that end early also
+leave the pool early; batch by batch they are decoded until the batch's last one ends. That
+gain is not measured here.) Clips and references come from train_step.py's
+CSL-Daily-like pool (random batches; padding repeats the last frame). Peak memory is the
+worker's peak resident set during evaluation (the high-water mark is reset after the model is
+built) on CPU, torch.cuda.max_memory_allocated on CUDA.
 
-    OMP_NUM_THREADS=1 python bench/eval_speed.py --size small --steps 4 --repeats 2
+    OMP_NUM_THREADS=1 python bench/eval_speed.py --size small --steps 8
 """
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +50,9 @@ ROWS = {  # name: (speed switches, mode, pre-tokenised batches)
     'one_pass_pooled': (SPEED_DEFAULTS, 'pooled', True),
 }
 
-
 @torch.no_grad()
 def evaluate_batches(model, batches, mode, opts, device):
-    """Generated id rows per clip (trailing padding removed) and the seconds it took."""
+    """Generated id rows per clip (as generate() pads them) and the seconds it took."""
     outputs = []
     options = dict(max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams)
     synchronize(device)
@@ -61,51 +68,101 @@ def evaluate_batches(model, batches, mode, opts, device):
             outputs.append(model.generate(forward, **options))
     synchronize(device)
     seconds = time.perf_counter() - start
-    return [strip_padding(row) for ids in outputs for row in ids.cpu()], seconds
+    return [row.tolist() for ids in outputs for row in ids.cpu()], seconds
 
 
-def strip_padding(row, pad_id=0):
-    tokens = row.tolist()
-    while len(tokens) > 1 and tokens[-1] == pad_id:
-        tokens.pop()
-    return tokens
-
-
-def prepare(opts, tokenizer, device):
-    """Per pre-tokenisation setting, the batches on the device; sets opts.max_new_tokens."""
+def make_batches(opts, tokenizer, pretokenized, device):
     lengths, sentences, _, batch_indices = make_pool(opts)
-    batches = {flag: [to_device(make_batch(ix, lengths, sentences, tokenizer, flag, k), device)
-                      for k, ix in enumerate(batch_indices)] for flag in (False, True)}
+    return [to_device(make_batch(ix, lengths, sentences, tokenizer, pretokenized, k), device)
+            for k, ix in enumerate(batch_indices)]
+
+
+def mean_longest_reference(opts, tokenizer):
+    _, sentences, _, batch_indices = make_pool(opts)
     longest = [max(len(tokenizer(sentences[i]).input_ids) for i in ix) for ix in batch_indices]
-    opts.max_new_tokens = opts.max_new_tokens or round(statistics.mean(longest))
-    return batches, sum(len(ix) for ix in batch_indices)
+    return round(statistics.mean(longest))
+
+
+def reset_peak_memory(device):
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the peak resident set size (VmHWM)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM')) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_row(opts, row):
+    """Worker: evaluates the batches the row's way; writes the ids, returns the measurements."""
+    from transformers import T5Tokenizer
+    device = torch.device(opts.device)
+    speed, mode, pretokenized = ROWS[row]
+    tokenizer = T5Tokenizer.from_pretrained(opts.tokenizer_dir, extra_ids=0, legacy=False)
+    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed).to(device).eval()
+    model.set_speed(**speed)
+    batches = make_batches(opts, tokenizer, pretokenized, device)
+    reset_peak_memory(device)
+    cpu_start = time.process_time()
+    ids, seconds = evaluate_batches(model, batches, mode, opts, device)
+    cpu_seconds = time.process_time() - cpu_start
+    with open(opts.ids_file, 'w') as f:
+        json.dump(ids, f)
+    return dict(seconds=seconds, cpu_seconds=cpu_seconds, sentences=len(ids),
+                peak_mb=peak_memory_mb(device))
+
+
+def run_worker(opts, row, ids_file):
+    command = [sys.executable, os.path.abspath(__file__), '--worker', row, '--ids_file', ids_file,
+               '--tokenizer_dir', opts.tokenizer_dir]
+    for name in ('size', 'device', 'batch_size', 'steps', 'num_beams', 'max_new_tokens',
+                 'pool_rows', 'mean_frames', 'cv', 'seed'):
+        command += [f'--{name}', str(getattr(opts, name))]
+    if opts.vocab_size:
+        command += ['--vocab_size', str(opts.vocab_size)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
+    if done.returncode or not lines:
+        raise RuntimeError(f"row {row} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    with open(ids_file) as f:
+        return json.loads(lines[-1]), json.load(f)
 
 
 def run(opts):
-    device = torch.device(opts.device)
-    with tempfile.TemporaryDirectory() as directory:
-        tokenizer = make_tokenizer(directory)
-    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed).to(device).eval()
-    batches, sentences = prepare(opts, tokenizer, device)
-    times = {row: [] for row in ROWS}
-    outputs = {}
-    for _ in range(opts.repeats):
-        for row, (speed, mode, pretokenized) in ROWS.items():
-            model.set_speed(**speed)
-            ids, seconds = evaluate_batches(model, batches[pretokenized], mode, opts, device)
-            times[row].append(seconds)
-            outputs.setdefault(row, ids)
-            print(f"  {row}: {sentences / seconds:.3f} sentences/s", flush=True)
-    return times, outputs, sentences
+    """Every row's measurements per round, and its generated ids (first round)."""
+    results, outputs = {row: [] for row in ROWS}, {}
+    with tempfile.TemporaryDirectory() as work:
+        opts.tokenizer_dir = work
+        tokenizer = make_tokenizer(work)
+        opts.max_new_tokens = opts.max_new_tokens or mean_longest_reference(opts, tokenizer)
+        for round_index in range(opts.repeats):
+            for row in ROWS:
+                result, ids = run_worker(opts, row, os.path.join(work, f'{row}.json'))
+                results[row].append(result)
+                outputs.setdefault(row, ids)
+                print(f"  round {round_index + 1} {row}: "
+                      f"{result['sentences'] / result['seconds']:.3f} sentences/s", flush=True)
+    return results, outputs
 
 
-def main(argv=None):
+def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--size', default='small', choices=list(MT5_SHAPES))
     p.add_argument('--vocab_size', type=int, default=None)
     p.add_argument('--device', default='auto')
     p.add_argument('--batch_size', type=int, default=4)
-    p.add_argument('--steps', type=int, default=6, help="batches evaluated per row")
+    p.add_argument('--steps', type=int, default=8, help="batches evaluated per row")
     p.add_argument('--repeats', type=int, default=1, help="interleaved rounds over the rows")
     p.add_argument('--num_beams', type=int, default=4)
     p.add_argument('--max_new_tokens', type=int, default=0,
@@ -114,22 +171,47 @@ def main(argv=None):
     p.add_argument('--mean_frames', type=float, default=120)
     p.add_argument('--cv', type=float, default=0.35)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--worker', default='', help=argparse.SUPPRESS)
+    p.add_argument('--ids_file', default='', help=argparse.SUPPRESS)
+    p.add_argument('--tokenizer_dir', default='', help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.device == 'auto':
         opts.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    print(machine_description(torch.device(opts.device)))
-    times, outputs, sentences = run(opts)
-    base = sentences / statistics.median(times['unisign'])
-    print(f"\nsize {opts.size}, {sentences} clips in batches of {opts.batch_size}, "
-          f"{opts.num_beams} beams, {opts.max_new_tokens} new tokens, pool of {opts.pool_rows} "
-          f"beam rows, median of {opts.repeats} round(s)")
-    print(f"{'row':18s} {'sentences/s':>11s} {'x unisign':>9s}  identical ids")
+    return opts
+
+
+def summarise(opts, results, outputs):
+    base = {clock: statistics.median(r['sentences'] / r[clock] for r in results['unisign'])
+            for clock in ('seconds', 'cpu_seconds')}
+    lines = [f"\nsize {opts.size}, {results['unisign'][0]['sentences']} clips in batches of "
+             f"{opts.batch_size}, {opts.num_beams} beams, at most {opts.max_new_tokens} new "
+             f"tokens, pool of {opts.pool_rows} beam rows, median of "
+             f"{opts.repeats} round(s)",
+             f"{'row':18s} {'sentences/s':>11s} {'x unisign':>9s} {'x (CPU time)':>12s} "
+             f"{'peak MB':>8s}  identical ids"]
     identical = True
-    for row in ROWS:
-        rate = sentences / statistics.median(times[row])
+    for row, runs in results.items():
+        rate = statistics.median(r['sentences'] / r['seconds'] for r in runs)
+        cpu_rate = statistics.median(r['sentences'] / r['cpu_seconds'] for r in runs)
+        peak = statistics.median(r['peak_mb'] for r in runs)
         same = outputs[row] == outputs['unisign']
         identical &= same
-        print(f"{row:18s} {rate:11.3f} {rate / base:8.2f}x  {'yes' if same else 'NO'}")
+        lines.append(f"{row:18s} {rate:11.3f} {rate / base['seconds']:8.2f}x "
+                     f"{cpu_rate / base['cpu_seconds']:11.2f}x {peak:8.0f}  {'yes' if same else 'NO'}")
+    distinct = len({tuple(ids) for ids in outputs['unisign']})
+    lines.append(f"distinct outputs: {distinct} of {len(outputs['unisign'])} clips")
+    return lines, identical
+
+
+def main(argv=None):
+    opts = parse_options(argv)
+    if opts.worker:
+        print(json.dumps(run_row(opts, opts.worker)))
+        return
+    print(machine_description(torch.device(opts.device)))
+    results, outputs = run(opts)
+    lines, identical = summarise(opts, results, outputs)
+    print('\n'.join(lines))
     if not identical:
         sys.exit("generated ids differ from Uni-Sign's way")
 
