@@ -14,6 +14,7 @@ The beam bookkeeping follows transformers' `GenerationMixin._beam_search`: the s
 candidates, length penalty, early-stopping heuristic and output padding.
 """
 import torch
+import transformers
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -45,6 +46,9 @@ def unsupported_settings(generation_config, num_beams):
                if setting(generation_config, name) != setting(default, name)]
     if num_beams < 2:
         reasons.append(f"num_beams={num_beams} (greedy search)")
+    # The beam bookkeeping and cache API reproduced here are those of transformers 5.
+    if int(transformers.__version__.split('.')[0]) < 5:
+        reasons.append(f"transformers {transformers.__version__} (needs 5 or later)")
     return reasons
 
 
@@ -114,6 +118,7 @@ class BatchBeams:
                           encoder_attention_mask=mask, past_key_values=self.cache,
                           use_cache=True, return_dict=True)
         hidden = out.last_hidden_state[:, -1]
+        # T5ForConditionalGeneration's rescaling; MT5's config has no such field (no rescaling).
         if getattr(mt5.config, 'scale_decoder_outputs', False):
             hidden = hidden * (mt5.model_dim ** -0.5)
         return hidden

@@ -1,7 +1,7 @@
 """Pooled beam search against Hugging Face's generate, batch by batch, token for token."""
 import pytest
 import torch
-from transformers import MT5Config, MT5ForConditionalGeneration
+from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 import beam_search
@@ -25,12 +25,14 @@ class EosHead(torch.nn.Module):
         return logits
 
 
-def tiny_mt5():
+def tiny_mt5(kind='mt5'):
     torch.manual_seed(0)
-    config = MT5Config(vocab_size=300, d_model=64, d_ff=128, num_heads=4, d_kv=16, num_layers=2,
-                       num_decoder_layers=2, decoder_start_token_id=0, eos_token_id=1,
-                       pad_token_id=0, tie_word_embeddings=False)
-    mt5 = MT5ForConditionalGeneration(config).eval()
+    config_class, model_class = {'mt5': (MT5Config, MT5ForConditionalGeneration),
+                                 't5': (T5Config, T5ForConditionalGeneration)}[kind]
+    config = config_class(vocab_size=300, d_model=64, d_ff=128, num_heads=4, d_kv=16,
+                          num_layers=2, num_decoder_layers=2, decoder_start_token_id=0,
+                          eos_token_id=1, pad_token_id=0)
+    mt5 = model_class(config).eval()
     mt5.lm_head = EosHead(mt5.lm_head)
     return mt5
 
@@ -71,6 +73,16 @@ def test_pooled_equals_generate(early_stopping, length_penalty):
         assert pooled.keys() == expected.keys()
         for key in expected:
             assert torch.equal(pooled[key], expected[key]), (key, pool_rows)
+
+
+def test_pooled_equals_generate_for_t5_with_rescaled_decoder_outputs():
+    t5 = tiny_mt5('t5')
+    assert t5.config.scale_decoder_outputs
+    batches = encoded_batches()
+    expected = generate_each(t5, batches, num_beams=3, max_new_tokens=10)
+    with torch.no_grad():
+        pooled = dict(beam_search.pooled_generate(t5, batches, 3, 10, 16))
+    assert all(torch.equal(pooled[key], expected[key]) for key in expected)
 
 
 def test_sentences_end_at_different_steps():
