@@ -256,6 +256,19 @@ def pooled_generate(mt5, encoded_batches, num_beams, max_new_tokens, pool_rows=6
             yield batch.key, batch.result()
 
 
+def pooled_generate_in_order(mt5, encoded_batches, num_beams, max_new_tokens, pool_rows=64):
+    """pooled_generate, yielding `(key, ids)` in input order: each batch as soon as it and every
+    batch before it have ended."""
+    numbered = (((index, key), states, mask)
+                for index, (key, states, mask) in enumerate(encoded_batches))
+    finished, next_index = {}, 0
+    for (index, key), ids in pooled_generate(mt5, numbered, num_beams, max_new_tokens, pool_rows):
+        finished[index] = (key, ids)
+        while next_index in finished:
+            yield finished.pop(next_index)
+            next_index += 1
+
+
 def step(mt5, batches):
     """One decoding step for every batch in flight, with one output-layer product for all."""
     hidden = [batch.decoder_hidden(mt5) for batch in batches]

@@ -261,16 +261,14 @@ def batch_predictions(args, model, batches):
 def pooled_predictions(args, model, batches):
     """(names, references, ids) per batch in loader order, decoded by the pooled search."""
     def encoded():
-        for index, (src_input, tgt_input) in enumerate(batches):
+        for src_input, tgt_input in batches:
             with root_parameters_gathered(model, args.zero_stage):
                 states, mask = model.encode(move_to_device(src_input, args.device))
-            yield (index, src_input["name_batch"], tgt_input["gt_sentence"]), states, mask
+            yield (src_input["name_batch"], tgt_input["gt_sentence"]), states, mask
 
-    finished = {}
-    for (index, names, refs), ids in beam_search.pooled_generate(
+    for (names, refs), ids in beam_search.pooled_generate_in_order(
             model.mt5_model, encoded(), args.num_beams, args.max_new_tokens, args.decode_pool):
-        finished[index] = (names, refs, ids)
-    return [finished[index] for index in range(len(finished))]
+        yield names, refs, ids
 
 
 @torch.no_grad()

@@ -360,10 +360,9 @@ class SignTranslator(nn.Module):
         """generate() for a sequence of batches, one id tensor per batch in order, equal to
         generate()'s batch by batch: each batch is encoded on its own, and beam search runs over
         about `pool_rows` beam rows of several batches at once (beam_search.pooled_generate)."""
-        encoded = ((k, *self.encode(src)) for k, src in enumerate(src_inputs))
-        results = dict(beam_search.pooled_generate(self.mt5_model, encoded, num_beams,
-                                                   max_new_tokens, pool_rows))
-        return [results[k] for k in range(len(results))]
+        encoded = ((None, *self.encode(src)) for src in src_inputs)
+        return [ids for _, ids in beam_search.pooled_generate_in_order(
+            self.mt5_model, encoded, num_beams, max_new_tokens, pool_rows)]
 
     def generate_text(self, pre_compute_item, max_new_tokens=100, num_beams=4):
         ids = self.generate(pre_compute_item, max_new_tokens=max_new_tokens, num_beams=num_beams)

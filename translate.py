@@ -250,17 +250,13 @@ def pooled_ids(model, batches, args, beams, max_new_tokens):
     """(names, paths, ids) per batch in input order, each batch as soon as it and all batches
     before it are decoded."""
     def encoded():
-        for index, (names, paths, batch) in enumerate(batches):
+        for names, paths, batch in batches:
             states, mask = model.encode({k: v.to(args.device) for k, v in batch.items()})
-            yield (index, names, paths), states, mask
+            yield (names, paths), states, mask
 
-    finished, next_index = {}, 0
-    for (index, names, paths), ids in beam_search.pooled_generate(
+    for (names, paths), ids in beam_search.pooled_generate_in_order(
             model.mt5_model, encoded(), beams, max_new_tokens, args.decode_pool):
-        finished[index] = (names, paths, ids)
-        while next_index in finished:
-            yield finished.pop(next_index)
-            next_index += 1
+        yield names, paths, ids
 
 
 def main(argv=None):
