@@ -222,7 +222,7 @@ def pooled_decoding(args, model):
                                                          and utils.get_world_size() > 1):
         return False
     reasons = beam_search.unsupported_settings(model.mt5_model.generation_config, args.num_beams)
-    if reasons:
+    if reasons and utils.is_main_process():
         print("evaluation decodes batch by batch: the pooled beam search does not support "
               + ", ".join(reasons))
     return not reasons
