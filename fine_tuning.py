@@ -346,9 +346,11 @@ def run_command_line(main_function, args):
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     try:
-        return main_function(args)
+        result = main_function(args)
     except (config.ConfigError, DataError, trainer.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    utils.close_distributed()
+    return result
 
 
 if __name__ == "__main__":

@@ -233,6 +233,15 @@ def init_distributed(args):
     silence_other_ranks(args.rank == 0)
 
 
+def close_distributed():
+    """Ends the process group once every rank is done. Left to interpreter exit, gloo's threads
+    are torn down during shutdown, which now and then aborts a finished rank ("terminate called
+    without an active exception") and fails the whole launch."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def keep_freed_memory(mode="auto"):
     """Has glibc serve large blocks from its heap and keep them after free (mallopt: no mmap,
     no trimming); returns whether it applied.
