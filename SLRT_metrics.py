@@ -17,6 +17,8 @@ from itertools import chain, groupby
 import numpy as np
 from sacrebleu.metrics import BLEU
 
+import cli
+
 INS_COST, DEL_COST, SUB_COST = 3, 3, 4
 CORRECT, SUBSTITUTION, DELETION, INSERTION = 0, 1, 2, 3
 OP_LETTERS = 'CSDI'
@@ -331,15 +333,19 @@ def format_table(results):
     return '\n'.join(f'{name:<{width}}  {value:8.2f}' for name, value in results.items())
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--refs', required=True, help='references: trainer, plain or .stm file')
-    parser.add_argument('--hyps', required=True, help='hypotheses: trainer, plain or .ctm file')
-    parser.add_argument('--level', choices=['word', 'char'], default='word')
-    parser.add_argument('--task', choices=['SLT', 'CSLR', 'ISLR'], default='SLT')
-    parser.add_argument('--merge-same', action='store_true',
-                        help='CSLR: merge repeated consecutive hypothesis glosses first')
-    args = parser.parse_args(argv)
+    cli.add_flag(parser, '--refs', required=True, help='references: trainer, plain or .stm file')
+    cli.add_flag(parser, '--hyps', required=True, help='hypotheses: trainer, plain or .ctm file')
+    cli.add_flag(parser, '--level', choices=['word', 'char'], default='word')
+    cli.add_flag(parser, '--task', choices=['SLT', 'CSLR', 'ISLR'], default='SLT')
+    cli.add_flag(parser, '--merge-same', action='store_true',
+                         help='CSLR: merge repeated consecutive hypothesis glosses first')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     refs, hyps = load_pairs(args.refs, args.hyps)
     results = score(refs, hyps, args.task, args.level, args.merge_same)
     print(f'{args.task} on {len(refs)} samples')

@@ -1,91 +1,154 @@
-"""Central path configuration: the mT5 directory and, per dataset, label files and pose folders.
+"""Central configuration: the path roots and the dataset registry.
 
 Defaults follow Uni-Sign's layout (labels under ./data, poses under ./dataset, mT5 under
 ./pretrained_weight/mt5-base). Override with flags (--mt5_path, --data_root, --pose_root) or
-environment variables (MT5_PATH, SIGN_DATA_ROOT, SIGN_POSE_ROOT). The generated `Demo` set keeps
-labels, poses and its tiny mT5 together under <data_root>/Demo; the generated `PhoenixDemo`
-(script/make_phoenix_demo.py) keeps STM files and poses under <data_root>/PhoenixDemo.
+environment variables (MT5_PATH, SIGN_DATA_ROOT, SIGN_POSE_ROOT).
+
+Every dataset is one `DatasetSpec` in DATASETS: its label files and their format, its pose
+folders, how dev and test are formed when it ships none, the language of its text (the prompt
+names it) and how that text is scored, and the tasks its labels support. The trainer, the data
+checker and the scorer read behaviour from here only; adding a corpus is adding an entry (or
+calling `register_dataset`), see the README's "Adding a dataset".
 """
+import dataclasses
 import os
+from typing import Optional
+
+from labels import FORMATS as LABEL_FORMATS
 
 mt5_path = os.environ.get("MT5_PATH", "./pretrained_weight/mt5-base")
 data_root = os.environ.get("SIGN_DATA_ROOT", "./data")
 pose_root = os.environ.get("SIGN_POSE_ROOT", "./dataset")
 
-# Label files are relative to data_root; pose folders are templates over {data_root},
-# {pose_root} and {phase}. A phase mapped to None does not exist for that dataset.
-DATASETS = {
-    "CSL_Daily": {
-        "labels": {"train": "CSL_Daily/labels.train", "dev": "CSL_Daily/labels.dev",
-                   "test": "CSL_Daily/labels.test"},
-        "pose_dir": "{pose_root}/CSL_Daily/pose_format",
-    },
-    "CSL_News": {
-        "labels": {"train": "CSL_News/CSL_News_Labels.json", "dev": "CSL_News/CSL_News_Labels.json",
-                   "test": "CSL_News/CSL_News_Labels.json"},
-        "pose_dir": "{pose_root}/CSL_News/pose_format",
-    },
-    "WLASL": {
-        "labels": {"train": "WLASL/labels-2000.train", "dev": "WLASL/labels-2000.dev",
-                   "test": "WLASL/labels-2000.test"},
-        "pose_dir": "{pose_root}/WLASL/pose_format/{phase}",
-    },
-    "How2Sign": {
-        "labels": {"train": "How2Sign/labels.train", "dev": None, "test": "How2Sign/labels.test"},
-        "pose_dir": "{pose_root}/How2Sign/pose_format/{phase}",
-    },
-    "OpenASL": {
-        "labels": {"train": "OpenASL/labels.train", "dev": "OpenASL/labels.dev",
-                   "test": "OpenASL/labels.test"},
-        "pose_dir": "{pose_root}/OpenASL/pose_format/{phase}",
-    },
-    # Continuous recognition (--task CSLR --head ctc): sclite STM ground truth, or for
-    # PHOENIX-2014-T, which ships no training STM, the official pipe-separated corpus files.
-    "PHOENIX2014": {
-        "labels": {phase: f"phoenix2014/phoenix2014-groundtruth-{phase}.stm"
-                   for phase in ("train", "dev", "test")},
-        "pose_dir": "{pose_root}/phoenix2014/pose_format",
-    },
-    "PHOENIX2014T": {
-        "labels": {phase: f"phoenix2014T/PHOENIX-2014-T.{phase}.corpus.csv"
-                   for phase in ("train", "dev", "test")},
-        "pose_dir": "{pose_root}/phoenix2014T/pose_format",
-    },
-    "PhoenixDemo": {
-        "labels": {phase: f"PhoenixDemo/phoenix2014-groundtruth-{phase}.stm"
-                   for phase in ("train", "dev", "test")},
-        "pose_dir": "{data_root}/PhoenixDemo/pose_format",
-    },
-    "Demo": {
-        "labels": {"train": "Demo/labels.train", "dev": "Demo/labels.dev", "test": "Demo/labels.test"},
-        "pose_dir": "{data_root}/Demo/pose_format",
-        "mt5_path": "{data_root}/Demo/mt5",
-    },
-}
-
 PHASES = ("train", "dev", "test")
+TASKS = ("SLT", "ISLR", "CSLR")
+PROMPT = "Translate sign language video to {}: "
 
 
 class ConfigError(ValueError):
-    """A configured path is missing or a dataset name is unknown."""
+    """A configured path is missing, a dataset is unknown or a flag cannot act."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset.
+
+    labels: label file per phase, relative to the data root; a phase mapped to None is absent
+        (a missing dev split is replaced by test, which then selects the best checkpoint).
+    label_format: one of LABEL_FORMATS (labels.py reads each).
+    pose_dir: pose folder, a template over {data_root}, {pose_root} and {phase}.
+    language: language of the text targets; the prompt is PROMPT with it.
+    text_scoring: 'char' (each character a token, as Chinese is scored) or 'word'; gloss
+        sequences are always scored per word.
+    tasks: the tasks its labels support (SLT needs sentences, CSLR gloss sequences, ISLR one
+        gloss or word per clip).
+    held_out: for a corpus shipped as one label list (every phase names the same file): the
+        fraction at its end used as dev and test, the rest is train (CSL-News: 0.01).
+    mt5_path: a template for a model folder that comes with the dataset (the generated Demo).
+    """
+    labels: dict
+    label_format: str
+    pose_dir: str
+    language: str
+    text_scoring: str = "word"
+    tasks: tuple = ("SLT",)
+    held_out: float = 0.0
+    mt5_path: Optional[str] = None
+
+    def __post_init__(self):
+        problems = []
+        if self.label_format not in LABEL_FORMATS:
+            problems.append(f"label_format {self.label_format!r} is not one of {LABEL_FORMATS}")
+        if self.text_scoring not in ("char", "word"):
+            problems.append(f"text_scoring {self.text_scoring!r} is not 'char' or 'word'")
+        if set(self.labels) != set(PHASES) or not self.labels.get("train") \
+                or not self.labels.get("test"):
+            problems.append(f"labels must map {PHASES} to files (dev may be None)")
+        if not set(self.tasks) <= set(TASKS) or not self.tasks:
+            problems.append(f"tasks {self.tasks} must be among {TASKS}")
+        if not 0 <= self.held_out < 1:
+            problems.append(f"held_out {self.held_out} must be in [0, 1)")
+        if problems:
+            raise ConfigError("dataset spec: " + "; ".join(problems))
+
+    @property
+    def prompt(self):
+        return PROMPT.format(self.language)
+
+    def scoring_level(self, task):
+        """How predictions of `task` are tokenised for scoring: 'char' or 'word'."""
+        return self.text_scoring if task in ("SLT", "ISLR") else "word"
+
+
+def _per_phase(template):
+    return {phase: template.format(phase=phase) for phase in PHASES}
+
+
+DATASETS = {
+    "CSL_Daily": DatasetSpec(
+        labels=_per_phase("CSL_Daily/labels.{phase}"), label_format="unisign_pickle",
+        pose_dir="{pose_root}/CSL_Daily/pose_format", language="Chinese", text_scoring="char",
+        tasks=("SLT", "CSLR")),
+    "CSL_News": DatasetSpec(
+        labels={phase: "CSL_News/CSL_News_Labels.json" for phase in PHASES},
+        label_format="news_json", pose_dir="{pose_root}/CSL_News/pose_format",
+        language="Chinese", text_scoring="char", held_out=0.01),
+    "WLASL": DatasetSpec(
+        labels=_per_phase("WLASL/labels-2000.{phase}"), label_format="unisign_pickle",
+        pose_dir="{pose_root}/WLASL/pose_format/{phase}", language="English", tasks=("ISLR",)),
+    "How2Sign": DatasetSpec(
+        labels={"train": "How2Sign/labels.train", "dev": None, "test": "How2Sign/labels.test"},
+        label_format="unisign_pickle", pose_dir="{pose_root}/How2Sign/pose_format/{phase}",
+        language="English"),
+    "OpenASL": DatasetSpec(
+        labels=_per_phase("OpenASL/labels.{phase}"), label_format="unisign_pickle",
+        pose_dir="{pose_root}/OpenASL/pose_format/{phase}", language="English"),
+    "PHOENIX2014": DatasetSpec(
+        labels=_per_phase("phoenix2014/phoenix2014-groundtruth-{phase}.stm"), label_format="stm",
+        pose_dir="{pose_root}/phoenix2014/pose_format", language="German", tasks=("CSLR",)),
+    # PHOENIX-2014-T ships no training STM: its corpus files carry glosses and translations.
+    "PHOENIX2014T": DatasetSpec(
+        labels=_per_phase("phoenix2014T/PHOENIX-2014-T.{phase}.corpus.csv"),
+        label_format="corpus_csv", pose_dir="{pose_root}/phoenix2014T/pose_format",
+        language="German", tasks=("SLT", "CSLR")),
+    # Generated, download-free sets: script/make_phoenix_demo.py and python -m demo.data.
+    "PhoenixDemo": DatasetSpec(
+        labels=_per_phase("PhoenixDemo/phoenix2014-groundtruth-{phase}.stm"), label_format="stm",
+        pose_dir="{data_root}/PhoenixDemo/pose_format", language="German", tasks=("CSLR",)),
+    "Demo": DatasetSpec(
+        labels=_per_phase("Demo/labels.{phase}"), label_format="unisign_pickle",
+        pose_dir="{data_root}/Demo/pose_format", language="English", tasks=("SLT", "CSLR"),
+        mt5_path="{data_root}/Demo/mt5"),
+}
+
+
+def register_dataset(name, **fields):
+    """Adds (or replaces) a dataset; `fields` are DatasetSpec's. Returns the spec."""
+    DATASETS[name] = DatasetSpec(**fields)
+    return DATASETS[name]
+
+
+def get_dataset(name):
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)} "
+                          "(add one in config.py's DATASETS)")
+    return DATASETS[name]
 
 
 def dataset_language(dataset):
-    """Target language named in the prompt: Chinese for the CSL sets, English otherwise."""
-    return "Chinese" if "CSL" in dataset else "English"
+    """Target language the prompt names for a registered dataset."""
+    return get_dataset(dataset).language
 
 
 def resolve_paths(dataset, data_root_dir=None, pose_root_dir=None, mt5_dir=None):
     """Returns {'mt5_path', 'labels': {phase: path|None}, 'pose_dirs': {phase: path}}."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset '{dataset}'; known: {', '.join(DATASETS)}")
-    spec = DATASETS[dataset]
+    spec = get_dataset(dataset)
     roots = {"data_root": data_root_dir or data_root, "pose_root": pose_root_dir or pose_root}
     labels = {phase: (os.path.join(roots["data_root"], rel) if rel else None)
-              for phase, rel in spec["labels"].items()}
-    pose_dirs = {phase: spec["pose_dir"].format(phase=phase, **roots) for phase in PHASES}
+              for phase, rel in spec.labels.items()}
+    pose_dirs = {phase: spec.pose_dir.format(phase=phase, **roots) for phase in PHASES}
     if mt5_dir is None:
-        mt5_dir = spec["mt5_path"].format(**roots) if "mt5_path" in spec else mt5_path
+        mt5_dir = spec.mt5_path.format(**roots) if spec.mt5_path else mt5_path
     return {"mt5_path": mt5_dir, "labels": labels, "pose_dirs": pose_dirs}
 
 

@@ -73,6 +73,16 @@ def _split(glosses):
     return glosses.split() if isinstance(glosses, str) else list(glosses)
 
 
+def parse_loss_weights(text):
+    """'SeqCTC=1,ConvCTC=1,Dist=25' -> {'SeqCTC': 1.0, 'ConvCTC': 1.0, 'Dist': 25.0}."""
+    try:
+        return {name: float(value) for name, value in
+                (item.split("=") for item in text.replace(" ", "").split(",") if item)}
+    except ValueError:
+        raise ValueError(f"--loss_weights {text!r}: expected NAME=WEIGHT,... with names "
+                         f"among {', '.join(DEFAULT_LOSS_WEIGHTS)}") from None
+
+
 class NormLinear(nn.Module):
     """Bias-free linear classifier whose weight columns (one per class) have unit L2 norm."""
 

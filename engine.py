@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass, shared by fine_tuning.py and pretraining.py."""
+"""One training epoch and one evaluation pass of any head (the task object says what differs)."""
 import contextlib
 import math
 import os
@@ -10,7 +10,7 @@ import beam_search
 import utils
 from regularizers import dump_batch
 from riemannian import optimizer_step
-from SLRT_metrics import islr_performance, normalize_for_scoring, translation_performance, wer_list
+from SLRT_metrics import islr_performance, translation_performance, wer_list
 
 # Metric that picks the best checkpoint, and whether larger is better.
 BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_acc_pi", True), "CSLR": ("wer", False)}
@@ -201,11 +201,6 @@ def score(task, refs, hyps):
     return wer_list(references=refs, hypotheses=hyps)
 
 
-def scoring_level(args):
-    """Chinese translation is scored per character, as Uni-Sign does; everything else per word."""
-    return "char" if "CSL" in args.dataset and args.task == "SLT" else "word"
-
-
 def root_parameters_gathered(model, zero_stage):
     """ZeRO-3 gathers a module's parameters when its forward runs; generate() bypasses the top
     module's forward, so its own parameters (part_para) are gathered here."""
@@ -287,20 +282,31 @@ def dump_first_batch(args, engine, data_loader, phase):
         print(f"saved the hyperbolic embeddings of one {phase} batch to {path}")
 
 
-def evaluate(args, engine, data_loader, tokenizer, phase):
-    """Scores one split on all ranks; rank 0 writes {phase}_tmp_pres/refs.txt and metrics JSON."""
+def evaluate(args, engine, data_loader, task, phase):
+    """Scores one split on all ranks with the task's predictions and metric; rank 0 writes the
+    task's files ({phase}_tmp_pres/refs.txt, and CTM/STM for the CTC head)."""
     if args.save_one_batch and args.output_dir and "hyperbolic" in engine.module.regularizers:
         dump_first_batch(args, engine, data_loader, phase)
-    size = len(data_loader.dataset)
-    triples = gather_in_order(predict(args, engine.module, data_loader, tokenizer), size)
-    names = [t[0] for t in triples]
-    refs, hyps = normalize_for_scoring([t[2] for t in triples], [t[1] for t in triples],
-                                       scoring_level(args))
-    stats = score(args.task, refs, hyps)
+    dataset = data_loader.dataset
+    rows = gather_in_order(task.predict(args, engine.module, data_loader), len(dataset))
+    stats = task.score(rows, phase)
     if utils.is_main_process() and args.output_dir:
-        write_predictions(args.output_dir, phase, names, hyps, refs)
+        task.write(args.output_dir, phase, rows, dataset)
     print(f"{phase}: " + "  ".join(f"{k} {v:.2f}" for k, v in stats.items()))
     return stats
+
+
+def average_batchnorm_statistics(model):
+    """Averages BatchNorm running statistics over the ranks (each rank only saw its own
+    batches), so all ranks evaluate, and rank 0 saves, the same model."""
+    world = utils.get_world_size()
+    if world == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                dist.all_reduce(buffer)
+                buffer.div_(world)
 
 
 def write_predictions(output_dir, phase, names, hyps, refs):

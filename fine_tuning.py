@@ -1,9 +1,11 @@
-"""Fine-tunes and evaluates the pose-to-text translator under DeepSpeed.
+"""Trains and evaluates every head under DeepSpeed: the translator (mT5 writes text or glosses)
+and the CTC recognizer, with one set of path checks, one pre-scan, one epoch loop and one
+evaluation; what differs per head is the task object (tasks.py).
 
     deepspeed --num_gpus N fine_tuning.py --dataset CSL_Daily --task SLT --output_dir out/x
     python fine_tuning.py ...                     # one process, CPU or GPU
     python fine_tuning.py --eval --finetune out/x/best_checkpoint.pth ...
-    deepspeed fine_tuning.py --task CSLR --head ctc --dataset PHOENIX2014 ...   # CTC head, cslr.py
+    deepspeed fine_tuning.py --task CSLR --head ctc --dataset PHOENIX2014 --output_dir out/cslr
 """
 import datetime
 import os
@@ -20,16 +22,22 @@ import config  # noqa: E402
 import engine as trainer  # noqa: E402
 import riemannian  # noqa: E402
 import utils  # noqa: E402
+from datasets import build_dataset  # noqa: E402
+from keypoints import DataError  # noqa: E402
+from pose_encoder import load_encoder_weights  # noqa: E402
+from sample_checks import merge_findings, scan_samples, validate_samples  # noqa: E402
+from samplers import ResumableDistributedSampler  # noqa: E402
+from tasks import build_task  # noqa: E402
 
 
 SHOWN_PROBLEMS = 20  # skipped samples printed per split (bad_samples.txt lists them all)
 
 
-def resolve_run_paths(args):
+def resolve_run_paths(args, task):
     """Looks up and checks every path the run needs, before any model is built."""
     paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root, args.mt5_path)
     phases = ("dev", "test") if args.eval else config.PHASES
-    config.validate_paths(paths, phases)
+    config.validate_paths(paths, phases, need_mt5=task.needs_mt5)
     if args.finetune and not os.path.isfile(args.finetune):
         raise config.ConfigError(f"--finetune checkpoint {args.finetune} does not exist")
     if args.init_encoder and not os.path.isfile(args.init_encoder):
@@ -41,34 +49,16 @@ def resolve_run_paths(args):
     return paths
 
 
-def check_vocabulary(mt5_path, tokenizer):
-    """Stops when the tokenizer has ids the mT5 embeddings lack (a tokenizer and a model that do
-    not belong together); a larger model vocabulary, as google/mt5-base has, is fine."""
-    from transformers import AutoConfig
-    model_vocab = AutoConfig.from_pretrained(mt5_path).vocab_size
-    if len(tokenizer) > model_vocab:
-        raise config.ConfigError(
-            f"the tokenizer in {mt5_path} has {len(tokenizer)} tokens but the mT5 model "
-            f"{os.path.join(mt5_path, 'config.json')} has vocab_size {model_vocab}: token ids from "
-            f"{model_vocab} on would index past its embeddings")
-
-
-def build_datasets(args, paths, tokenizer, phases):
+def build_datasets(args, spec, paths, phases):
     """The splits, every clip checked before any model is built (see prescan)."""
-    from datasets import S2T_Dataset
     splits = {}
     for phase in phases:
-        label_path = paths["labels"][phase]
-        if label_path is None:
+        dataset = build_dataset(args, spec, paths, phase)
+        if dataset is None:
             continue
-        splits[phase] = S2T_Dataset(label_path, paths["pose_dirs"][phase], phase,
-                                    dataset_name=args.dataset, max_length=args.max_length,
-                                    tokenizer=tokenizer, task=args.task,
-                                    max_tgt_len=args.max_tgt_len, seed=args.seed,
-                                    defer_label_errors=True,
-                                    pose_fps=getattr(args, "pose_fps", None))
-        splits[phase].skipped = prescan(args, splits[phase], phase, label_path)
-        print(f"{phase}: {len(splits[phase])} clips from {label_path}")
+        dataset.skipped = prescan(args, dataset, phase, paths["labels"][phase])
+        splits[phase] = dataset
+        print(f"{phase}: {len(dataset)} clips from {paths['labels'][phase]}")
     if "dev" in phases and "dev" not in splits:
         print("no dev split for this dataset: the test split selects the best checkpoint")
         splits["dev"] = splits["test"]
@@ -79,8 +69,6 @@ def prescan(args, dataset, phase, label_path):
     """Reads and checks every clip of a split: each rank its share, in --num_workers processes.
     Bad samples stop the run with a message naming their files and problems, or with
     --skip_bad_samples are dropped and returned (their messages)."""
-    from datasets import DataError, validate_samples
-    from sample_checks import merge_findings, scan_samples
     rank, world = utils.get_rank(), utils.get_world_size()
     local = scan_samples(dataset, range(rank, len(dataset), world), args.num_workers)
     findings = merge_findings(utils.all_gather_objects(local))
@@ -120,7 +108,6 @@ def report_skipped_samples(args, splits):
 
 
 def make_loader(args, dataset, train):
-    from samplers import ResumableDistributedSampler
     # Training workers are not persistent: each epoch's workers must see dataset.set_epoch().
     common = dict(collate_fn=dataset.collate_fn, num_workers=args.num_workers,
                   pin_memory=args.pin_mem and torch.cuda.is_available(),
@@ -139,9 +126,11 @@ def make_loader(args, dataset, train):
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, generator=generator, **common)
 
 
-def build_model(args):
-    from models import Uni_Sign, load_checkpoint_weights, load_encoder_weights
-    model = Uni_Sign(args)
+def build_model(args, task):
+    """The task's model, with --finetune (the whole model) or --init_encoder (the pose encoder
+    only, from a checkpoint of any head) loaded."""
+    from models import load_checkpoint_weights
+    model = task.build_model(args)
     if args.finetune:
         report = load_checkpoint_weights(model, args.finetune)
         print(f"loaded {args.finetune}: {report}")
@@ -178,8 +167,9 @@ def init_wandb(args):
                       config=checkpoint.plain_args(args), dir=args.output_dir or None)
 
 
-def is_better(task, value, best):
-    _, higher = trainer.BEST_METRIC[task]
+def is_better(best_metric, value, best):
+    """Whether `value` beats `best` for a task's (metric name, higher is better)."""
+    _, higher = best_metric
     return best is None or (value > best if higher else value < best)
 
 
@@ -221,37 +211,44 @@ def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
     return on_step if args.save_every_steps else None
 
 
-def run_evaluation_only(args, engine, loaders, tokenizer):
+def run_evaluation_only(args, engine, loaders, task):
     results = {}
     for phase in ("dev", "test"):
         if phase in loaders and not (phase == "dev" and loaders["dev"] is loaders.get("test")):
-            results[phase] = trainer.evaluate(args, engine, loaders[phase], tokenizer, phase)
+            results[phase] = trainer.evaluate(args, engine, loaders[phase], task, phase)
     if utils.is_main_process() and args.output_dir:
         checkpoint.write_json(os.path.join(args.output_dir, "eval_metrics.json"), results)
     return results
 
 
-def end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_stats, best,
+def save_weights(args, engine, task, name, extra):
+    """A weight file in --output_dir with the flags, the task's own fields (the CTC head's gloss
+    vocabulary) and `extra`."""
+    if args.output_dir:
+        checkpoint.save_weights(engine, os.path.join(args.output_dir, name), args,
+                                {**task.checkpoint_extras(), **extra})
+
+
+def end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats, best,
                  wandb_run):
     """Evaluates, logs and checkpoints one epoch; returns the updated best dev metric."""
-    metric, _ = trainer.BEST_METRIC[args.task]
+    metric, _ = task.best_metric
     record = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
+    trainer.average_batchnorm_statistics(engine.module)
     last = epoch == args.epochs - 1
     if (epoch + 1) % args.eval_every == 0 or last:
         phases = ("dev",) if args.skip_test_eval and not last else ("dev", "test")
         for phase in phases:
-            stats = trainer.evaluate(args, engine, loaders[phase], tokenizer, phase)
+            stats = trainer.evaluate(args, engine, loaders[phase], task, phase)
             record.update({f"{phase}_{k}": v for k, v in stats.items()})
-        if is_better(args.task, record[f"dev_{metric}"], best):
+        if is_better(task.best_metric, record[f"dev_{metric}"], best):
             best = record[f"dev_{metric}"]
-            if args.output_dir:
-                checkpoint.save_weights(engine, os.path.join(args.output_dir, "best_checkpoint.pth"),
-                                        args, {"epoch": epoch, f"dev_{metric}": best})
+            save_weights(args, engine, task, "best_checkpoint.pth",
+                         {"epoch": epoch, f"dev_{metric}": best})
         print(f"best dev {metric}: {best:.2f}")
     record[f"best_dev_{metric}"] = best
+    save_weights(args, engine, task, f"checkpoint_{epoch}.pth", {"epoch": epoch})
     if args.output_dir:
-        checkpoint.save_weights(engine, os.path.join(args.output_dir, f"checkpoint_{epoch}.pth"),
-                                args, {"epoch": epoch})
         checkpoint.prune_epoch_weights(args.output_dir, args.keep_last)
         checkpoint.save_training_state(
             engine, args.output_dir, f"epoch{epoch}",
@@ -260,7 +257,7 @@ def end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_s
         if utils.is_main_process():
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
     if wandb_run is not None:
-        wandb_run.log({k.replace("_", "/", 1): v for k, v in record.items()})
+        wandb_run.log({k.replace("_", "/", 1): v for k, v in record.items() if v is not None})
     return best
 
 
@@ -284,7 +281,7 @@ def train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run, hyp_optim
         raise
 
 
-def train(args, engine, loaders, tokenizer, hyp_optimizer):
+def train(args, engine, loaders, task, hyp_optimizer):
     """The epochs from the resumed position on; returns (best dev metric, skipped steps)."""
     sampler = loaders["train"].batch_sampler
     start_epoch, best = resume_if_possible(args, engine, sampler, hyp_optimizer)
@@ -296,41 +293,48 @@ def train(args, engine, loaders, tokenizer, hyp_optimizer):
         train_stats = train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run,
                                           hyp_optimizer)
         nonfinite += train_stats.get("nonfinite_steps", 0)
-        best = end_of_epoch(args, engine, hyp_optimizer, loaders, tokenizer, epoch, train_stats,
+        best = end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
                             best, wandb_run)
     if wandb_run is not None:
         wandb_run.finish()
     return best, nonfinite
 
 
-def main(args):
-    if args.task == "CSLR" and args.head == "ctc":
-        import cslr  # imported here: cslr builds on this module
-        return cslr.main(args)
-    utils.keep_freed_memory(args.keep_freed_memory)
-    utils.init_distributed(args)
-    paths = resolve_run_paths(args)
+def build_run(args):
+    """Everything a run needs, in the order that stops early: the task and every path, the
+    splits (every clip checked) with the task's targets, then the model and the engine.
+    Returns (task, loaders, engine, Riemannian optimizer or None, skipped-samples summary)."""
+    spec = config.get_dataset(args.dataset)
+    args.language = spec.language  # stored with the checkpoints: the prompt's language
+    task = build_task(args, spec)
+    paths = resolve_run_paths(args, task)
     utils.set_seed(args.seed)
-    from transformers import T5Tokenizer
-    tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
-    check_vocabulary(args.mt5_path, tokenizer)
-    phases = ("dev", "test") if args.eval else config.PHASES
-    splits = build_datasets(args, paths, tokenizer, phases)
+    splits = build_datasets(args, spec, paths, ("dev", "test") if args.eval else config.PHASES)
+    task.prepare(args, splits)
+    model = build_model(args, task)
+    task.check_splits(args, model, splits)
     skipped = report_skipped_samples(args, splits)
-    loaders = {phase: make_loader(args, ds, train=phase == "train") for phase, ds in splits.items()}
-    model = build_model(args)
+    loaders = {phase: make_loader(args, ds, train=phase == "train") for phase, ds in splits.items()
+               if phase != "dev" or ds is not splits.get("test")}
+    loaders.setdefault("dev", loaders["test"])  # one loader when test stands in for dev
     steps = len(loaders["train"]) if "train" in loaders else 1
     if args.quick_break:
         steps = min(steps, args.quick_break)
     engine = init_engine(args, model, steps)
-    hyp_optimizer = riemannian.build(args, engine.module)
+    return task, loaders, engine, riemannian.build(args, engine.module), skipped
+
+
+def main(args):
+    utils.keep_freed_memory(args.keep_freed_memory)
+    utils.init_distributed(args)
+    task, loaders, engine, hyp_optimizer, skipped = build_run(args)
     if args.eval:
-        results = run_evaluation_only(args, engine, loaders, tokenizer)
+        results = run_evaluation_only(args, engine, loaders, task)
         if skipped:
             print(skipped)
         return results
     start = time.time()
-    best, nonfinite = train(args, engine, loaders, tokenizer, hyp_optimizer)
+    best, nonfinite = train(args, engine, loaders, task, hyp_optimizer)
     print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")
     if nonfinite:
         print(f"skipped {nonfinite} updates with a non-finite loss (see log_steps.txt)")
@@ -342,7 +346,6 @@ def main(args):
 def run_command_line(main_function, args):
     """Runs `main_function(args)`; bad input and a stop on non-finite losses end the process
     with the message and exit status 1 instead of a traceback."""
-    from datasets import DataError
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     try:

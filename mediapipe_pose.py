@@ -45,7 +45,8 @@ import pickle
 
 import numpy as np
 
-from datasets import NUM_KEYPOINTS, DataError
+import cli
+from keypoints import NUM_KEYPOINTS, DataError, read_pose_pickle
 
 POSE, FACE, LEFT_HAND, RIGHT_HAND = ('POSE_LANDMARKS', 'FACE_LANDMARKS', 'LEFT_HAND_LANDMARKS',
                                      'RIGHT_HAND_LANDMARKS')
@@ -89,7 +90,7 @@ def _holistic_table():
 
 
 HOLISTIC_TO_WHOLEBODY = _holistic_table()
-# Joints the four part encoders read (datasets.PART_JOINTS, plus the anchors): they must exist.
+# Joints the four part encoders read (keypoints.PART_JOINTS, plus the anchors): they must exist.
 REQUIRED_JOINTS = frozenset([0, *range(3, 11), *range(23, 40, 2), 53, *range(83, 133)])
 WHOLEBODY_COMPONENTS = (('BODY', 23), ('FACE', 68), ('LEFT_HAND', 21), ('RIGHT_HAND', 21))
 
@@ -174,7 +175,7 @@ def _frame_size(pose, path):
 
 
 def read_pose_file(path, fps=None):
-    """A `.pose` clip as datasets.read_pose() returns pickles: 'keypoints' (T, 1, 133, 2) in
+    """A `.pose` clip as poses.read_pose() returns pickles: 'keypoints' (T, 1, 133, 2) in
     frame-size units and 'scores' (T, 1, 133), float32; resampled to `fps` when given."""
     path = os.fspath(path)
     pose = _load_pose(path)
@@ -268,12 +269,11 @@ def write_pose(pose, path):
 # ----------------------------------------------------------------------------- command line
 
 def _convert(path, out_path, args):
-    from datasets import read_pose
     if args.to == 'pkl':
         with open(out_path, 'wb') as f:
             pickle.dump(read_pose_file(path, args.fps), f)
         return
-    clip = read_pose(path)
+    clip = read_pose_pickle(path)
     keypoints, scores = clip['keypoints'][:, 0], clip['scores'][:, 0]
     if args.pickle_units == 'frame':  # Uni-Sign's pickles: pixels divided by the frame size
         keypoints = keypoints * np.array([args.width, args.height])
@@ -281,18 +281,22 @@ def _convert(path, out_path, args):
                                      args.source_fps), out_path)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--input', nargs='+', required=True, help='files or folders')
-    parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--to', choices=['pkl', 'pose'], default='pkl')
-    parser.add_argument('--fps', type=float, default=None, help='--to pkl: resample to this rate')
-    parser.add_argument('--width', type=int, default=1000, help='--to pose: frame width')
-    parser.add_argument('--height', type=int, default=1000, help='--to pose: frame height')
-    parser.add_argument('--pickle_units', choices=['pixels', 'frame'], default='pixels',
-                        help='--to pose: pickle coordinates in pixels or in frame-size units')
-    parser.add_argument('--source_fps', type=float, default=25.0, help='--to pose: frame rate')
-    args = parser.parse_args(argv)
+    cli.add_flag(parser, '--input', nargs='+', required=True, help='files or folders')
+    cli.add_flag(parser, '--out', required=True, help='output folder')
+    cli.add_flag(parser, '--to', choices=['pkl', 'pose'], default='pkl')
+    cli.add_flag(parser, '--fps', type=float, default=None, help='--to pkl: resample to this rate')
+    cli.add_flag(parser, '--width', type=int, default=1000, help='--to pose: frame width')
+    cli.add_flag(parser, '--height', type=int, default=1000, help='--to pose: frame height')
+    cli.add_flag(parser, '--pickle_units', choices=['pixels', 'frame'], default='pixels',
+                         help='--to pose: pickle coordinates in pixels or in frame-size units')
+    cli.add_flag(parser, '--source_fps', type=float, default=25.0, help='--to pose: frame rate')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     suffix = '.pose' if args.to == 'pkl' else '.pkl'
     files = []
     for item in args.input:

@@ -1,36 +1,25 @@
-"""Pose-only sign language translator: four ST-GCN part encoders feeding an mT5 model.
+"""The two models on the shared pose encoder (pose_encoder.py), and whole-checkpoint loading.
 
-Same computation and state-dict keys as Uni-Sign's pose-only model (so its checkpoints load):
-each body part (x, y, score) is projected by `proj_linear`, encoded by a spatial chain
-(`gcn_modules`), enriched with the detached body feature of its anchor joint, encoded by a
-temporal chain (`fusion_gcn_modules`) and averaged over joints. The four part features are
-concatenated, shifted by `part_para`, projected by `pose_proj` to mT5's width and prefixed
-with the embedded prompt "Translate sign language video to {lang}: ".
+`SignTranslator` (Uni-Sign's pose-only model, also `Uni_Sign`): the pose features are projected
+by `pose_proj` to mT5's width, prefixed with the embedded prompt of the dataset's language, and
+mT5 writes the text (or the gloss string, for CSLR with --head generate). Same computation and
+state-dict keys as Uni-Sign, so its checkpoints load. `target_logits` 'real' applies the
+vocabulary projection and the cross-entropy to real target tokens only ('all': every padded
+position, as Uni-Sign); `embed_once` looks the prompt and the decoder inputs up in one embedding
+call whose gradient, when the table is tied to the output layer, is row-sparse and added into
+the output layer's.
 
-The left hand reuses the right hand's modules; both names stay in the state dict.
+`CTCRecognizer` (VAC / SMKD): the pose features, edge-padded as VAC pads clips, go to
+ctc_head.CTCHead (temporal convolution, BiLSTM, gloss classifier; sequence CTC, convolution CTC
+and distillation). No mT5 is built.
 
-Speed switches (flags read by the constructor, then attributes set with `set_speed`; each keeps
-the loss, the gradients and the running statistics of Uni-Sign's computation up to float
-rounding; bench/train_step.py measures them): `graph_product` 'matmul' or 'einsum' and
-`temporal_conv` 'direct' or 'winograd' (stgcn_layers.py); `hands_batch` 'on' runs both hands
-through their shared encoder as one batch with per-hand BatchNorm statistics ('auto': on CUDA
-only, where it saves kernel launches; on CPU it measured no faster; 'joint' also normalises both
-hands with one statistic, which is not Uni-Sign's model); `target_logits` 'real'
-applies the vocabulary projection and the cross-entropy to real target tokens only, 'all' to
-every padded position as Uni-Sign does; `embed_once` looks the prompt and the decoder inputs up
-in one embedding call whose gradient, when the table is tied to the output layer (as mT5 is
-here), is row-sparse and added into the output layer's, so no (vocabulary x d_model) gradient is
-zero-filled and summed per lookup; `compile_encoder` compiles the part encoders with
-torch.compile. UNISIGN_SPEED is Uni-Sign's way, SPEED_DEFAULTS the trainer's.
-
-With --use_signcl, --use_sst or --use_hyperbolic, `regularizers` holds the enabled auxiliary losses
-(training_losses.py combines them with the cross-entropy); with none, it is an empty ModuleDict and
-forward computes exactly Uni-Sign's loss. Their weights live under `regularizers.*`: checkpoints
-without them load (the regularisers start fresh) and theirs load into a model without them.
+With --use_signcl, --use_sst or --use_hyperbolic, `regularizers` holds the enabled auxiliary
+losses (training_losses.py combines them with the head's loss); with none it is empty and
+forward computes exactly Uni-Sign's (or VAC's) loss. Their weights live under `regularizers.*`:
+checkpoints without them load (the regularisers start fresh) and theirs load into a model
+without them.
 """
 import math
-import os
-from collections import Counter
 
 import torch
 import torch.nn as nn
@@ -38,104 +27,44 @@ import torch.nn.functional as F
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
 import beam_search
+import config
 import regularizers
-from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
-                          set_graph_product, set_temporal_conv)
-from training_losses import RegularizerInputs, regularized_loss
+from ctc_head import CTCHead, parse_loss_weights
+from keypoints import PARTS
+from pose_encoder import (ENCODER_PREFIXES, SPEED_CHOICES, SPEED_DEFAULTS, UNISIGN_SPEED,  # noqa: F401
+                          PoseEncoder, check_speed, init_linear, key_list, load_encoder_weights,
+                          read_checkpoint, speed_options, trunc_normal_inverse_cdf_)
+from training_losses import RegularizerInputs, regularized_loss, signcl_term
 
-PARTS = ('body', 'left', 'right', 'face_all')
-# body joint whose spatial feature is added (detached) to each other part
-BODY_ANCHOR_JOINT = {'left': -2, 'right': -1, 'face_all': 0}
 RGB_KEY_PREFIXES = ('rgb_support_backbone.', 'rgb_proj.', 'fusion_pose_rgb_', 'fusion_gate.')
 REGULARIZER_PREFIX = 'regularizers.'
-# The pose encoder's keys, shared by the translator, the CTC recognizer and Uni-Sign checkpoints.
-ENCODER_PREFIXES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.', 'part_para')
 IGNORE_INDEX = -100
-SPEED_DEFAULTS = {'graph_product': 'matmul', 'temporal_conv': 'direct', 'hands_batch': 'auto',
-                  'target_logits': 'real', 'embed_once': 'on', 'compile_encoder': False}
-SPEED_CHOICES = {'graph_product': GRAPH_PRODUCTS, 'temporal_conv': TEMPORAL_CONVS,
-                 'hands_batch': ('auto', 'on', 'off', 'joint'), 'target_logits': ('real', 'all'),
-                 'embed_once': ('on', 'off')}
-UNISIGN_SPEED = {'graph_product': 'einsum', 'temporal_conv': 'direct', 'hands_batch': 'off',
-                 'target_logits': 'all', 'embed_once': 'off', 'compile_encoder': False}
 
 
-def speed_options(args):
-    """The speed switches of `args` (missing ones take SPEED_DEFAULTS), checked."""
-    return check_speed({name: getattr(args, name, None) for name in SPEED_DEFAULTS},
-                       defaults=SPEED_DEFAULTS)
+def prompt_of(args):
+    """(language, prompt) of the run: the flags' language (set from the dataset registry and
+    stored in checkpoints), else the registered dataset's."""
+    language = getattr(args, 'language', None) or config.get_dataset(args.dataset).language
+    return language, config.PROMPT.format(language)
 
 
-def check_speed(switches, defaults=None):
-    """Switches with booleans turned into 'on'/'off' and None into `defaults`; raises naming
-    an unknown switch or value."""
-    checked = {}
-    for name, value in switches.items():
-        if name not in SPEED_DEFAULTS:
-            raise ValueError(f"unknown speed switch {name!r}; "
-                             f"expected one of {list(SPEED_DEFAULTS)}")
-        if value is None and defaults is not None:
-            value = defaults[name]
-        if isinstance(value, bool) and name in SPEED_CHOICES:
-            value = 'on' if value else 'off'
-        if value is not None and name in SPEED_CHOICES and value not in SPEED_CHOICES[name]:
-            raise ValueError(f"--{name} {value!r}: expected one of {SPEED_CHOICES[name]}")
-        checked[name] = value
-    return checked
-
-
-def prompt_for(dataset):
-    """The task prompt and its language for a dataset name ('CSL*' datasets are Chinese)."""
-    lang = 'Chinese' if 'CSL' in dataset else 'English'
-    return lang, f"Translate sign language video to {lang}: "
-
-
-@torch.no_grad()
-def trunc_normal_inverse_cdf_(tensor, std=.02, a=-2., b=2.):
-    """Truncated normal N(0, std) on [a, b] by inverse-CDF sampling.
-
-    Uni-Sign's sampling scheme (older PyTorch `nn.init.trunc_normal_` switched to rejection
-    sampling), kept so a given seed draws the same initial weights.
-    """
-    def normal_cdf(x):
-        return (1. + math.erf(x / std / math.sqrt(2.))) / 2.
-    tensor.uniform_(2 * normal_cdf(a) - 1, 2 * normal_cdf(b) - 1).erfinv_()
-    return tensor.mul_(std * math.sqrt(2.)).clamp_(min=a, max=b)
-
-
-def init_linear(module):
-    """Truncated normal (std 0.02) weights and zero biases for Linear layers."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_inverse_cdf_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-class SignTranslator(nn.Module):
+class SignTranslator(PoseEncoder):
     """Pose sequence -> mT5 input embeddings -> text (Uni-Sign, pose only)."""
 
     def __init__(self, args, mt5_model=None, tokenizer=None):
-        super().__init__()
-        if getattr(args, 'rgb_support', False):
+        if args.rgb_support:
             raise NotImplementedError("the RGB branch (rgb_support) is not supported")
+        super().__init__(args)
         self.args = args
-        channels = list(getattr(args, 'stgcn_channels', (64, 128, 256)))
-        hidden_dim = getattr(args, 'hidden_dim', channels[-1])
-        if hidden_dim != channels[-1]:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must equal the last ST-GCN width "
-                             f"({channels[-1]})")
-        self.label_smoothing = getattr(args, 'label_smoothing', 0.2)
-        self.max_tgt_len = getattr(args, 'max_tgt_len', 50)
-        self.lang, self.prompt = prompt_for(args.dataset)
+        self.label_smoothing = args.label_smoothing
+        self.max_tgt_len = args.max_tgt_len
+        self.compute_fp32_loss = args.compute_fp32_loss
+        self.lang, self.prompt = prompt_of(args)
         self.modes = list(PARTS)
-        self.build_pose_encoder(channels, getattr(args, 'temporal_layers', 3),
-                                getattr(args, 'temporal_kernel', 5))
-        self.set_speed(**speed_options(args))
-        self.part_para = nn.Parameter(torch.zeros(hidden_dim * len(PARTS)))
-        config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
+        mt5_config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
             args.mt5_path)
-        self.pose_proj = nn.Linear(hidden_dim * len(PARTS), config.d_model)
-        self.pose_positions = getattr(args, 'pose_positions', 'none')
+        self.pose_proj = nn.Linear(self.frame_dim, mt5_config.d_model)
+        self.pose_positions = args.pose_positions
         self.apply(init_linear)  # before mT5 is attached: its weights stay as loaded
         if mt5_model is None:
             mt5_model = MT5ForConditionalGeneration.from_pretrained(args.mt5_path)
@@ -143,7 +72,7 @@ class SignTranslator(nn.Module):
             tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
         self.mt5_model = mt5_model
         self.mt5_tokenizer = tokenizer
-        self.build_regularizers(args, hidden_dim, config.d_model)
+        self.build_regularizers(args, self.hidden_dim, mt5_config.d_model)
 
     def build_regularizers(self, args, part_dim, d_model):
         # Built last, so enabling a regulariser leaves the other weights a seed draws unchanged.
@@ -156,66 +85,6 @@ class SignTranslator(nn.Module):
         # Fraction of the optimizer steps done; the trainer sets it before each step (it drives
         # the hyperbolic CE weight schedule).
         self.progress = 0.0
-
-    def set_speed(self, **switches):
-        """Sets speed switches by name (see SPEED_CHOICES; compile_encoder=True compiles the
-        part encoders in place, keeping their state-dict keys); None leaves one as it is."""
-        switches = check_speed(switches)
-        if switches.get('graph_product') is not None:
-            set_graph_product(self, switches['graph_product'])
-        if switches.get('temporal_conv') is not None:
-            set_temporal_conv(self, switches['temporal_conv'])
-        for name in ('hands_batch', 'target_logits', 'embed_once'):
-            if switches.get(name) is not None:
-                setattr(self, name, switches[name])
-        if switches.get('compile_encoder'):
-            for chain in {id(c): c for table in (self.gcn_modules, self.fusion_gcn_modules)
-                          for c in table.values()}.values():
-                chain.compile()
-
-    def build_pose_encoder(self, channels, temporal_layers, temporal_kernel):
-        # Modules are created for every part (left included, then replaced by right) so that a
-        # given seed draws the same initial weights as Uni-Sign.
-        self.proj_linear = nn.ModuleDict()
-        adjacency = {}
-        for part in PARTS:
-            adjacency[part] = torch.tensor(Graph(part, strategy='distance', max_hop=1).A,
-                                           dtype=torch.float32)
-            self.proj_linear[part] = nn.Linear(3, channels[0])
-        self.gcn_modules = nn.ModuleDict()
-        self.fusion_gcn_modules = nn.ModuleDict()
-        for part in PARTS:
-            A = adjacency[part]
-            self.gcn_modules[part], width = get_stgcn_chain(
-                channels[0], 'spatial', (1, A.size(0)), A, True, channels=channels)
-            self.fusion_gcn_modules[part], _ = get_stgcn_chain(
-                width, 'temporal', (temporal_kernel, A.size(0)), A, True, channels=channels,
-                temporal_layers=temporal_layers)
-        for table in (self.gcn_modules, self.fusion_gcn_modules, self.proj_linear):
-            table['left'] = table['right']
-        self.hands_batch = SPEED_DEFAULTS['hands_batch']
-
-    def encode_pose(self, src_input):
-        """(B, T, 4*C) pose features: the four part features plus `part_para` (pose_proj input)."""
-        return torch.cat(self.encode_parts(src_input), dim=-1) + self.part_para
-
-    def encode_parts(self, src_input):
-        """The four (B, T, C) part features, body, left, right, face, before `part_para`."""
-        dtype, device = self.part_para.dtype, self.part_para.device
-        x = {part: src_input[part].to(device=device, dtype=dtype) for part in PARTS}
-        body = spatial_features(self, 'body', x['body'])
-        features = {'body': temporal_features(self, 'body', body)}
-        if hands_in_one_batch(self, body):
-            groups = 1 if self.hands_batch == 'joint' else 2
-            both = spatial_features(self, 'right', torch.cat([x['left'], x['right']]), groups)
-            anchors = torch.cat([anchor_feature(body, 'left'), anchor_feature(body, 'right')])
-            both = temporal_features(self, 'right', both + anchors, groups)
-            features['left'], features['right'] = both.chunk(2)
-        for part in PARTS[1:]:
-            if part not in features:
-                feat = spatial_features(self, part, x[part]) + anchor_feature(body, part)
-                features[part] = temporal_features(self, part, feat)
-        return [features[part] for part in PARTS]
 
     def prompt_tokens(self, batch_size, device):
         tokens = self.mt5_tokenizer([self.prompt] * batch_size, padding='longest',
@@ -276,7 +145,8 @@ class SignTranslator(nn.Module):
         attention_mask = torch.cat([prefix_mask, src_input['attention_mask'].to(device)], dim=1)
         mt5_out = self.run_mt5(inputs_embeds, attention_mask, decoder_input_ids, decoder_embeds,
                                labels)
-        loss = F.cross_entropy(mt5_out['logits'], mt5_out['targets'], ignore_index=IGNORE_INDEX,
+        logits = mt5_out['logits'].float() if self.compute_fp32_loss else mt5_out['logits']
+        loss = F.cross_entropy(logits, mt5_out['targets'], ignore_index=IGNORE_INDEX,
                                label_smoothing=self.label_smoothing)
         out = {'loss': loss, 'ce_loss': loss.detach(), 'inputs_embeds': inputs_embeds,
                'attention_mask': attention_mask}
@@ -372,6 +242,76 @@ class SignTranslator(nn.Module):
 Uni_Sign = SignTranslator
 
 
+# VAC pads each clip with 6 copies of its first and last frames and rounds it up to a multiple of
+# the pooling stride, so K5-P2-K5-P2 gives exactly ceil(frames / 4) outputs.
+EDGE_PAD, POOL_STRIDE = 6, 4
+
+
+def padded_lengths(lengths):
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    return (lengths + POOL_STRIDE - 1) // POOL_STRIDE * POOL_STRIDE + 2 * EDGE_PAD
+
+
+def pad_clip_edges(src_input):
+    """Part tensors with EDGE_PAD copies of each clip's first frame before it and its last frame
+    after it (VAC's padding), and the new lengths."""
+    lengths = src_input.get("src_length_batch")
+    if lengths is None:
+        lengths = src_input["attention_mask"].sum(1)
+    lengths = lengths.detach().cpu().long()
+    new_lengths = padded_lengths(lengths)
+    steps = torch.arange(int(new_lengths.max()))
+    rows = torch.minimum((steps[None, :] - EDGE_PAD).clamp(min=0), lengths[:, None] - 1)
+    device = src_input["body"].device
+    batch = torch.arange(len(lengths), device=device)[:, None]
+    return {part: src_input[part][batch, rows.to(device)] for part in PARTS}, new_lengths
+
+
+class CTCRecognizer(PoseEncoder):
+    """The pose encoder (Uni-Sign's keys) + CTCHead on its (B, T, 4C) frame features."""
+
+    def __init__(self, args, num_classes):
+        super().__init__(args)
+        # Both hands share one encoder. Normalised apart in training (Uni-Sign) its BatchNorm
+        # keeps running statistics of the mixture, so evaluation sees other statistics than
+        # training did; one joint batch keeps the two consistent.
+        if self.hands_batch == "auto":
+            self.hands_batch = "joint"
+        self.apply(init_linear)  # the translator's initialisation, before the head is added
+        self.head = CTCHead(self.frame_dim, num_classes, hidden_size=args.ctc_hidden,
+                            share_classifier=args.share_classifier, weight_norm=args.weight_norm,
+                            loss_weights=parse_loss_weights(args.loss_weights) or None)
+        # SignCL on the frame features; the flags refuse the regularisers that need text.
+        self.regularizers = regularizers.build_regularizers(args, self.hidden_dim, self.frame_dim)
+        self.signcl_weight = regularizers.options(args)["signcl_weight"]
+
+    def output_lengths(self, frames):
+        """CTC frames the head gives for clips of `frames` frames."""
+        return self.head.conv1d.output_lengths(padded_lengths(frames))
+
+    def forward(self, src_input, tgt_input=None):
+        """conv_logits / seq_logits (T', B, C) and feat_len (B,); with targets also 'loss' and
+        'stats' (the weighted terms: seqctc_loss, convctc_loss, dist_loss, and signcl_loss)."""
+        parts, lengths = pad_clip_edges(src_input)
+        features = self.encode_pose(parts)
+        out = self.head(features, lengths)
+        if tgt_input is None or "gloss_ids" not in tgt_input:
+            return out
+        device = out["seq_logits"].device
+        gloss_lengths = tgt_input["gloss_lengths"].to(device)
+        loss, loss_parts = self.head.loss(out, tgt_input["gloss_ids"].to(device), gloss_lengths)
+        stats = {f"{name.lower()}_loss": value for name, value in loss_parts.items()}
+        if "signcl" in self.regularizers:
+            frame_mask = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).to(device)
+            inputs = RegularizerInputs(frame_mask=frame_mask.long(), text_mask=None,
+                                       pose_embeds=features, part_features=(), pose_states=None,
+                                       text_lengths=gloss_lengths)
+            signcl_loss = signcl_term(self.regularizers["signcl"], inputs, stats)
+            loss = loss + self.signcl_weight * signcl_loss
+            stats["signcl_loss"] = signcl_loss.detach()
+        return {**out, "loss": loss, "stats": stats}
+
+
 def sinusoidal_positions(length, dim):
     """(length, dim) sine/cosine position table of "Attention is all you need"."""
     position = torch.arange(length, dtype=torch.float32)[:, None]
@@ -380,31 +320,6 @@ def sinusoidal_positions(length, dim):
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[:dim // 2])
     return table
-
-
-def spatial_features(encoder, part, x, groups=1):
-    """(B, T, V, 3) keypoints -> (B, C, T, V) spatial features of `part`; with groups > 1 the
-    batch holds `groups` parts sharing the modules, normalised apart."""
-    chain = encoder.gcn_modules[part]
-    with batch_groups(chain, groups):
-        return chain(encoder.proj_linear[part](x).permute(0, 3, 1, 2))
-
-
-def temporal_features(encoder, part, feat, groups=1):
-    """(B, C, T, V) -> temporal chain -> mean over joints -> (B, T, C)."""
-    chain = encoder.fusion_gcn_modules[part]
-    with batch_groups(chain, groups):
-        return chain(feat).mean(-1).transpose(1, 2)
-
-
-def anchor_feature(body_feat, part):
-    """The detached body feature (B, C, T, 1) at the joint `part` hangs from."""
-    return body_feat[..., BODY_ANCHOR_JOINT[part]][..., None].detach()
-
-
-def hands_in_one_batch(encoder, reference):
-    mode = getattr(encoder, 'hands_batch', 'auto')
-    return mode in ('on', 'joint') or (mode == 'auto' and reference.is_cuda)
 
 
 def embed_together(embedding, first_ids, second_ids, sparse_grad=False):
@@ -426,50 +341,15 @@ def get_requires_grad_dict(model):
             if not isinstance(tensor, nn.Parameter) or tensor.requires_grad}
 
 
-def read_checkpoint(path_or_state_dict):
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        source = os.fspath(path_or_state_dict)
-        state = torch.load(source, map_location='cpu', weights_only=True)
-    else:
-        source, state = '<in-memory state dict>', path_or_state_dict
-    if isinstance(state, dict) and isinstance(state.get('model'), dict):
-        state = state['model']
-    if state and all(key.startswith('module.') for key in state):
-        state = {key[len('module.'):]: value for key, value in state.items()}
-    return source, dict(state)
-
-
 def check_vocabulary(model, state, source):
+    if not hasattr(model, 'mt5_model'):
+        return
     model_vocab = model.mt5_model.get_input_embeddings().weight.shape[0]
     for key in ('mt5_model.shared.weight', 'mt5_model.lm_head.weight'):
         if key in state and state[key].shape[0] != model_vocab:
             raise ValueError(f"checkpoint {source}: mT5 vocabulary size {state[key].shape[0]} "
                              f"({key}) differs from the model's {model_vocab}; load the same "
                              f"mt5_path the checkpoint was trained with")
-
-
-def key_list(keys, limit=20):
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
-
-
-def load_encoder_weights(model, path_or_state_dict):
-    """Loads only the pose encoder (ENCODER_PREFIXES keys, BatchNorm statistics included) from
-    a checkpoint of any head: a CTC recognizer, a translator, pretraining or Uni-Sign. Every
-    encoder key must be there with the model's shape; the rest is left as it is. Returns
-    {'source', 'loaded_keys', 'skipped'} (skipped: counts of other keys by first name)."""
-    source, state = read_checkpoint(path_or_state_dict)
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
-    problems = [f"{k} {tuple(state[k].shape) if k in state else 'absent'} vs {tuple(v.shape)}"
-                for k, v in expected.items() if k not in state or state[k].shape != v.shape]
-    if problems:
-        raise RuntimeError(f"checkpoint {source} has no pose encoder of this shape: "
-                           f"[{key_list(problems)}] (check --stgcn_channels, --hidden_dim, "
-                           f"--temporal_layers)")
-    model.load_state_dict({k: state[k] for k in expected}, strict=False)
-    skipped = Counter(k.split('.')[0] for k in state if k not in expected)
-    return {'source': source, 'loaded_keys': len(expected), 'skipped': dict(skipped)}
 
 
 def load_checkpoint_weights(model, path_or_state_dict):

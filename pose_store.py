@@ -35,7 +35,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from datasets import NUM_KEYPOINTS, SCORE_THRESHOLD, DataError, read_pose
+from keypoints import NUM_KEYPOINTS, SCORE_THRESHOLD, DataError
+from poses import read_pose
 
 MANIFEST_NAME = 'packed_poses.json'
 STORE_FORMAT = 'packed-poses'
@@ -57,6 +58,13 @@ _XY_STEPS = _XY_OFFSETS + 3
 def clip_name(pose_file):
     """Store name of a pose file given relative to the pose folder: the path without extension."""
     return os.path.splitext(os.path.normpath(pose_file))[0].replace(os.sep, '/')
+
+
+def open_packed_store(pose_dir, packed_dir=None):
+    """The PackedPoseStore in packed_dir, or in pose_dir if it holds one; otherwise None."""
+    if packed_dir is None and not is_packed_store(pose_dir):
+        return None
+    return PackedPoseStore(pose_dir if packed_dir is None else packed_dir)
 
 
 def is_packed_store(directory):
@@ -363,7 +371,7 @@ def _finish(out_dir, manifest, progress):
 # ----------------------------------------------------------------------------- reading
 
 class PackedPoseStore:
-    """Reads clips of a packed store in datasets.read_pose()'s form.
+    """Reads clips of a packed store in poses.read_pose()'s form.
 
     Shards are memory-mapped lazily, once per process: the object pickles without its maps,
     so it can be handed to DataLoader workers.
@@ -450,7 +458,7 @@ class PackedPoseStore:
         return self._row(name)[1][2]
 
     def span(self, name):
-        """(first frame, number of frames) of the clip, as datasets.clip_span gives."""
+        """(first frame, number of frames) of the clip, as keypoints.clip_span gives."""
         _, (_, _, length, start, end) = self._row(name)
         return (start, end - start) if start >= 0 else (0, length)
 

@@ -8,10 +8,10 @@ split), batch 16 x accumulation 8, lr 3e-4, and `--quick_break 2048` steps per e
     deepspeed --num_gpus 4 pretraining.py --output_dir out/stage1_pretraining
 
 A packed pose store (script/pack_poses.py) in the pose folder is read instead of the per-clip
-pickles; --bucket_by_length batches clips of similar length. With no download, demo_news.py
+pickles; --bucket_by_length batches clips of similar length. With no download, demo/news.py
 writes a CSL-News-shaped set in the Demo sign language (its mT5 comes with the Demo set):
 
-    python demo_data.py --out data/Demo && python demo_news.py --out data
+    python -m demo.data --out data/Demo && python -m demo.news --out data
     deepspeed --num_gpus 2 pretraining.py --data_root data --pose_root data \
         --mt5_path data/Demo/mt5 --output_dir out/news_pretraining
 """

@@ -189,6 +189,7 @@ class SSTContrast(nn.Module):
 
 # ----------------------------------------------------------------------------- flags, build
 
+GEO_SIGN_ALPHA = 0.7  # --alpha when --use_hyperbolic is set without it (Geo-Sign's recipe)
 DEFAULTS = dict(
     # SignCL
     use_signcl=False, signcl_weight=0.01, signcl_max_distance=32.0, signcl_pos_samples=2,
@@ -197,7 +198,7 @@ DEFAULTS = dict(
     use_sst=False, sst_num=128, sst_dim=128, sst_weight=1.0, sst_attention="sparsemax",
     sst_temperature=0.07,
     # Geo-Sign (utils.get_args_parser)
-    use_hyperbolic=False, hyp_dim=256, init_c=0.5, hyp_lr=1e-3, hyp_stabilize=100, alpha=1.0,
+    use_hyperbolic=False, hyp_dim=256, init_c=0.5, hyp_lr=1e-3, hyp_stabilize=100, alpha=None,
     alpha_reg=0.01, label_smoothing_hyp=0.2, hyp_text_emb_src="decoder", hyp_text_cmp="token",
     manual_grad_clip=False, clip_grad_norm_euclid=1.0, clip_grad_norm_hyp=0.1,
     save_one_batch=False, save_batch_name="testing", max_eval_samples=1000,
@@ -211,7 +212,7 @@ def _flag(group, name, help, **kwargs):
     if isinstance(default, bool):
         kwargs["action"] = "store_true"
     else:
-        kwargs["type"] = type(default)
+        kwargs.setdefault("type", type(default))
     group.add_argument(*spellings, dest=name, default=default, help=help, **kwargs)
 
 
@@ -237,8 +238,9 @@ def add_regularizer_flags(parser):
     _flag(g, "hyp_lr", "learning rate of RiemannianAdam (manifold points and curvature)")
     _flag(g, "hyp_stabilize", "RiemannianAdam stabilisation period")
     _flag(g, "alpha", "base CE weight: loss = a*CE + (1-a)*hyp, a = clamp(alpha + 0.1*progress "
-                      "+ 0.2*sigmoid(learned), 0.1, 1); alpha >= 0.9 leaves hyp weightless")
-    _flag(g, "alpha_reg", "accepted for Geo-Sign command lines; unused there and here")
+                      f"+ 0.2*sigmoid(learned), 0.1, 1) (default {GEO_SIGN_ALPHA}, Geo-Sign's "
+                      "recipe); alpha >= 0.9 leaves hyp weightless", type=float)
+    _flag(g, "alpha_reg", "refused: Geo-Sign accepts it and never reads it")
     _flag(g, "label_smoothing_hyp", "label smoothing of the hyperbolic contrastive loss")
     _flag(g, "hyp_text_emb_src", "text features: token embeddings or last decoder states",
           choices=["token", "decoder"])
@@ -249,7 +251,7 @@ def add_regularizer_flags(parser):
     _flag(g, "save_one_batch", "at each evaluation, save the first batch's hyperbolic embeddings "
                                "to <output_dir>/<save_batch_name>_<split>.npz")
     _flag(g, "save_batch_name", "file stem of the saved batch")
-    _flag(g, "max_eval_samples", "accepted for Geo-Sign command lines; unused (one batch is saved)")
+    _flag(g, "max_eval_samples", "refused: Geo-Sign accepts it and never reads it")
     return parser
 
 
@@ -271,11 +273,14 @@ def build_regularizers(args, part_dim, d_model):
         modules["sst"] = SSTContrast(d_model, d_model, opt["sst_num"], opt["sst_dim"],
                                      opt["sst_attention"], opt["sst_temperature"])
     if opt["use_hyperbolic"]:
-        if opt["alpha"] >= 0.9:
-            warnings.warn(f"--alpha {opt['alpha']}: the blended CE weight is clamped to 1 from the "
+        alpha = GEO_SIGN_ALPHA if opt["alpha"] is None else opt["alpha"]
+        if alpha >= 0.9:
+            warnings.warn(f"--alpha {alpha}: the blended CE weight is clamped to 1 from the "
                           "start, so the hyperbolic loss gets no weight (Geo-Sign trains with 0.7)")
+        print(f"hyperbolic blend: loss = a*CE + (1-a)*hyp, a = clamp({alpha:g} + 0.1*progress + "
+              f"0.2*sigmoid(learned), 0.1, 1), {min(alpha + 0.1, 1.0):g} at the start")
         modules["hyperbolic"] = HyperbolicAlignment(
             part_dim, d_model, hyp_dim=opt["hyp_dim"], init_c=opt["init_c"],
             text_cmp=opt["hyp_text_cmp"], label_smoothing_hyp=opt["label_smoothing_hyp"],
-            alpha=opt["alpha"], text_emb_src=opt["hyp_text_emb_src"])
+            alpha=alpha, text_emb_src=opt["hyp_text_emb_src"])
     return modules

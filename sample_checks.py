@@ -4,8 +4,8 @@ Each pose file is read once (in worker processes when asked) with the same valid
 training, and the clip is checked for what reading alone accepts but training could not use:
 with fewer than 4 confident body joints `load_part_kp` has no body box and the clip would reach
 the model as zeros. Problems are messages naming the file; `problem_kind` sorts them into
-kinds for counting. Used by the trainers' pre-scan (datasets.validate_samples) and by
-script/check_data.py.
+kinds for counting. `validate_samples` is the trainer's pre-scan verdict; script/check_data.py
+reports the same findings.
 """
 import multiprocessing
 import os
@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from datasets import PART_JOINTS, SCORE_THRESHOLD, DataError, clip_span
+from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, clip_span
 
 # Below this many clips a worker pool costs more than it saves.
 MIN_PARALLEL_CLIPS = 2048
@@ -135,3 +135,26 @@ def length_stats(durations):
     return {"min": int(frames.min()), "mean": round(float(frames.mean()), 1),
             "median": float(np.median(frames)), "p95": float(np.percentile(frames, 95)),
             "max": int(frames.max())}
+
+
+def validate_samples(dataset, skip_bad=False, workers=0, findings=None):
+    """Checks every sample of `dataset` once; returns (ok indices, problem messages).
+
+    Pose files are read and checked by sample_checks.scan_samples (in `workers` processes), or
+    `findings`, the (durations, problems) of a scan done already, is used (the trainers gather
+    one over ranks). Problems are the deferred label-entry ones, then the pose files' in dataset
+    order. With problems and skip_bad False this raises a DataError quoting the first few and
+    counting each kind; with skip_bad True the bad entries are dropped (see S2T_Dataset.keep).
+    """
+    durations, pose_problems = findings or scan_samples(dataset, workers=workers)
+    label_problems = getattr(dataset, 'label_problems', [])
+    problems = label_problems + [pose_problems[i] for i in sorted(pose_problems)]
+    ok_indices = [i for i in range(len(dataset)) if i not in pose_problems]
+    if problems and not skip_bad:
+        raise DataError(describe_problems(
+            problems, len(dataset) + len(label_problems)))
+    dataset._durations.update(durations)
+    if pose_problems:
+        dataset.keep(ok_indices)
+    dataset.label_problems = []
+    return ok_indices, problems

@@ -28,6 +28,7 @@ class RegularizerInputs:
     pose_states: torch.Tensor  # (B, T, D) mT5 encoder outputs at the pose positions
     decoder_states: Optional[torch.Tensor] = None  # (B, L, D) last decoder hidden states
     token_embeds: Optional[torch.Tensor] = None  # (B, L, D) mT5 embeddings of the targets
+    text_lengths: Optional[torch.Tensor] = None  # (B,) target lengths, when text_mask is None
 
 
 def regularized_loss(regularizers, weights, ce_loss, inputs, progress):
@@ -58,7 +59,8 @@ def regularized_loss(regularizers, weights, ce_loss, inputs, progress):
 
 def signcl_term(module, inputs, stats):
     """SignCL with SignCL's margin rule per clip, from its valid frames and target tokens."""
-    margin = signcl_margin(inputs.frame_mask.sum(dim=1), inputs.text_mask.sum(dim=1))
+    text_lengths = inputs.text_lengths if inputs.text_mask is None else inputs.text_mask.sum(dim=1)
+    margin = signcl_margin(inputs.frame_mask.sum(dim=1), text_lengths)
     stats["signcl_margin"] = margin.float().mean()
     return module(inputs.pose_embeds, margin=margin, mask=inputs.frame_mask)
 

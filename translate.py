@@ -25,6 +25,7 @@ import sys
 import torch
 
 import beam_search
+import cli
 import utils
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
@@ -33,41 +34,39 @@ EXPORT_WEIGHTS, EXPORT_FLAGS = 'translator.pth', 'translator.json'
 MODEL_FLAGS = ('dataset', 'stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel')
 
 
-def int_list(text):
-    return [int(x) for x in str(text).replace(',', ' ').split()]
-
-
 class UsageError(Exception):
     """A problem with the command line or its inputs; the message says which."""
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('inputs', nargs='*', help='pose files, globs or folders')
+    cli.add_flag(p, 'inputs', nargs='*', help='pose files, globs or folders')
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument('--checkpoint', help="fine_tuning.py weight file ({'model', 'args'})")
-    source.add_argument('--model', help='folder written by --export')
-    p.add_argument('--mt5_path', help='mT5 folder (tokenizer, config) for --checkpoint')
-    p.add_argument('--export', metavar='DIR', help='write weights, tokenizer and flags to DIR')
-    p.add_argument('--num_beams', type=int, help="beam width (default: the checkpoint's)")
-    p.add_argument('--batch_size', type=int, default=8)
-    p.add_argument('--max_new_tokens', type=int, help="default: the checkpoint's")
-    p.add_argument('--decode_pool', type=int, default=64,
-                   help="beam rows of several batches decoded together, same output "
-                        "(0: batch by batch)")
-    p.add_argument('--max_length', type=int, help="frames kept per clip (default: the checkpoint's)")
-    p.add_argument('--fps', type=float, help='resample .pose clips to this frame rate')
-    p.add_argument('--format', choices=['tsv', 'jsonl'], default='tsv')
-    p.add_argument('--output', help='output file (default: standard output)')
-    p.add_argument('--skip_bad_samples', action='store_true',
-                   help='skip unreadable or invalid pose files (counted) instead of stopping')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
-    p.add_argument('--dataset', help='prompt language / flags for checkpoints without stored flags')
-    p.add_argument('--stgcn_channels', type=int_list)
-    p.add_argument('--hidden_dim', type=int)
-    p.add_argument('--temporal_layers', type=int)
-    p.add_argument('--temporal_kernel', type=int)
+    cli.add_flag(source, '--checkpoint', help="fine_tuning.py weight file ({'model', 'args'})")
+    cli.add_flag(source, '--model', help='folder written by --export')
+    cli.add_flag(p, '--mt5_path', help='mT5 folder (tokenizer, config) for --checkpoint')
+    cli.add_flag(p, '--export', metavar='DIR', help='write weights, tokenizer and flags to DIR')
+    cli.add_flag(p, '--num_beams', type=int, help="beam width (default: the checkpoint's)")
+    cli.add_flag(p, '--batch_size', type=int, default=8)
+    cli.add_flag(p, '--max_new_tokens', type=int, help="default: the checkpoint's")
+    cli.add_flag(p, '--decode_pool', type=int, default=64,
+                    help="beam rows of several batches decoded together, same output "
+                         "(0: batch by batch)")
+    cli.add_flag(p, '--max_length', type=int,
+                    help="frames kept per clip (default: the checkpoint's)")
+    cli.add_flag(p, '--fps', type=float, help='resample .pose clips to this frame rate')
+    cli.add_flag(p, '--format', choices=['tsv', 'jsonl'], default='tsv')
+    cli.add_flag(p, '--output', help='output file (default: standard output)')
+    cli.add_flag(p, '--skip_bad_samples', action='store_true',
+                    help='skip unreadable or invalid pose files (counted) instead of stopping')
+    cli.add_flag(p, '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    cli.add_flag(p, '--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
+    cli.add_flag(p, '--dataset',
+                    help='prompt language / flags for checkpoints without stored flags')
+    cli.add_flag(p, '--stgcn_channels', type=cli.int_list)
+    cli.add_flag(p, '--hidden_dim', type=int)
+    cli.add_flag(p, '--temporal_layers', type=int)
+    cli.add_flag(p, '--temporal_kernel', type=int)
     args = p.parse_args(argv)
     if not args.inputs and not args.export:
         p.error('give pose files to translate, or --export DIR')

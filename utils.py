@@ -1,5 +1,4 @@
-"""Command-line flags, distributed set-up, DeepSpeed configuration and small run helpers."""
-import argparse
+"""Distributed set-up, DeepSpeed configuration, optimizer and schedule, and logging helpers."""
 import contextlib
 import datetime
 import json
@@ -13,192 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import regularizers
-from ctc_head import DEFAULT_LOSS_WEIGHTS
-
-
-def _add(parser, *names, **kwargs):
-    """Registers a flag under both its dash and underscore spellings (--batch-size/--batch_size)."""
-    spellings = []
-    for name in names:
-        stem = name[2:]
-        for variant in (name, "--" + stem.replace("-", "_"), "--" + stem.replace("_", "-")):
-            if variant not in spellings:
-                spellings.append(variant)
-    kwargs.setdefault("dest", names[0][2:].replace("-", "_"))
-    parser.add_argument(*spellings, **kwargs)
-
-
-def _int_list(text):
-    return [int(x) for x in str(text).replace(",", " ").split()]
-
-
-def get_args_parser():
-    """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
-    p = argparse.ArgumentParser("Pose-to-text sign language trainer", add_help=False)
-    add_optimisation_flags(p)
-    add_distributed_flags(p)
-    add_run_flags(p)
-    add_data_flags(p)
-    add_model_flags(p)
-    add_speed_flags(p)
-    add_generation_flags(p)
-    add_tracking_flags(p)
-    add_recognition_flags(p)
-    regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
-    return p
-
-
-def add_optimisation_flags(p):
-    """Optimisation flags, with Uni-Sign's names and defaults."""
-    _add(p, "--batch-size", type=int, default=16)
-    _add(p, "--gradient-accumulation-steps", type=int, default=8)
-    _add(p, "--gradient-clipping", type=float, default=1.0)
-    _add(p, "--epochs", type=int, default=20)
-    _add(p, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
-    _add(p, "--opt-eps", type=float, default=1.0e-9)
-    _add(p, "--opt-betas", type=float, default=None, nargs="+")
-    _add(p, "--clip-grad", type=float, default=None, help="alias of --gradient-clipping when set")
-    _add(p, "--momentum", type=float, default=0.9)
-    _add(p, "--weight-decay", type=float, default=1e-4)
-    _add(p, "--sched", type=str, default="cosine", help="cosine | linear | constant | multistep (CTC head)")
-    _add(p, "--lr", type=float, default=1.0e-3)
-    _add(p, "--min-lr", type=float, default=1.0e-8)
-    _add(p, "--warmup-epochs", type=float, default=0)
-    _add(p, "--label_smoothing", type=float, default=0.2)
-
-
-def add_distributed_flags(p):
-    """Distributed and DeepSpeed flags."""
-    _add(p, "--world_size", type=int, default=1)
-    _add(p, "--dist_url", default="env://")
-    _add(p, "--local_rank", type=int, default=0)
-    _add(p, "--offload", action="store_true", help="ZeRO offload of optimizer and parameters")
-    _add(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
-         help="default: bf16 on a GPU that supports it, fp32 otherwise")
-    _add(p, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
-    _add(p, "--compute_fp32_loss", action="store_true")
-
-
-def add_run_flags(p):
-    """Output, resuming, evaluation schedule and logging flags."""
-    _add(p, "--output_dir", default="")
-    _add(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
-    _add(p, "--init_encoder", default="",
-         help="initialise only the pose encoder, from a checkpoint of any head (e.g. CTC)")
-    _add(p, "--seed", type=int, default=42)
-    _add(p, "--eval", action="store_true", help="evaluate only")
-    _add(p, "--num_workers", type=int, default=8)
-    _add(p, "--pin-mem", action="store_true", dest="pin_mem")
-    _add(p, "--no-pin-mem", action="store_false", dest="pin_mem")
-    p.set_defaults(pin_mem=True)
-    _add(p, "--quick_break", type=int, default=0, help="end each epoch after N steps (0: full)")
-    _add(p, "--resume", default="auto", choices=["auto", "none"],
-         help="auto: continue from the latest training state in --output_dir")
-    _add(p, "--keep_last", type=int, default=2, help="epoch checkpoints kept besides the best")
-    _add(p, "--save_every_steps", type=int, default=0,
-         help="also save a resumable training state every N micro-batches (0: per epoch only)")
-    _add(p, "--bucket_by_length", action="store_true", help="batch clips of similar length")
-    _add(p, "--print_freq", type=int, default=10)
-    _add(p, "--eval_every", type=int, default=1, help="evaluate every N epochs (and the last)")
-    _add(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
-
-
-def add_data_flags(p):
-    """Dataset, task and path flags (paths default to config.py)."""
-    _add(p, "--dataset", default="CSL_Daily")
-    _add(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
-    _add(p, "--max_length", type=int, default=256, help="frames kept per clip")
-    _add(p, "--pose_fps", type=float, default=None,
-         help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
-    _add(p, "--max_tgt_len", type=int, default=50, help="target tokens kept")
-    _add(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
-    _add(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
-    _add(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
-    _add(p, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
-    _add(p, "--online_video", default="")
-
-
-def add_model_flags(p):
-    """Pose encoder widths (Uni-Sign's defaults) and how its frames enter mT5."""
-    _add(p, "--hidden_dim", type=int, default=256)
-    _add(p, "--stgcn_channels", type=_int_list, default=[64, 128, 256])
-    _add(p, "--temporal_layers", type=int, default=3)
-    _add(p, "--temporal_kernel", type=int, default=5)
-    _add(p, "--pose_positions", default="none", choices=["none", "sinusoidal"],
-         help="add sinusoidal frame positions to the pose embeddings (none: Uni-Sign); helps "
-              "when the output order is not implied by content, as in fingerspelling")
-
-
-def add_speed_flags(p):
-    """Speed switches (models.py); each keeps Uni-Sign's loss up to float rounding."""
-    _add(p, "--graph_product", default="matmul", choices=["matmul", "einsum"],
-         help="ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
-    _add(p, "--temporal_conv", default="direct", choices=["direct", "winograd"],
-         help="ST-GCN temporal conv: direct, or Winograd F(4,k) (fewer FLOPs, memory-bound transforms)")
-    _add(p, "--hands_batch", default="auto", choices=["auto", "on", "off", "joint"],
-         help="both hands through their shared encoder as one batch (auto: on CUDA only); "
-              "joint also normalises them with one BatchNorm statistic, as evaluation does "
-              "(default of the CTC head)")
-    _add(p, "--target_logits", default="real", choices=["real", "all"],
-         help="vocabulary projection and loss on real target tokens only, or on every position")
-    _add(p, "--embed_once", default="on", choices=["on", "off"],
-         help="one embedding lookup for the prompt and the decoder inputs")
-    _add(p, "--compile_encoder", action="store_true",
-         help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
-    _add(p, "--keep_freed_memory", default="auto", choices=["auto", "on", "off"],
-         help="glibc keeps freed blocks for reuse instead of unmapping them (auto: on CPU runs)")
-
-
-def add_generation_flags(p):
-    """Decoding flags."""
-    _add(p, "--num_beams", type=int, default=4)
-    _add(p, "--max_new_tokens", type=int, default=100)
-    _add(p, "--decode_pool", type=int, default=64,
-         help="beam rows of several evaluation batches decoded together, with the same output "
-              "as batch by batch (0: Hugging Face generate per batch)")
-
-
-def add_tracking_flags(p):
-    """Weights & Biases tracking and bad-input handling."""
-    _add(p, "--wandb", action="store_true", help="log to Weights & Biases")
-    _add(p, "--wandb_project", default="sign-pose-trainer")
-    _add(p, "--wandb_run_name", default=None)
-    _add(p, "--skip_bad_samples", action="store_true",
-         help="skip unreadable or invalid clips (counted and logged) instead of stopping")
-    _add(p, "--max_nonfinite", type=int, default=10,
-         help="stop (saving a training state) after N consecutive NaN/Inf losses; 0: never")
-
-
-def add_recognition_flags(p):
-    """--task CSLR --head ctc: VAC's CTC head on the pose encoder (see cslr.py)."""
-    weights = ",".join(f"{k}={v:g}" for k, v in DEFAULT_LOSS_WEIGHTS.items())
-    g = p.add_argument_group("continuous recognition with a CTC head")
-    _add(g, "--head", default="generate", choices=["generate", "ctc"],
-         help="CSLR: generate (mT5 writes the glosses) or ctc (CTC head, cslr.py)")
-    _add(g, "--ctc_beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
-    _add(g, "--ctc_hidden", type=int, default=1024, help="CTC head conv/BiLSTM width")
-    _add(g, "--share_classifier", action=argparse.BooleanOptionalAction, default=True,
-         help="one classifier for the conv and BiLSTM outputs (SMKD)")
-    _add(g, "--weight_norm", action=argparse.BooleanOptionalAction, default=True,
-         help="unit-norm classifier columns (SMKD)")
-    _add(g, "--loss_weights", default=weights, help="CTC head loss weights, NAME=W,...")
-    _add(g, "--lr_steps", type=_int_list, default=[20, 35],
-         help="epochs where --sched multistep multiplies the lr by 0.2")
-
-
-def parse_args(description, argv=None, defaults=None):
-    parser = argparse.ArgumentParser(description, parents=[get_args_parser()])
-    parser.set_defaults(**(defaults or {}))
-    args = parser.parse_args(argv)
-    if args.clip_grad is not None:
-        args.gradient_clipping = args.clip_grad
-    if args.rgb_support:
-        parser.error("--rgb_support: the RGB branch is not part of this pose-only trainer")
-    if args.stgcn_channels[-1] != args.hidden_dim:
-        parser.error(f"--hidden_dim {args.hidden_dim} must equal the last --stgcn_channels "
-                     f"width {args.stgcn_channels[-1]}")
-    return args
+from flags import get_args_parser, parse_args  # noqa: F401  (Uni-Sign's scripts import them from here)
 
 
 # ---------------------------------------------------------------- distributed
@@ -403,13 +217,21 @@ def total_optimizer_steps(args, steps_per_epoch):
 
 
 def create_scheduler(args, optimizer, steps_per_epoch):
-    """Warm-up then cosine (Uni-Sign's transformers 'cosine'), counted in optimizer steps."""
+    """The learning-rate schedule, counted in optimizer steps: warm-up then cosine (Uni-Sign's
+    transformers 'cosine'; with --min-lr, 'cosine_with_min_lr'), linear or constant; or VAC's
+    multistep (x0.2 at each epoch of --lr_steps)."""
     from transformers import get_scheduler
+    updates = optimizer_steps_per_epoch(args, steps_per_epoch)
+    if args.sched == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[epoch * updates for epoch in args.lr_steps], gamma=0.2)
+    name, options = args.sched, {}
+    if name == "cosine" and args.min_lr is not None:
+        name, options = "cosine_with_min_lr", {"min_lr": args.min_lr}
     return get_scheduler(
-        name=args.sched, optimizer=optimizer,
-        num_warmup_steps=int(args.warmup_epochs * optimizer_steps_per_epoch(args, steps_per_epoch)),
+        name=name, optimizer=optimizer, num_warmup_steps=int(args.warmup_epochs * updates),
         num_training_steps=total_optimizer_steps(args, steps_per_epoch),
-    )
+        scheduler_specific_kwargs=options)
 
 
 # ---------------------------------------------------------------- logging

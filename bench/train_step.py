@@ -75,7 +75,7 @@ WORDS = [c + v for c in 'bdfgklmnprst' for v in 'aeiou']
 def make_tokenizer(directory, seed=0):
     """A SentencePiece T5 tokenizer over WORDS (one token per word), trained offline."""
     from transformers import T5Tokenizer
-    from tiny_mt5 import train_spiece
+    from demo.tiny_mt5 import train_spiece
     rng = np.random.default_rng(seed)
     corpus = [' '.join(rng.choice(WORDS, 12)) for _ in range(400)]
     corpus += [PROMPT.format('Chinese')] * 100  # whole-word prompt tokens, as mT5's vocabulary has

@@ -21,7 +21,7 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
 fi
 export WANDB_MODE=${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 
-python demo_data.py --out "$DATA_ROOT/Demo"
+python -m demo.data --out "$DATA_ROOT/Demo"
 
 deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29533}" fine_tuning.py \
   --dataset Demo --data_root "$DATA_ROOT" --task SLT \

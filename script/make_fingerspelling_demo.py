@@ -26,6 +26,7 @@ import zipfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import mediapipe_pose  # noqa: E402
 from SLRT_metrics import bleu_1_to_4  # noqa: E402
 
@@ -177,7 +178,7 @@ def write_split(root, split, words, letters, size, fps, rng):
 def make_dataset(lexicon, out, language='ase', n_train=1500, n_dev=100, n_test=100, fps=12.5,
                  seed=0):
     """Writes the set to `out` (Demo layout) and returns its meta record."""
-    from tiny_mt5 import build_tiny_mt5
+    from demo.tiny_mt5 import build_tiny_mt5
     request = {'language': language, 'fps': fps, 'seed': seed, 'n_train': n_train,
                'n_dev': n_dev, 'n_test': n_test}
     meta_path = os.path.join(out, 'meta.json')
@@ -236,15 +237,16 @@ def score(output_dir, phase='test'):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--lexicon', help='fingerspelling_lexicon folder or spoken-to-signed wheel')
-    parser.add_argument('--out', help='output folder, e.g. data/fingerspelling/Demo')
-    parser.add_argument('--language', default='ase', help='sign language code (index.csv)')
-    parser.add_argument('--n_train', type=int, default=1500)
-    parser.add_argument('--n_dev', type=int, default=100)
-    parser.add_argument('--n_test', type=int, default=100)
-    parser.add_argument('--fps', type=float, default=12.5)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--score', metavar='OUTPUT_DIR', help='score test predictions instead')
+    cli.add_flag(parser, '--lexicon',
+                 help='fingerspelling_lexicon folder or spoken-to-signed wheel')
+    cli.add_flag(parser, '--out', help='output folder, e.g. data/fingerspelling/Demo')
+    cli.add_flag(parser, '--language', default='ase', help='sign language code (index.csv)')
+    cli.add_flag(parser, '--n_train', type=int, default=1500)
+    cli.add_flag(parser, '--n_dev', type=int, default=100)
+    cli.add_flag(parser, '--n_test', type=int, default=100)
+    cli.add_flag(parser, '--fps', type=float, default=12.5)
+    cli.add_flag(parser, '--seed', type=int, default=0)
+    cli.add_flag(parser, '--score', metavar='OUTPUT_DIR', help='score test predictions instead')
     args = parser.parse_args(argv)
     if args.score:
         print(json.dumps(score(args.score)))

@@ -1,6 +1,6 @@
 """Generates PhoenixDemo, a PHOENIX-2014-style recognition set, from the Demo sign language.
 
-The sentences, glosses and pose clips come from demo_data.py; this writes them the way the
+The sentences, glosses and pose clips come from demo/data.py; this writes them the way the
 PHOENIX-2014 release and Uni-Sign lay them out, so `--dataset PhoenixDemo --task CSLR --head ctc`
 runs with no download:
 
@@ -25,8 +25,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 from SLRT_metrics import read_stm, write_stm  # noqa: E402
-from demo_data import sample_splits, sentence_glosses, synthesize_clip  # noqa: E402
+from demo.data import sample_splits, sentence_glosses, synthesize_clip  # noqa: E402
 
 FORMAT_VERSION = 1
 SPLITS = ('train', 'dev', 'test')
@@ -119,14 +120,14 @@ def make_phoenix_demo(root, seed=0, n_train=1000, n_dev=100, n_test=100, unseen=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='data/PhoenixDemo')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--n_train', type=int, default=1000)
-    parser.add_argument('--n_dev', type=int, default=100)
-    parser.add_argument('--n_test', type=int, default=100)
-    parser.add_argument('--unseen', nargs='*', default=[],
-                        help='glosses kept out of training (e.g. SICK)')
-    parser.add_argument('--overwrite', action='store_true')
+    cli.add_flag(parser, '--out', default='data/PhoenixDemo')
+    cli.add_flag(parser, '--seed', type=int, default=0)
+    cli.add_flag(parser, '--n_train', type=int, default=1000)
+    cli.add_flag(parser, '--n_dev', type=int, default=100)
+    cli.add_flag(parser, '--n_test', type=int, default=100)
+    cli.add_flag(parser, '--unseen', nargs='*', default=[],
+                         help='glosses kept out of training (e.g. SICK)')
+    cli.add_flag(parser, '--overwrite', action='store_true')
     args = parser.parse_args(argv)
     paths = make_phoenix_demo(args.out, args.seed, args.n_train, args.n_dev, args.n_test,
                               args.unseen, args.overwrite)

@@ -13,26 +13,27 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import pose_store  # noqa: E402
 from datasets import DataError  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--pose_dir', help='folder searched recursively for .pkl pose files')
-    parser.add_argument('--out', required=True, help='store folder (created if missing)')
-    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
-                        help='reading processes (default: all cores)')
-    parser.add_argument('--shard_size', type=int, default=pose_store.DEFAULT_SHARD_SIZE,
-                        help='clips per shard')
-    parser.add_argument('--skip_bad', action='store_true',
-                        help='leave out unusable pose files, listing them in the manifest')
-    parser.add_argument('--no_resume', action='store_true',
-                        help='discard an earlier (partial) store in --out and pack from scratch')
-    parser.add_argument('--verify', action='store_true', help='check every checksum afterwards')
-    parser.add_argument('--verify_only', action='store_true',
-                        help='only check the checksums of the store in --out')
-    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    cli.add_flag(parser, '--pose_dir', help='folder searched recursively for .pkl pose files')
+    cli.add_flag(parser, '--out', required=True, help='store folder (created if missing)')
+    cli.add_flag(parser, '--workers', type=int, default=os.cpu_count() or 1,
+                         help='reading processes (default: all cores)')
+    cli.add_flag(parser, '--shard_size', type=int, default=pose_store.DEFAULT_SHARD_SIZE,
+                         help='clips per shard')
+    cli.add_flag(parser, '--skip_bad', action='store_true',
+                         help='leave out unusable pose files, listing them in the manifest')
+    cli.add_flag(parser, '--no_resume', action='store_true',
+                         help='discard an earlier (partial) store in --out and pack from scratch')
+    cli.add_flag(parser, '--verify', action='store_true', help='check every checksum afterwards')
+    cli.add_flag(parser, '--verify_only', action='store_true',
+                         help='only check the checksums of the store in --out')
+    cli.add_flag(parser, '--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
     if not args.verify_only and not args.pose_dir:
         parser.error('--pose_dir is required unless --verify_only is given')

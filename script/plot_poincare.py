@@ -10,12 +10,17 @@ Projections to the disk (curvature rescaled to 1, so the boundary is the unit ci
   first2  the first two coordinates, times sqrt(c) (exact for hyp_dim = 2, a slice otherwise).
 """
 import argparse
+import os
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 
 PART_STYLE = {"body": ("tab:blue", "o"), "left": ("tab:green", "<"),
               "right": ("tab:olive", ">"), "face_all": ("tab:purple", "s")}
@@ -77,9 +82,9 @@ def draw(positions, curvature, projection, out_path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, help=".npz written by hyperbolic.dump_batch")
-    parser.add_argument("--out", required=True, help="output image (.png)")
-    parser.add_argument("--projection", default="pca", choices=["pca", "first2"])
+    cli.add_flag(parser, "--input", required=True, help=".npz written by hyperbolic.dump_batch")
+    cli.add_flag(parser, "--out", required=True, help="output image (.png)")
+    cli.add_flag(parser, "--projection", default="pca", choices=["pca", "first2"])
     args = parser.parse_args(argv)
     groups, curvature = load_groups(args.input)
     draw(to_disk(groups, curvature, args.projection), curvature, args.projection, args.out)

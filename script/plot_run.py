@@ -21,6 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
+
 BOOKKEEPING = {"epoch", "step", "train_steps", "train_nonfinite_steps"}
 SPLITS = ("train", "best_dev", "dev", "test")
 
@@ -126,8 +129,8 @@ def draw(panels, out_path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", help="output folders of fine_tuning.py runs")
-    parser.add_argument("--out", help="PNG file (default: <first folder>/curves.png)")
+    cli.add_flag(parser, "folders", nargs="+", help="output folders of fine_tuning.py runs")
+    cli.add_flag(parser, "--out", help="PNG file (default: <first folder>/curves.png)")
     args = parser.parse_args(argv)
     panels = defaultdict(list)
     for folder in args.folders:

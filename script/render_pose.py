@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 from datasets import PARTS, load_part_kp, read_pose  # noqa: E402
 from stgcn_layers import LAYOUTS  # noqa: E402
 
@@ -108,10 +109,10 @@ def render(parts, frames, title, out_path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("pose_file", help=".pkl or .pose clip")
-    parser.add_argument("--out", required=True, help="PNG file")
-    parser.add_argument("--frames", type=int, default=8, help="frames shown, evenly spaced")
-    parser.add_argument("--fps", type=float, help=".pose files: resample to this frame rate first")
+    cli.add_flag(parser, "pose_file", help=".pkl or .pose clip")
+    cli.add_flag(parser, "--out", required=True, help="PNG file")
+    cli.add_flag(parser, "--frames", type=int, default=8, help="frames shown, evenly spaced")
+    cli.add_flag(parser, "--fps", type=float, help=".pose files: resample to this frame rate first")
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error("--frames must be at least 1")

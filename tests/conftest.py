@@ -20,7 +20,7 @@ ENGLISH_CORPUS = [
 
 @pytest.fixture(scope="session")
 def tiny_mt5_dir(tmp_path_factory):
-    from tiny_mt5 import build_tiny_mt5
+    from demo.tiny_mt5 import build_tiny_mt5
     return build_tiny_mt5(str(tmp_path_factory.mktemp("tiny_mt5")), ENGLISH_CORPUS,
                           vocab_size=96, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
 
@@ -28,7 +28,7 @@ def tiny_mt5_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small Demo set (labels, poses, tiny mT5) laid out as config.py expects under data_root."""
-    from demo_data import make_demo
+    from demo.data import make_demo
     data_root = tmp_path_factory.mktemp("data")
     make_demo(str(data_root / "Demo"), seed=0, n_train=48, n_dev=8, n_test=8,
               mt5_kwargs=dict(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16))
@@ -45,3 +45,11 @@ def data_root(demo_root, tmp_path):
         shutil.copy(os.path.join(source, f"labels.{phase}"), os.path.join(copy, f"labels.{phase}"))
     os.symlink(os.path.join(source, "mt5"), os.path.join(copy, "mt5"))
     return os.path.join(tmp_path, "data")
+
+
+def default_args(**overrides):
+    """The trainer's flags at their defaults (one place defines them), with `overrides`."""
+    import flags
+    args = flags.get_args_parser().parse_args([])
+    vars(args).update(overrides)
+    return args

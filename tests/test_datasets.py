@@ -14,7 +14,7 @@ import torch
 import datasets
 from datasets import (DataError, S2T_Dataset, load_labels, load_part_kp, read_pose,
                       sample_frame_indices, validate_samples)
-from tiny_mt5 import build_tiny_mt5
+from demo.tiny_mt5 import build_tiny_mt5
 
 REPO = Path(__file__).resolve().parents[1]
 PART_SIZES = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
@@ -127,8 +127,9 @@ def test_load_labels_gzip_pickle(tmp_path):
     ])
     entries = load_labels(path)
     assert entries == [
-        {'name': 'S1', 'text': '他今年四岁。', 'gloss': ['他', '今天', '年龄'], 'pose_file': 'S1.pkl'},
-        {'name': 'w1', 'text': 'a', 'gloss': [], 'pose_file': 'w1.pkl'},
+        {'name': 'S1', 'text': '他今年四岁。', 'gloss': ['他', '今天', '年龄'], 'pose_file': 'S1.pkl',
+         'signer': 'signer'},
+        {'name': 'w1', 'text': 'a', 'gloss': [], 'pose_file': 'w1.pkl', 'signer': 'signer'},
     ]
 
 

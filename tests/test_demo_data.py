@@ -1,4 +1,4 @@
-"""Tests for demo_data: file formats, determinism, held-out splits, tokenizer coverage, reuse."""
+"""Tests for demo.data: file formats, determinism, held-out splits, tokenizer coverage, reuse."""
 import gzip
 import json
 import os
@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import demo_data
+from demo import data
 
 SIZES = dict(n_train=40, n_dev=10, n_test=10)
 SMALL_MT5 = dict(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
@@ -27,18 +27,18 @@ def read_pose(paths, name):
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('demo') / 'Demo')
-    return demo_data.make_demo(root, seed=3, mt5_kwargs=SMALL_MT5, **SIZES)
+    return data.make_demo(root, seed=3, mt5_kwargs=SMALL_MT5, **SIZES)
 
 
 @pytest.fixture(scope='module')
 def labels(demo):
-    return {split: read_labels(demo[split]) for split in demo_data.SPLITS}
+    return {split: read_labels(demo[split]) for split in data.SPLITS}
 
 
 def test_files_exist(demo):
     for key in ('pose_dir', 'mt5', 'corpus', 'readme', 'meta', 'train', 'dev', 'test'):
         assert os.path.exists(demo[key]), key
-    assert 'demo_data.py' in open(demo['readme']).read()
+    assert 'python -m demo.data' in open(demo['readme']).read()
 
 
 def test_label_format(labels):
@@ -49,7 +49,7 @@ def test_label_format(labels):
             assert item['name'] == name and item['video_path'] == name + '.mp4'
             assert type(item['text']) is str and item['text'].endswith('.')
             assert 3 <= len(item['gloss']) <= 6
-            assert all(type(g) is str and g in demo_data.LEXICON for g in item['gloss'])
+            assert all(type(g) is str and g in data.LEXICON for g in item['gloss'])
 
 
 def test_pose_format(demo, labels):
@@ -111,26 +111,26 @@ def test_gloss_order_differs_from_word_order(labels):
 def test_english_realisation():
     record = {'template': 'transitive', 'time': 'YESTERDAY', 'subj': 'TEACHER', 'obj': 'APPLE',
               'adj': 'OLD', 'verb': 'BUY', 'neg': False, 'place': None, 'state': None}
-    assert demo_data.sentence_glosses(record) == ['YESTERDAY', 'TEACHER', 'APPLE', 'OLD', 'BUY']
-    assert demo_data.sentence_text(record) == 'The teacher bought an old apple yesterday.'
+    assert data.sentence_glosses(record) == ['YESTERDAY', 'TEACHER', 'APPLE', 'OLD', 'BUY']
+    assert data.sentence_text(record) == 'The teacher bought an old apple yesterday.'
     record.update(time='ALWAYS', neg=True, subj='I', adj=None)
-    assert demo_data.sentence_text(record) == 'I never buy an apple.'
+    assert data.sentence_text(record) == 'I never buy an apple.'
     state = {'template': 'state', 'time': 'TOMORROW', 'subj': 'YOU', 'state': 'TIRED', 'neg': True,
              'obj': None, 'adj': None, 'verb': None, 'place': None}
-    assert demo_data.sentence_text(state) == 'You will not be tired tomorrow.'
-    assert demo_data.sentence_glosses(state) == ['TOMORROW', 'YOU', 'TIRED', 'NOT']
+    assert data.sentence_text(state) == 'You will not be tired tomorrow.'
+    assert data.sentence_glosses(state) == ['TOMORROW', 'YOU', 'TIRED', 'NOT']
 
 
 def test_signs_are_distinct():
-    forms = Counter((s.loc, s.move, s.hands) for s in demo_data.LEXICON.values())
+    forms = Counter((s.loc, s.move, s.hands) for s in data.LEXICON.values())
     assert max(forms.values()) == 1
-    assert 25 <= len(demo_data.LEXICON) <= 40
+    assert 25 <= len(data.LEXICON) <= 40
 
 
 def test_tokenizer_round_trips_every_sentence(demo, labels):
     from transformers import T5Tokenizer
     tokenizer = T5Tokenizer.from_pretrained(demo['mt5'], legacy=False)
-    for split in demo_data.SPLITS:
+    for split in data.SPLITS:
         for item in labels[split].values():
             ids = tokenizer(item['text']).input_ids
             assert tokenizer.unk_token_id not in ids
@@ -144,13 +144,13 @@ def test_mt5_loads(demo):
 
 
 def test_deterministic_by_seed(demo, labels, tmp_path):
-    again = demo_data.make_demo(str(tmp_path / 'again'), seed=3, mt5_kwargs=SMALL_MT5, **SIZES)
+    again = data.make_demo(str(tmp_path / 'again'), seed=3, mt5_kwargs=SMALL_MT5, **SIZES)
     assert read_labels(again['test']) == labels['test']
     name = next(iter(labels['train']))
     first, second = read_pose(demo, name), read_pose(again, name)
     assert np.array_equal(first['keypoints'], second['keypoints'])
     assert np.array_equal(first['scores'], second['scores'])
-    other = demo_data.make_demo(str(tmp_path / 'other'), seed=4, mt5_kwargs=SMALL_MT5, **SIZES)
+    other = data.make_demo(str(tmp_path / 'other'), seed=4, mt5_kwargs=SMALL_MT5, **SIZES)
     assert read_labels(other['train']) != labels['train']
 
 
@@ -158,14 +158,14 @@ def test_reuses_matching_set(demo, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('regenerated a complete matching set')
 
-    monkeypatch.setattr(demo_data, 'write_split', refuse)
-    assert demo_data.make_demo(demo['root'], seed=3, mt5_kwargs=SMALL_MT5, **SIZES) == demo
+    monkeypatch.setattr(data, 'write_split', refuse)
+    assert data.make_demo(demo['root'], seed=3, mt5_kwargs=SMALL_MT5, **SIZES) == demo
 
 
 def test_regenerates_on_changed_settings(tmp_path):
     root = str(tmp_path / 'Demo')
-    demo_data.make_demo(root, seed=1, mt5_kwargs=SMALL_MT5, **SIZES)
-    demo_data.make_demo(root, seed=1, mt5_kwargs=SMALL_MT5, n_train=30, n_dev=10, n_test=10)
+    data.make_demo(root, seed=1, mt5_kwargs=SMALL_MT5, **SIZES)
+    data.make_demo(root, seed=1, mt5_kwargs=SMALL_MT5, n_train=30, n_dev=10, n_test=10)
     meta = json.load(open(os.path.join(root, 'meta.json')))
     assert meta['n_train'] == 30 and len(read_labels(os.path.join(root, 'labels.train'))) == 30
     assert len(os.listdir(os.path.join(root, 'pose_format'))) == 50

@@ -1,4 +1,4 @@
-"""Tests for demo_news: CSL-News label list and pose files, clip lengths, names, sentences kept
+"""Tests for demo.news: CSL-News label list and pose files, clip lengths, names, sentences kept
 apart from the Demo evaluation splits, determinism, reuse and the command line."""
 import json
 import os
@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-import demo_news
+import demo.news
 from datasets import S2T_Dataset, load_labels, read_pose
-from demo_data import (choose_held_out, sample_sentence, sample_splits, sentence_glosses,
+from demo.data import (choose_held_out, sample_sentence, sample_splits, sentence_glosses,
                        sentence_text)
 
 N_CLIPS = 40
@@ -20,7 +20,7 @@ N_CLIPS = 40
 
 @pytest.fixture(scope='module')
 def news(tmp_path_factory):
-    return demo_news.make_news(str(tmp_path_factory.mktemp('news')), n=N_CLIPS, seed=0)
+    return demo.news.make_news(str(tmp_path_factory.mktemp('news')), n=N_CLIPS, seed=0)
 
 
 @pytest.fixture(scope='module')
@@ -102,12 +102,12 @@ def test_sentences_avoid_the_held_out_gloss_pairs():
         return bool({(a, b) for i, a in enumerate(glosses) for b in glosses[i + 1:]} & held_out)
 
     assert sum(has_held_out_pair(sample_sentence(rng)) for _ in range(500)) > 25
-    assert not any(has_held_out_pair(demo_news.allowed_sentence(rng, held_out))
+    assert not any(has_held_out_pair(demo.news.allowed_sentence(rng, held_out))
                    for _ in range(500))
 
 
 def test_deterministic_and_reused(news, labels, tmp_path, monkeypatch):
-    again = demo_news.make_news(str(tmp_path), n=N_CLIPS, seed=0)
+    again = demo.news.make_news(str(tmp_path), n=N_CLIPS, seed=0)
     with open(again['labels'], encoding='utf-8') as f:
         assert json.load(f) == labels
     first, second = raw_pose(news, labels[3]), raw_pose(again, labels[3])
@@ -116,12 +116,12 @@ def test_deterministic_and_reused(news, labels, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('regenerated a complete matching set')
 
-    monkeypatch.setattr(demo_news, 'write_clips', refuse)
-    assert demo_news.make_news(os.path.dirname(news['root']), n=N_CLIPS, seed=0) == news
+    monkeypatch.setattr(demo.news, 'write_clips', refuse)
+    assert demo.news.make_news(os.path.dirname(news['root']), n=N_CLIPS, seed=0) == news
 
 
 def test_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, 'demo_news.py', '--out', str(tmp_path), '--n', '3',
+    proc = subprocess.run([sys.executable, '-m', 'demo.news', '--out', str(tmp_path), '--n', '3',
                            '--seed', '2'], cwd=os.path.dirname(os.path.dirname(__file__)),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

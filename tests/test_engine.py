@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import config
 import engine
 import utils
 
@@ -21,16 +22,10 @@ def test_gather_in_order_restores_dataset_order(monkeypatch):
     assert engine.gather_in_order(shards[0], size) == [f"item{i}" for i in range(size)]
 
 
-def test_scoring_level_is_char_for_chinese_translation_only():
-    class A:
-        pass
-    a = A()
-    a.dataset, a.task = "CSL_Daily", "SLT"
-    assert engine.scoring_level(a) == "char"
-    a.task = "CSLR"
-    assert engine.scoring_level(a) == "word"
-    a.dataset, a.task = "How2Sign", "SLT"
-    assert engine.scoring_level(a) == "word"
+def test_scoring_level_comes_from_the_registry():
+    assert config.get_dataset("CSL_Daily").scoring_level("SLT") == "char"
+    assert config.get_dataset("CSL_Daily").scoring_level("CSLR") == "word"
+    assert config.get_dataset("How2Sign").scoring_level("SLT") == "word"
 
 
 def test_best_metric_direction():

@@ -1,11 +1,11 @@
 """Tests for models: Uni-Sign-compatible pose-to-mT5 translator and checkpoint loading."""
-from types import SimpleNamespace
-
 import pytest
 import torch
+from conftest import default_args
 
+import config
 from models import (SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator, Uni_Sign,
-                    get_requires_grad_dict, load_checkpoint_weights, prompt_for)
+                    get_requires_grad_dict, load_checkpoint_weights)
 
 # targets; the tiny mT5 comes from conftest's `tiny_mt5_dir` (an English corpus like these)
 SENTENCES = ['the teacher gave a book to the child', 'yesterday we saw a red car',
@@ -21,7 +21,7 @@ def make_args(mt5_dir, **overrides):
                   temporal_layers=3, temporal_kernel=5, mt5_path=mt5_dir, label_smoothing=0.2,
                   max_tgt_len=50, task='SLT', rgb_support=False)
     fields.update(overrides)
-    return SimpleNamespace(**fields)
+    return default_args(**fields)
 
 
 def build(mt5_dir, seed=0, **overrides):
@@ -45,7 +45,7 @@ def plain_batch(batch=3, frames=10, seed=1):
 def tokenised_batch(tokenizer, batch=3, frames=10):
     """The same batch with the prompt and targets tokenised as the dataset does."""
     src, tgt = plain_batch(batch, frames)
-    prompt = prompt_for('How2Sign')[1]
+    prompt = config.get_dataset('How2Sign').prompt
     prefix = tokenizer([prompt] * batch, padding='longest', return_tensors='pt')
     labels = tokenizer(tgt['gt_sentence'], padding='longest', truncation=True, max_length=50,
                        return_tensors='pt')['input_ids']
@@ -346,7 +346,7 @@ def test_pooled_beam_search_equals_batch_by_batch(tiny_mt5_dir):
 
 
 def test_hands_batch_modes(tiny_mt5_dir):
-    from models import hands_in_one_batch
+    from pose_encoder import hands_in_one_batch
     model = build(tiny_mt5_dir)
     assert model.hands_batch == 'auto' and not hands_in_one_batch(model, torch.zeros(1))  # CPU
     model.set_speed(hands_batch=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import demo_news
+import demo.news
 import pose_store
 from datasets import DataError, S2T_Dataset, load_part_kp, read_pose
 from pose_store import MANIFEST_NAME, PackedPoseStore, pack
@@ -117,7 +117,7 @@ def test_parts_differ_from_pickles_only_by_rounding(pose_dir, tmp_path):
 def test_parts_of_demo_news_clips_differ_from_pickles_below_the_bound(tmp_path):
     """The parts the model sees, from Demo-rendered CSL-News-shaped clips (whose undetected
     joints sit at 0, 0): measured at most 1.0e-4 over 200 clips, against a bound of 1e-3."""
-    paths = demo_news.make_news(str(tmp_path), n=60, seed=1)
+    paths = demo.news.make_news(str(tmp_path), n=60, seed=1)
     pack(paths['pose_dir'], str(tmp_path / 'store'), workers=1, progress=False)
     store = PackedPoseStore(str(tmp_path / 'store'))
     worst = max(part_difference(read_pose(os.path.join(paths['pose_dir'], name + '.pkl')),

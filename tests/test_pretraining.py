@@ -69,7 +69,7 @@ def free_port():
 @pytest.fixture(scope="module")
 def news_root(tmp_path_factory):
     """A CSL-News-shaped set packed in its pose folder, pickles removed: only the store is read."""
-    from demo_news import make_news
+    from demo.news import make_news
     root = str(tmp_path_factory.mktemp("news"))
     paths = make_news(root, n=NEWS_CLIPS, seed=0)
     spec = importlib.util.spec_from_file_location("pack_poses", f"{ROOT}/script/pack_poses.py")
@@ -212,7 +212,7 @@ def test_fine_tuning_starts_from_the_pretraining_checkpoint(pretrained, demo_roo
 
 
 def test_pretrain_script_runs_uni_sign_stage1_recipe_on_a_packed_store(tmp_path):
-    from demo_news import make_news
+    from demo.news import make_news
     paths = make_news(str(tmp_path), n=3, seed=1)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

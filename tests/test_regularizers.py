@@ -210,7 +210,7 @@ def test_flags_parse_with_defaults_and_both_spellings():
     assert (args.signcl_pos_samples, args.signcl_neg_samples) == (2, 4)
     assert (args.sst_num, args.sst_dim, args.sst_weight, args.sst_attention) == (128, 128, 1.0, "sparsemax")
     assert (args.hyp_dim, args.init_c, args.hyp_lr, args.hyp_stabilize) == (256, 0.5, 1e-3, 100)
-    assert (args.alpha, args.label_smoothing_hyp) == (1.0, 0.2)
+    assert (args.alpha, args.label_smoothing_hyp) == (None, 0.2)  # None: 0.7 with the branch
     assert (args.hyp_text_emb_src, args.hyp_text_cmp) == ("decoder", "token")
     dashed = parser.parse_args(["--use-hyperbolic", "--hyp-text-cmp", "pooled", "--init-c", "1.0",
                                 "--use-signcl", "--signcl-weight", "0.1", "--sst-attention", "softmax"])
@@ -225,7 +225,8 @@ def test_flags_parse_with_defaults_and_both_spellings():
 def test_trainer_accepts_the_flags_in_both_spellings():
     import utils
     args = utils.parse_args("t", ["--use_sst", "--batch-size", "2", "--use-hyperbolic",
-                                  "--hyp-text-emb-src", "token", "--signcl_weight", "0.5"])
+                                  "--hyp-text-emb-src", "token", "--use-signcl",
+                                  "--signcl_weight", "0.5"])
     assert args.use_sst and args.batch_size == 2 and args.use_hyperbolic
     assert args.hyp_text_emb_src == "token" and args.signcl_weight == 0.5
     assert not utils.parse_args("t", []).use_signcl
@@ -248,4 +249,15 @@ def test_build_regularizers_enabled():
     assert modules["sst"].tokens.shape == (8, 128)
     assert modules["hyperbolic"].text_cmp == "attn" and modules["hyperbolic"].alpha_base == 0.7
     with pytest.warns(UserWarning, match="no weight"):
-        reg.build_regularizers(parser.parse_args(["--use_hyperbolic"]), 32, 48)
+        reg.build_regularizers(parser.parse_args(["--use_hyperbolic", "--alpha", "0.9"]), 32, 48)
+
+
+def test_use_hyperbolic_alone_takes_geo_signs_alpha_and_prints_the_blend(capsys):
+    parser = reg.add_regularizer_flags(argparse.ArgumentParser())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        modules = reg.build_regularizers(parser.parse_args(["--use_hyperbolic"]), 32, 48)
+    assert modules["hyperbolic"].alpha_base == reg.GEO_SIGN_ALPHA == 0.7
+    assert "a = clamp(0.7 + 0.1*progress" in capsys.readouterr().out
+    # at the start the hyperbolic term has weight: a = 0.7 + 0.2 * sigmoid(0) = 0.8 < 1
+    assert float(modules["hyperbolic"].alpha(0.0)) == pytest.approx(0.8)

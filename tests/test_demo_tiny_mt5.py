@@ -1,4 +1,4 @@
-"""tiny_mt5 builds a directory that the real loading code reads."""
+"""demo.tiny_mt5 builds a directory that the real loading code reads."""
 
 
 def test_tiny_mt5_loads_from_its_directory_with_sane_initial_loss(tmp_path):
@@ -7,7 +7,7 @@ def test_tiny_mt5_loads_from_its_directory_with_sane_initial_loss(tmp_path):
     import torch
     from transformers import MT5ForConditionalGeneration, T5Tokenizer
 
-    from tiny_mt5 import build_tiny_mt5
+    from demo.tiny_mt5 import build_tiny_mt5
     sentences = ["the cat sees a dog", "we like red apples", "they read a long book"] * 20
     directory = build_tiny_mt5(str(tmp_path / "mt5"), sentences, vocab_size=80, d_model=64,
                                d_ff=128, num_layers=1, num_heads=2, d_kv=32)

@@ -4,7 +4,7 @@ The result is an ordinary Hugging Face directory (config.json, weights, spiece.m
 with the same `from_pretrained` code as google/mt5-base, so the demo and the tests run with
 no download.
 
-    python tiny_mt5.py --corpus sentences.txt --out pretrained_weight/tiny-mt5
+    python -m demo.tiny_mt5 --corpus sentences.txt --out pretrained_weight/tiny-mt5
 """
 import argparse
 import io

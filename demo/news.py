@@ -1,7 +1,7 @@
 """Generates a CSL-News-shaped set in the Demo sign language: long clips, subtitles, no glosses.
 
 Uni-Sign pretrains on CSL-News, news broadcasts cut into clips of a few seconds with their
-subtitles. This writes that layout with clips of the Demo language (demo_data.py), so
+subtitles. This writes that layout with clips of the Demo language (demo/data.py), so
 pretraining.py runs with no download and its checkpoints fine-tune on the Demo set:
 
     <out>/CSL_News/CSL_News_Labels.json  [{"video": "NAME.mp4", "pose": "NAME.pkl", "text": ...}]
@@ -15,8 +15,8 @@ its text is their translations. Names follow CSL-News (PROGRAMME_DATE_START-END_
 holds a gloss pair that the Demo set of the same seed keeps for dev and test, so pretraining
 never sees a Demo evaluation sentence. As in Uni-Sign, the last 1% of the list is held out.
 
-    python demo_news.py --out data --n 2000 --seed 0
-    python demo_data.py --out data/Demo --seed 0          # the tiny mT5 both sets use
+    python -m demo.news --out data --n 2000 --seed 0
+    python -m demo.data --out data/Demo --seed 0          # the tiny mT5 both sets use
     deepspeed pretraining.py --data_root data --pose_root data --mt5_path data/Demo/mt5 ...
 """
 import argparse
@@ -28,8 +28,8 @@ import shutil
 
 import numpy as np
 
-from demo_data import choose_held_out, sample_sentence, sentence_glosses, sentence_text
-from demo_signing import clip_knots, knots_frames, render_clip, sample_signer
+from demo.data import choose_held_out, sample_sentence, sentence_glosses, sentence_text
+from demo.signing import clip_knots, knots_frames, render_clip, sample_signer
 
 FORMAT_VERSION = 1
 FPS = 25
@@ -38,7 +38,7 @@ FRAME_SIZE = 512  # pixels; the rendered signer stands in a 512 x 512 frame
 CLIPS_PER_BROADCAST = 20
 PROGRAMMES = ('Evening-News', 'Morning-Report', 'Weekly-Review')
 LABEL_FILE = 'CSL_News_Labels.json'
-RNG_STREAM = 3  # demo_data.py draws its clips from streams 0-2 (its splits)
+RNG_STREAM = 3  # demo/data.py draws its clips from streams 0-2 (its splits)
 
 
 def news_paths(out):

@@ -4,7 +4,7 @@ A sign is a hand shape, a place, a movement and optionally a second hand and a f
 (the lexicon below). A clip is a signer (size, position, speed, noise) resting, signing each
 gloss with co-articulation, and resting again: knots per track are interpolated per frame,
 rendered as COCO-WholeBody-133 joints, and passed through a simulated detector (pixel noise,
-unsure hands, missed frames). Used by demo_data.py (the Demo set) and demo_news.py.
+unsure hands, missed frames). Used by demo/data.py (the Demo set) and demo/news.py.
 """
 from collections import namedtuple
 

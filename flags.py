@@ -1,0 +1,328 @@
+"""The trainer's flags: one parser, one default per flag, and the refusal of flags that cannot act.
+
+Every flag answers to both spellings (cli.py). After parsing, `refusals` lists each flag that
+would do nothing in the requested configuration (a CTC-head flag for the mT5 head, a
+regulariser's setting without the regulariser, a learning-rate floor for a schedule without one,
+...): the run stops with `error:` and the reasons before any data is read or model built.
+Defaults that depend on other flags are resolved where they act (Geo-Sign's --alpha 0.7 when
+--use_hyperbolic is set: regularizers.build_regularizers).
+"""
+import argparse
+import sys
+
+import config
+import regularizers
+from cli import add_flag, int_list
+from ctc_head import DEFAULT_LOSS_WEIGHTS
+
+def get_args_parser():
+    """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
+    p = argparse.ArgumentParser("Pose-to-text sign language trainer", add_help=False)
+    add_optimisation_flags(p)
+    add_distributed_flags(p)
+    add_run_flags(p)
+    add_data_flags(p)
+    add_model_flags(p)
+    add_speed_flags(p)
+    add_generation_flags(p)
+    add_tracking_flags(p)
+    add_recognition_flags(p)
+    regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
+    return p
+
+
+def add_optimisation_flags(p):
+    """Optimisation flags, with Uni-Sign's names and defaults."""
+    add_flag(p, "--batch-size", type=int, default=16)
+    add_flag(p, "--gradient-accumulation-steps", type=int, default=8)
+    add_flag(p, "--gradient-clipping", type=float, default=1.0)
+    add_flag(p, "--epochs", type=int, default=20)
+    add_flag(p, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
+    add_flag(p, "--opt-eps", type=float, default=1.0e-9)
+    add_flag(p, "--opt-betas", type=float, default=None, nargs="+")
+    add_flag(p, "--clip-grad", type=float, default=None, help="alias of --gradient-clipping when set")
+    add_flag(p, "--momentum", type=float, default=0.9)
+    add_flag(p, "--weight-decay", type=float, default=1e-4)
+    add_flag(p, "--sched", type=str, default="cosine",
+             choices=["cosine", "linear", "constant", "multistep"],
+             help="cosine (Uni-Sign), linear, constant, or multistep (VAC: x0.2 at --lr_steps)")
+    add_flag(p, "--lr", type=float, default=1.0e-3)
+    add_flag(p, "--min-lr", type=float, default=None,
+             help="floor of the cosine schedule (cosine_with_min_lr); unset: Uni-Sign's cosine to 0")
+    add_flag(p, "--warmup-epochs", type=float, default=0)
+    add_flag(p, "--label_smoothing", type=float, default=0.2)
+
+
+def add_distributed_flags(p):
+    """Distributed and DeepSpeed flags."""
+    add_flag(p, "--world_size", type=int, default=None,
+             help="refused: the launcher sets the process group (deepspeed --num_gpus/--num_nodes)")
+    add_flag(p, "--dist_url", default=None, help="refused, as --world_size")
+    add_flag(p, "--local_rank", type=int, default=0, help="set by the deepspeed launcher")
+    add_flag(p, "--offload", action="store_true", help="ZeRO offload of optimizer and parameters")
+    add_flag(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+         help="default: bf16 on a GPU that supports it, fp32 otherwise")
+    add_flag(p, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
+    add_flag(p, "--compute_fp32_loss", action="store_true",
+             help="cross-entropy on float32 logits under bf16/fp16")
+
+
+def add_run_flags(p):
+    """Output, resuming, evaluation schedule and logging flags."""
+    add_flag(p, "--output_dir", default="")
+    add_flag(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
+    add_flag(p, "--init_encoder", default="",
+         help="initialise only the pose encoder, from a checkpoint of any head (e.g. CTC)")
+    add_flag(p, "--seed", type=int, default=42)
+    add_flag(p, "--eval", action="store_true", help="evaluate only")
+    add_flag(p, "--num_workers", type=int, default=8)
+    add_flag(p, "--pin-mem", action="store_true", dest="pin_mem")
+    add_flag(p, "--no-pin-mem", action="store_false", dest="pin_mem")
+    p.set_defaults(pin_mem=True)
+    add_flag(p, "--quick_break", type=int, default=0, help="end each epoch after N steps (0: full)")
+    add_flag(p, "--resume", default="auto", choices=["auto", "none"],
+         help="auto: continue from the latest training state in --output_dir")
+    add_flag(p, "--keep_last", type=int, default=2, help="epoch checkpoints kept besides the best")
+    add_flag(p, "--save_every_steps", type=int, default=0,
+         help="also save a resumable training state every N micro-batches (0: per epoch only)")
+    add_flag(p, "--bucket_by_length", action="store_true", help="batch clips of similar length")
+    add_flag(p, "--print_freq", type=int, default=10)
+    add_flag(p, "--eval_every", type=int, default=1, help="evaluate every N epochs (and the last)")
+    add_flag(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
+
+
+def add_data_flags(p):
+    """Dataset, task and path flags (paths default to config.py)."""
+    add_flag(p, "--dataset", default="CSL_Daily")
+    add_flag(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
+    add_flag(p, "--max_length", type=int, default=256, help="frames kept per clip")
+    add_flag(p, "--pose_fps", type=float, default=None,
+         help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
+    add_flag(p, "--max_tgt_len", type=int, default=50, help="target tokens kept")
+    add_flag(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
+    add_flag(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
+    add_flag(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
+    add_flag(p, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
+    add_flag(p, "--online_video", default=None,
+             help="refused: extract poses from the video first, then use translate.py")
+
+
+def add_model_flags(p):
+    """Pose encoder widths (Uni-Sign's defaults) and how its frames enter mT5."""
+    add_flag(p, "--hidden_dim", type=int, default=256)
+    add_flag(p, "--stgcn_channels", type=int_list, default=[64, 128, 256])
+    add_flag(p, "--temporal_layers", type=int, default=3)
+    add_flag(p, "--temporal_kernel", type=int, default=5)
+    add_flag(p, "--pose_positions", default="none", choices=["none", "sinusoidal"],
+         help="add sinusoidal frame positions to the pose embeddings (none: Uni-Sign); helps "
+              "when the output order is not implied by content, as in fingerspelling")
+
+
+def add_speed_flags(p):
+    """Speed switches (models.py); each keeps Uni-Sign's loss up to float rounding."""
+    add_flag(p, "--graph_product", default="matmul", choices=["matmul", "einsum"],
+         help="ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
+    add_flag(p, "--temporal_conv", default="direct", choices=["direct", "winograd"],
+         help="ST-GCN temporal conv: direct, or Winograd F(4,k) (fewer FLOPs, memory-bound transforms)")
+    add_flag(p, "--hands_batch", default="auto", choices=["auto", "on", "off", "joint"],
+         help="both hands through their shared encoder as one batch (auto: on CUDA only); "
+              "joint also normalises them with one BatchNorm statistic, as evaluation does "
+              "(default of the CTC head)")
+    add_flag(p, "--target_logits", default="real", choices=["real", "all"],
+         help="vocabulary projection and loss on real target tokens only, or on every position")
+    add_flag(p, "--embed_once", default="on", choices=["on", "off"],
+         help="one embedding lookup for the prompt and the decoder inputs")
+    add_flag(p, "--compile_encoder", action="store_true",
+         help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
+    add_flag(p, "--keep_freed_memory", default="auto", choices=["auto", "on", "off"],
+         help="glibc keeps freed blocks for reuse instead of unmapping them (auto: on CPU runs)")
+
+
+def add_generation_flags(p):
+    """Decoding flags."""
+    add_flag(p, "--num_beams", type=int, default=4)
+    add_flag(p, "--max_new_tokens", type=int, default=100)
+    add_flag(p, "--decode_pool", type=int, default=64,
+         help="beam rows of several evaluation batches decoded together, with the same output "
+              "as batch by batch (0: Hugging Face generate per batch)")
+
+
+def add_tracking_flags(p):
+    """Weights & Biases tracking and bad-input handling."""
+    add_flag(p, "--wandb", action="store_true", help="log to Weights & Biases")
+    add_flag(p, "--wandb_project", default="sign-pose-trainer")
+    add_flag(p, "--wandb_run_name", default=None)
+    add_flag(p, "--skip_bad_samples", action="store_true",
+         help="skip unreadable or invalid clips (counted and logged) instead of stopping")
+    add_flag(p, "--max_nonfinite", type=int, default=10,
+         help="stop (saving a training state) after N consecutive NaN/Inf losses; 0: never")
+
+
+def add_recognition_flags(p):
+    """--task CSLR --head ctc: VAC's CTC head on the pose encoder (models.CTCRecognizer)."""
+    weights = ",".join(f"{k}={v:g}" for k, v in DEFAULT_LOSS_WEIGHTS.items())
+    g = p.add_argument_group("continuous recognition with a CTC head")
+    add_flag(g, "--head", default="generate", choices=["generate", "ctc"],
+         help="CSLR: generate (mT5 writes the glosses) or ctc (VAC's CTC head, no mT5)")
+    add_flag(g, "--ctc_beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    add_flag(g, "--ctc_hidden", type=int, default=1024, help="CTC head conv/BiLSTM width")
+    add_flag(g, "--share_classifier", action=argparse.BooleanOptionalAction, default=True,
+         help="one classifier for the conv and BiLSTM outputs (SMKD)")
+    add_flag(g, "--weight_norm", action=argparse.BooleanOptionalAction, default=True,
+         help="unit-norm classifier columns (SMKD)")
+    add_flag(g, "--loss_weights", default=weights, help="CTC head loss weights, NAME=W,...")
+    add_flag(g, "--lr_steps", type=int_list, default=[20, 35],
+         help="epochs where --sched multistep multiplies the lr by 0.2")
+
+
+def parse_args(description, argv=None, defaults=None):
+    """Parsed flags; a flag that cannot act in the requested configuration stops here with
+    `error:` and the reason (see refusals), before anything is built."""
+    parser = argparse.ArgumentParser(description, parents=[get_args_parser()])
+    parser.set_defaults(**(defaults or {}))
+    args = parser.parse_args(argv)
+    if args.clip_grad is not None:
+        args.gradient_clipping = args.clip_grad
+    problems = refusals(args, explicit_flags(parser, argv))
+    if problems:  # the reasons alone: the usage text would bury them
+        parser.exit(2, f"{parser.prog}: error: " + "\n  ".join(problems) + "\n")
+    return args
+
+
+# ---------------------------------------------------------------- flags that cannot act
+
+def explicit_flags(parser, argv=None):
+    """The dests of the flags given on the command line (not those left at their default)."""
+    saved = [(action, action.default) for action in parser._actions]
+    saved_defaults, parser._defaults = parser._defaults, {}
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        given = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+        parser._defaults = saved_defaults
+    return set(vars(given))
+
+
+MT5_FLAGS = ("num_beams", "max_new_tokens", "decode_pool", "label_smoothing", "max_tgt_len",
+             "mt5_path", "target_logits", "embed_once", "compute_fp32_loss")
+CTC_FLAGS = ("ctc_beam", "ctc_hidden", "share_classifier", "weight_norm", "loss_weights")
+REGULARIZER_FLAGS = {
+    "use_signcl": ("signcl_weight", "signcl_max_distance", "signcl_pos_samples",
+                   "signcl_neg_samples"),
+    "use_sst": ("sst_num", "sst_dim", "sst_weight", "sst_attention", "sst_temperature"),
+    "use_hyperbolic": ("hyp_dim", "init_c", "hyp_lr", "hyp_stabilize", "alpha",
+                       "label_smoothing_hyp", "hyp_text_emb_src", "hyp_text_cmp",
+                       "clip_grad_norm_hyp", "save_one_batch", "save_batch_name"),
+}
+NEVER_READ = {
+    "alpha_reg": "has no effect (Geo-Sign accepts it and never reads it either)",
+    "max_eval_samples": "has no effect (Geo-Sign accepts it and never reads it either); "
+                        "--save_one_batch saves one batch",
+    "world_size": "the process group comes from the launcher (deepspeed --num_gpus N "
+                  "[--num_nodes M --hostfile F]), not from this flag",
+    "dist_url": "the process group comes from the launcher's MASTER_ADDR/MASTER_PORT, not "
+                "from this flag",
+    "online_video": "video input is not supported: extract the video's poses (RTMPose "
+                    "COCO-WholeBody .pkl or MediaPipe .pose), then run translate.py on them",
+}
+
+
+def flag(dest):
+    return "--" + dest
+
+
+def refusals(args, explicit):
+    """Messages for the flags that cannot act with these settings (empty: all act)."""
+    problems = [f"{flag(d)}: {why}" for d, why in NEVER_READ.items() if d in explicit]
+    problems += model_refusals(args, explicit)
+    problems += head_refusals(args, explicit)
+    problems += regularizer_refusals(args, explicit)
+    problems += schedule_refusals(args, explicit)
+    problems += run_refusals(args, explicit)
+    return problems
+
+
+def model_refusals(args, explicit):
+    problems = []
+    if args.rgb_support:
+        problems.append("--rgb_support: the RGB branch is not part of this pose-only trainer")
+    if args.stgcn_channels[-1] != args.hidden_dim:
+        problems.append(f"--hidden_dim {args.hidden_dim} must equal the last --stgcn_channels "
+                        f"width {args.stgcn_channels[-1]}")
+    if args.dataset not in config.DATASETS:
+        problems.append(f"--dataset {args.dataset}: unknown; known: {', '.join(config.DATASETS)} "
+                        "(add one in config.py's DATASETS)")
+    elif args.task not in config.DATASETS[args.dataset].tasks:
+        problems.append(f"--task {args.task}: the labels of --dataset {args.dataset} support "
+                        f"{', '.join(config.DATASETS[args.dataset].tasks)}")
+    return problems
+
+
+def head_refusals(args, explicit):
+    if args.head == "ctc":
+        if args.task != "CSLR":
+            return [f"--head ctc recognises gloss sequences: use it with --task CSLR, not "
+                    f"--task {args.task}"]
+        problems = [f"{flag(d)} acts on mT5, which --head ctc does not build"
+                    for d in MT5_FLAGS if d in explicit]
+        if args.pose_positions != "none":
+            problems.append("--pose_positions: frame positions are added to mT5's input; the "
+                            "CTC head's BiLSTM already sees frame order")
+        for name, why in (("use_hyperbolic", "aligns pose with text"),
+                          ("use_sst", "contrasts pose with text")):
+            if getattr(args, name):
+                problems.append(f"{flag(name)} {why}, and --head ctc has no text side (SignCL "
+                                "works: --use_signcl acts on the CTC head's frame features)")
+        return problems
+    return [f"{flag(d)} configures the CTC head: it needs --task CSLR --head ctc"
+            for d in CTC_FLAGS if d in explicit]
+
+
+def regularizer_refusals(args, explicit):
+    problems = []
+    for switch, settings in REGULARIZER_FLAGS.items():
+        if not getattr(args, switch):
+            problems += [f"{flag(d)} sets a regulariser that is off: add {flag(switch)}"
+                         for d in settings if d in explicit]
+    for d in ("clip_grad_norm_euclid", "clip_grad_norm_hyp"):
+        if d in explicit and not args.manual_grad_clip:
+            problems.append(f"{flag(d)} acts with --manual_grad_clip only "
+                            "(otherwise --gradient-clipping bounds every gradient)")
+    return problems
+
+
+def schedule_refusals(args, explicit):
+    problems = []
+    if "min_lr" in explicit and args.sched != "cosine":
+        problems.append(f"--min-lr floors the cosine schedule; --sched {args.sched} has no floor")
+    if "lr_steps" in explicit and args.sched != "multistep":
+        problems.append("--lr_steps are the epochs where --sched multistep lowers the lr; "
+                        f"--sched is {args.sched}")
+    if "warmup_epochs" in explicit and args.sched == "multistep":
+        problems.append("--warmup-epochs: --sched multistep has no warm-up")
+    optimizer = args.opt.lower()
+    if optimizer == "sgd":
+        problems += [f"{flag(d)} is an Adam setting; --opt is sgd"
+                     for d in ("opt_eps", "opt_betas") if d in explicit]
+    elif "momentum" in explicit:
+        problems.append(f"--momentum is an SGD setting; --opt is {args.opt}")
+    return problems
+
+
+def run_refusals(args, explicit):
+    problems = []
+    if "wandb" not in explicit:
+        problems += [f"{flag(d)} names the Weights & Biases run: add --wandb"
+                     for d in ("wandb_project", "wandb_run_name") if d in explicit]
+    if not args.output_dir:
+        problems += [f"{flag(d)} writes into the output folder: add --output_dir"
+                     for d in ("save_every_steps", "keep_last", "save_one_batch")
+                     if d in explicit]
+    if "decode_pool" in explicit and args.num_beams < 2 and args.head != "ctc":
+        problems.append("--decode_pool pools beam search; --num_beams 1 decodes greedily")
+    if args.compute_fp32_loss and args.dtype == "fp32":
+        problems.append("--compute_fp32_loss: with --dtype fp32 the loss is float32 already")
+    return problems

@@ -1,0 +1,182 @@
+"""Label files: one reader per format, every entry as {name, text, gloss, pose_file, signer}.
+
+Formats (config.py's registry names one per dataset):
+
+- `unisign_pickle`: Uni-Sign's gzip-pickled dict `name -> {name, gloss, text, video_path}`
+  (CSL-Daily, WLASL, How2Sign, OpenASL); the pose file is video_path with `.pkl` for `.mp4`.
+- `news_json`: the CSL-News JSON list of `{video, pose, text}`.
+- `stm`: sclite STM ground truth, `ID CHANNEL SIGNER START END GLOSS ...` (PHOENIX-2014).
+- `corpus_csv`: PHOENIX '|'-separated corpus files, `name|video|start|end|speaker|orth|translation`
+  (2014-T) or `id|folder|signer|annotation` (2014); the text is the translation column when
+  there is one, else the glosses.
+
+`read_label_entries` keeps going past unusable entries (each becomes its DataError, in file
+order) so the pre-scan can report them with the pose files' problems; `load_labels` raises the
+first. Pose files of STM and corpus entries are `NAME.pkl`.
+"""
+import csv
+import gzip
+import json
+
+from keypoints import DataError, require_file, unpickle
+
+DEFAULT_SIGNER = "signer"
+
+
+def load_labels(path, label_format=None):
+    """Every entry of a label file; the first unusable entry raises its DataError."""
+    entries = read_label_entries(path, label_format)
+    for entry in entries:
+        if isinstance(entry, DataError):
+            raise entry
+    return entries
+
+
+def read_label_entries(path, label_format=None):
+    """Every entry in file order, as its dict or as the DataError saying why it is unusable.
+    label_format None: told from the content. A missing or unreadable file raises."""
+    require_file(path, "label file")
+    label_format = label_format or detect_format(path)
+    if label_format not in READERS:
+        raise DataError(f"{path}: unknown label format {label_format!r}; known: "
+                        f"{', '.join(READERS)}")
+    return READERS[label_format](path)
+
+
+def detect_format(path):
+    """The format of a label file told from its first bytes (for files given without a
+    dataset): gzip -> unisign_pickle, JSON -> news_json, '|' header -> corpus_csv, else stm."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:2] == b"\x1f\x8b":
+        return "unisign_pickle"
+    text = head.lstrip()
+    if text[:1] in (b"[", b"{"):
+        return "news_json"
+    if b"|" in text.split(b"\n", 1)[0]:
+        return "corpus_csv"
+    return "stm"
+
+
+def _keep_errors(parse, path, items):
+    entries = []
+    for key, entry in items:
+        try:
+            entries.append(parse(path, key, entry))
+        except DataError as error:
+            entries.append(error)
+    return entries
+
+
+# ----------------------------------------------------------------------------- Uni-Sign, CSL-News
+
+def read_unisign_pickle(path):
+    raw = _read_structured(path)
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected Uni-Sign's dict of samples, found {type(raw).__name__}")
+    return _keep_errors(_unisign_entry, path, raw.items())
+
+
+def read_news_json(path):
+    raw = _read_structured(path)
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected the CSL-News list of samples, found "
+                        f"{type(raw).__name__}")
+    return _keep_errors(_news_entry, path, enumerate(raw))
+
+
+def _read_structured(path):
+    """A gzip pickle or a JSON document."""
+    try:
+        with open(path, 'rb') as f:
+            magic = f.read(2)
+            f.seek(0)
+            if magic == b'\x1f\x8b':
+                with gzip.GzipFile(fileobj=f) as unzipped:
+                    return unpickle(unzipped, path)
+            return json.loads(f.read().decode('utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: unreadable label file, neither a gzip pickle nor JSON "
+                        f"({type(error).__name__}: {error})") from None
+
+
+def _unisign_entry(path, key, entry):
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry {key!r} is a {type(entry).__name__}, expected a dict")
+    name = entry.get('name', key)
+    text = entry.get('text')
+    video_path = entry.get('video_path')
+    if not isinstance(text, str):
+        raise DataError(f"{path}: entry {name!r} has no text")
+    if not isinstance(video_path, str):
+        raise DataError(f"{path}: entry {name!r} has no video_path")
+    pose_file = video_path[:-4] + '.pkl' if video_path.endswith('.mp4') else video_path
+    return {'name': str(name), 'text': text, 'gloss': _gloss_list(path, name, entry),
+            'pose_file': pose_file, 'signer': DEFAULT_SIGNER}
+
+
+def _gloss_list(path, name, entry):
+    gloss = entry.get('gloss', [])
+    if isinstance(gloss, str):  # WLASL, How2Sign and OpenASL store '' for "no gloss"
+        return gloss.split()
+    if isinstance(gloss, (list, tuple)) and all(isinstance(g, str) for g in gloss):
+        return list(gloss)
+    raise DataError(f"{path}: entry {name!r} has a gloss that is not a list of strings")
+
+
+def _news_entry(path, index, entry):
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry #{index} is a {type(entry).__name__}, expected a dict")
+    name = entry.get('video', f'#{index}')
+    for key in ('video', 'pose', 'text'):
+        if not isinstance(entry.get(key), str):
+            raise DataError(f"{path}: entry {name!r} has no {key}")
+    return {'name': name, 'text': entry['text'], 'gloss': [], 'pose_file': entry['pose'],
+            'signer': DEFAULT_SIGNER}
+
+
+# ----------------------------------------------------------------------------- PHOENIX
+
+def read_stm(path):
+    """Entries of an sclite STM file (`ID CHANNEL SIGNER START END GLOSS ...`), in file order."""
+    entries, seen = [], set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith(";;"):
+                continue
+            if len(fields) < 5:
+                raise DataError(f"{path}:{number}: expected `ID 1 SIGNER START END GLOSS ...`, "
+                                f"found {line.strip()!r}")
+            if fields[0] in seen:
+                raise DataError(f"{path}:{number}: sample {fields[0]} appears twice")
+            seen.add(fields[0])
+            entries.append(gloss_entry(fields[0], fields[5:], fields[2]))
+    return entries
+
+
+def read_corpus_csv(path):
+    """Entries of a PHOENIX corpus file: `name|...|speaker|orth|translation` (2014-T) or
+    `id|folder|signer|annotation` (2014)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="|", quoting=csv.QUOTE_NONE)
+        rows, columns = list(reader), set(reader.fieldnames or ())
+    name = next((c for c in ("name", "id") if c in columns), None)
+    gloss = next((c for c in ("orth", "annotation") if c in columns), None)
+    signer = next((c for c in ("speaker", "signer") if c in columns), None)
+    if name is None or gloss is None:
+        raise DataError(f"{path}: expected a '|'-separated header with name (or id) and orth "
+                        f"(or annotation) columns, found {sorted(columns)}")
+    return [gloss_entry(row[name], (row[gloss] or "").split(), row.get(signer) or DEFAULT_SIGNER,
+                        row.get("translation")) for row in rows]
+
+
+def gloss_entry(name, glosses, signer, text=None):
+    glosses = list(glosses)
+    return {"name": name, "gloss": glosses, "text": " ".join(glosses) if text is None else text,
+            "pose_file": name + ".pkl", "signer": signer}
+
+
+READERS = {"unisign_pickle": read_unisign_pickle, "news_json": read_news_json, "stm": read_stm,
+           "corpus_csv": read_corpus_csv}
+FORMATS = tuple(READERS)
