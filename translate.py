@@ -27,6 +27,8 @@ import torch
 import beam_search
 import cli
 import utils
+from keypoints import DataError
+from poses import clip_parts, collate_clips, read_pose
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
 EXPORT_WEIGHTS, EXPORT_FLAGS = 'translator.pth', 'translator.json'
@@ -169,32 +171,12 @@ def collect_inputs(items):
     return clips
 
 
-def load_parts(path, max_length, fps=None):
-    """The part tensors of a clip, with evaluation's evenly spaced frame subsampling."""
-    from datasets import clip_span, load_part_kp, read_pose, sample_frame_indices
-    pose = read_pose(path, fps=fps)
-    start, duration = clip_span(pose)
-    frames = sample_frame_indices(duration, max_length, train=False, start=start)
-    return load_part_kp(pose['keypoints'][frames], pose['scores'][frames])
-
-
-def collate(clips):
-    """The encoder input dict of a batch of part dicts, padded as datasets.S2T_Dataset does."""
-    from datasets import PARTS, pad_repeat_last
-    lengths = torch.tensor([len(clip['body']) for clip in clips], dtype=torch.long)
-    batch = {part: pad_repeat_last([clip[part] for clip in clips], lengths) for part in PARTS}
-    steps = torch.arange(batch['body'].shape[1])
-    batch['attention_mask'] = (steps[None, :] < lengths[:, None]).long()
-    return batch
-
-
 def read_batches(clips, batch_size, max_length, fps, skip_bad, skipped):
     """Yields ([names], [paths], batch); bad files raise, or with skip_bad go to `skipped`."""
-    from datasets import DataError
     names, paths, parts = [], [], []
     for name, path in clips:
         try:
-            parts.append(load_parts(path, max_length, fps))
+            parts.append(clip_parts(read_pose(path, fps=fps), max_length))
         except DataError as error:
             if not skip_bad:
                 raise UsageError(f"{error} (--skip_bad_samples skips such files)") from None
@@ -204,10 +186,10 @@ def read_batches(clips, batch_size, max_length, fps, skip_bad, skipped):
         names.append(name)
         paths.append(path)
         if len(parts) == batch_size:
-            yield names, paths, collate(parts)
+            yield names, paths, collate_clips(parts, names)
             names, paths, parts = [], [], []
     if parts:
-        yield names, paths, collate(parts)
+        yield names, paths, collate_clips(parts, names)
 
 
 # ----------------------------------------------------------------------------- translation
@@ -241,7 +223,7 @@ def translate(model, clips, args, flags, out):
 
 def batch_ids(model, batches, args, beams, max_new_tokens):
     for names, paths, batch in batches:
-        batch = {k: v.to(args.device) for k, v in batch.items()}
+        batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         yield names, paths, model.generate(batch, max_new_tokens=max_new_tokens, num_beams=beams)
 
 
@@ -250,7 +232,8 @@ def pooled_ids(model, batches, args, beams, max_new_tokens):
     before it are decoded."""
     def encoded():
         for names, paths, batch in batches:
-            states, mask = model.encode({k: v.to(args.device) for k, v in batch.items()})
+            states, mask = model.encode({k: v.to(args.device) if torch.is_tensor(v) else v
+                                         for k, v in batch.items()})
             yield (names, paths), states, mask
 
     for (names, paths), ids in beam_search.pooled_generate_in_order(

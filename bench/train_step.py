@@ -42,14 +42,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from datasets import PROMPT, pad_repeat_last  # noqa: E402
+import config  # noqa: E402
+from flags import get_args_parser  # noqa: E402
+from datasets import TextTargets  # noqa: E402
+from poses import collate_clips  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator  # noqa: E402
 from samplers import ResumableDistributedSampler, padding_fraction  # noqa: E402
 from utils import keep_freed_memory  # noqa: E402
@@ -78,7 +80,7 @@ def make_tokenizer(directory, seed=0):
     from demo.tiny_mt5 import train_spiece
     rng = np.random.default_rng(seed)
     corpus = [' '.join(rng.choice(WORDS, 12)) for _ in range(400)]
-    corpus += [PROMPT.format('Chinese')] * 100  # whole-word prompt tokens, as mT5's vocabulary has
+    corpus += [config.get_dataset('CSL_Daily').prompt] * 100  # whole-word prompt tokens, as mT5's vocabulary has
     with open(os.path.join(directory, 'spiece.model'), 'wb') as f:
         f.write(train_spiece(corpus, vocab_size=len(WORDS) + 80))
     return T5Tokenizer.from_pretrained(directory, extra_ids=0, legacy=False)
@@ -89,14 +91,15 @@ def build_model(size, tokenizer, vocab_size=None, seed=0):
     from transformers import MT5Config, MT5ForConditionalGeneration
     shape = dict(MT5_SHAPES[size])
     shape['vocab_size'] = vocab_size or shape['vocab_size']
-    config = MT5Config(num_decoder_layers=shape['num_layers'], feed_forward_proj='gated-gelu',
-                       pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **shape)
+    mt5_config = MT5Config(num_decoder_layers=shape['num_layers'], feed_forward_proj='gated-gelu',
+                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **shape)
     torch.manual_seed(seed)
     channels = ENCODER_CHANNELS[size]
-    args = SimpleNamespace(dataset='CSL_Daily', stgcn_channels=channels, hidden_dim=channels[-1],
-                           temporal_layers=3, temporal_kernel=5, label_smoothing=0.2,
-                           max_tgt_len=50, **UNISIGN_SPEED)
-    return SignTranslator(args, mt5_model=MT5ForConditionalGeneration(config), tokenizer=tokenizer)
+    args = get_args_parser().parse_args([])  # the trainer's defaults
+    vars(args).update(dataset='CSL_Daily', stgcn_channels=channels, hidden_dim=channels[-1],
+                      **UNISIGN_SPEED)
+    return SignTranslator(args, mt5_model=MT5ForConditionalGeneration(mt5_config),
+                          tokenizer=tokenizer)
 
 
 def clip_lengths(count, mean, cv, rng, max_frames=256):
@@ -126,23 +129,15 @@ def make_pool(opts):
 
 
 def make_batch(indices, lengths, sentences, tokenizer, pretokenized, seed):
-    """One collated batch as datasets.S2T_Dataset.collate_fn builds it, from random poses."""
+    """One batch as the trainer's datasets collate it (poses.collate_clips and, pre-tokenised,
+    datasets.TextTargets with CSL-Daily's prompt), from random poses."""
     g = torch.Generator().manual_seed(seed)
-    frames = torch.as_tensor(lengths[indices])
-    src = {part: pad_repeat_last([torch.rand(int(n), v, 3, generator=g) for n in frames], frames)
-           for part, v in JOINTS.items()}
-    src['attention_mask'] = (torch.arange(int(frames.max()))[None] < frames[:, None]).long()
-    src['name_batch'] = [f'clip{i}' for i in indices]
-    src['src_length_batch'] = frames
+    clips = [{part: torch.rand(int(lengths[i]), v, 3, generator=g) for part, v in JOINTS.items()}
+             for i in indices]
+    src = collate_clips(clips, [f'clip{i}' for i in indices])
     tgt = {'gt_sentence': [sentences[i] for i in indices], 'gt_gloss': [''] * len(indices)}
     if pretokenized:
-        prefix = tokenizer([PROMPT.format('Chinese')] * len(indices), padding='longest',
-                           truncation=True, return_tensors='pt')
-        src['prefix_ids'], src['prefix_mask'] = prefix['input_ids'], prefix['attention_mask']
-        labels = tokenizer(tgt['gt_sentence'], padding='longest', truncation=True, max_length=50,
-                           return_tensors='pt')['input_ids']
-        labels[labels == tokenizer.pad_token_id] = -100
-        tgt['labels'] = labels
+        TextTargets(tokenizer, config.get_dataset('CSL_Daily').prompt, max_tgt_len=50)(src, tgt)
     return src, tgt
 
 

@@ -16,22 +16,24 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
-from datasets import DataError, S2T_Dataset  # noqa: E402
+from cli import add_flag  # noqa: E402
+from datasets import S2T_Dataset  # noqa: E402
+from keypoints import DataError  # noqa: E402
 from sample_checks import length_stats, problem_kind, scan_samples  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--dataset', default='CSL_Daily',
+    add_flag(parser, '--dataset', default='CSL_Daily',
                         help=f"one of {', '.join(config.DATASETS)}")
-    parser.add_argument('--data_root', default=None, help='label root (see config.py)')
-    parser.add_argument('--pose_root', default=None, help='pose root (see config.py)')
-    parser.add_argument('--splits', default=','.join(config.PHASES), help='comma-separated')
-    parser.add_argument('--max_length', type=int, default=256,
+    add_flag(parser, '--data_root', default=None, help='label root (see config.py)')
+    add_flag(parser, '--pose_root', default=None, help='pose root (see config.py)')
+    add_flag(parser, '--splits', default=','.join(config.PHASES), help='comma-separated')
+    add_flag(parser, '--max_length', type=int, default=256,
                         help='frames the trainer keeps per clip (counts the longer clips)')
-    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+    add_flag(parser, '--workers', type=int, default=os.cpu_count() or 1,
                         help='reading processes (default: all cores)')
-    parser.add_argument('--report', default=None, help='also write the report to this JSON file')
+    add_flag(parser, '--report', default=None, help='also write the report to this JSON file')
     return parser.parse_args(argv)
 
 

@@ -20,7 +20,7 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
 fi
 export WANDB_MODE=${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 
-deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29534}" cslr.py \
+deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29534}" fine_tuning.py \
   --dataset PHOENIX2014 --task CSLR --head ctc \
   --batch-size 2 --gradient-accumulation-steps 1 --epochs 40 \
   --opt adam --lr 1e-4 --opt-eps 1e-8 --weight-decay 1e-4 --sched multistep --lr_steps 20,35 \

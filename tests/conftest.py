@@ -53,3 +53,8 @@ def default_args(**overrides):
     args = flags.get_args_parser().parse_args([])
     vars(args).update(overrides)
     return args
+
+
+# The deepspeed launcher of this interpreter: a run without its environment's bin/ on PATH
+# still finds it.
+DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]

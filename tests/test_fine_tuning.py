@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import DEEPSPEED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_MODEL = ["--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_layers", "1",
@@ -41,7 +42,7 @@ def read_log(out_dir):
 @pytest.mark.parametrize("zero_stage", ["2", "3"])
 def test_two_ranks_train_evaluate_and_reload(demo_root, tmp_path, zero_stage):
     out, port = tmp_path / "run", free_port()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", port, "fine_tuning.py",
+    cmd = [*DEEPSPEED, "--num_gpus", "2", "--master_port", port, "fine_tuning.py",
            *train_args(demo_root, out, "--epochs", "4", "--zero_stage", zero_stage,
                        "--eval_every", "4")]
     proc = run(cmd, tmp_path)

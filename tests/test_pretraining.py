@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pose_store import PackedPoseStore
+from conftest import DEEPSPEED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
@@ -105,7 +106,7 @@ def start_pretraining(tmp_path, news_root, demo_root, run, **env):
     launcher.write_text(RECORDING_LAUNCHER.format(root=ROOT))
     record_dir = tmp_path / f"names_{run}"
     record_dir.mkdir()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", free_port(), str(launcher),
+    cmd = [*DEEPSPEED, "--num_gpus", "2", "--master_port", free_port(), str(launcher),
            "--data_root", news_root, "--pose_root", news_root,
            "--mt5_path", os.path.join(demo_root, "Demo", "mt5"), "--output_dir",
            str(tmp_path / "pretraining"), "--batch-size", "4", "--gradient-accumulation-steps",

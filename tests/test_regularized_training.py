@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from test_fine_tuning import ROOT, free_port, read_log, run, train_args
+from conftest import DEEPSPEED
 
 # 48 training clips, 2 ranks, batches of 2: 12 micro-steps per epoch, every one logged.
 SCHEDULE = ["--batch-size", "2", "--epochs", "2", "--eval_every", "2", "--print_freq", "1"]
@@ -22,7 +23,7 @@ LOSS_OF = {"signcl": "signcl_loss", "sst": "sst_loss", "hyperbolic": "hyp_loss"}
 
 def launch(script, demo_root, out, tmp_path, zero_stage, *flags):
     """Trains on 2 ranks; returns the records of log_steps.txt."""
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", free_port(), script,
+    cmd = [*DEEPSPEED, "--num_gpus", "2", "--master_port", free_port(), script,
            *train_args(demo_root, out, *SCHEDULE, "--zero_stage", zero_stage, *flags)]
     proc = run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -19,6 +19,7 @@ import utils
 from datasets import DataError
 from engine import NonFiniteLossError
 from test_fine_tuning import ROOT, free_port, read_log, read_step_records, run, train_args
+from conftest import DEEPSPEED
 
 BAD_TRAIN_CLIP = "demo_train_00003"
 
@@ -258,7 +259,7 @@ def test_two_ranks_skip_together_under_zero3(data_root, tmp_path):
         "models.Uni_Sign.forward = forward\n"
         "fine_tuning.run_command_line(fine_tuning.main, utils.parse_args('t'))\n")
     out = tmp_path / "out"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", free_port(), str(script),
+    cmd = [*DEEPSPEED, "--num_gpus", "2", "--master_port", free_port(), str(script),
            *train_args(data_root, out, "--epochs", "1", "--quick_break", "5", "--print_freq", "1",
                        "--zero_stage", "3", "--gradient-accumulation-steps", "2")]
     proc = run(cmd, tmp_path)
