@@ -58,3 +58,34 @@ def default_args(**overrides):
 # The deepspeed launcher of this interpreter: a run without its environment's bin/ on PATH
 # still finds it.
 DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]
+
+
+def write_label_file(path, label_format, entries):
+    """Writes entries ({'name', 'text', 'gloss' list}) as a label file of `label_format`
+    (labels.py's formats); every pose file is NAME.pkl. Returns the path."""
+    import csv
+    import gzip
+    import json
+    import pickle
+    path = str(path)
+    if label_format == "unisign_pickle":
+        with gzip.open(path, "wb") as f:
+            pickle.dump({e["name"]: {"name": e["name"], "text": e["text"], "gloss": e["gloss"],
+                                     "video_path": e["name"] + ".mp4"} for e in entries}, f)
+    elif label_format == "news_json":
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump([{"video": e["name"] + ".mp4", "pose": e["name"] + ".pkl", "text": e["text"]}
+                       for e in entries], f, ensure_ascii=False)
+    elif label_format == "stm":
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(f"{e['name']} 1 signer 0.0 1.79769e+308 {' '.join(e['gloss'])}\n"
+                         for e in entries)
+    elif label_format == "corpus_csv":
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, delimiter="|", quoting=csv.QUOTE_NONE, escapechar="\\")
+            writer.writerow(["name", "video", "start", "end", "speaker", "orth", "translation"])
+            writer.writerows([e["name"], e["name"] + "/1/*.png", -1, -1, "signer",
+                              " ".join(e["gloss"]), e["text"]] for e in entries)
+    else:
+        raise ValueError(label_format)
+    return path

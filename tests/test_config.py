@@ -64,3 +64,60 @@ def test_phoenix_entries(tmp_path):
     assert paths["labels"]["dev"] == os.path.join(
         str(tmp_path), "PhoenixDemo/phoenix2014-groundtruth-dev.stm")
     assert paths["pose_dirs"]["test"] == f"{tmp_path}/PhoenixDemo/pose_format"
+
+
+def test_spec_checks_its_fields():
+    with pytest.raises(config.ConfigError, match="label_format 'xml'"):
+        config.DatasetSpec(labels={p: "x" for p in config.PHASES}, label_format="xml",
+                           pose_dir="p", language="German")
+    with pytest.raises(config.ConfigError, match="tasks"):
+        config.DatasetSpec(labels={p: "x" for p in config.PHASES}, label_format="stm",
+                           pose_dir="p", language="German", tasks=("MT",))
+
+
+def test_prompt_and_scoring_come_from_the_registry():
+    assert config.get_dataset("CSL_Daily").prompt == "Translate sign language video to Chinese: "
+    assert config.get_dataset("PHOENIX2014T").prompt == "Translate sign language video to German: "
+    assert config.get_dataset("CSL_Daily").scoring_level("SLT") == "char"
+    assert config.get_dataset("CSL_Daily").scoring_level("CSLR") == "word"
+    assert config.get_dataset("OpenASL").scoring_level("SLT") == "word"
+
+
+def test_a_dataset_registered_here_trains_and_evaluates(demo_root, tmp_path, request):
+    """A new corpus in PHOENIX-2014-T's corpus format, German, added through the registry
+    alone, trains and evaluates through fine_tuning.py with its own prompt."""
+    import json
+
+    import torch
+    from conftest import write_label_file
+
+    import fine_tuning
+    import flags
+    from labels import load_labels
+    from models import SignTranslator
+    for phase, size in (("train", 8), ("dev", 2), ("test", 3)):
+        entries = load_labels(os.path.join(demo_root, "Demo", f"labels.{phase}"))[:size]
+        write_label_file(tmp_path / f"tiny.{phase}.corpus.csv", "corpus_csv", entries)
+    config.register_dataset(
+        "TinyCorpus", labels={p: f"tiny.{p}.corpus.csv" for p in config.PHASES},
+        label_format="corpus_csv", pose_dir=os.path.join(demo_root, "Demo", "pose_format"),
+        language="German", tasks=("SLT", "CSLR"))
+    request.addfinalizer(lambda: config.DATASETS.pop("TinyCorpus"))
+    out = tmp_path / "run"
+    mt5 = os.path.join(demo_root, "Demo", "mt5")
+    args = flags.parse_args("fine_tuning.py", [
+        "--dataset", "TinyCorpus", "--data_root", str(tmp_path), "--mt5_path", mt5,
+        "--output_dir", str(out), "--epochs", "1", "--batch-size", "4",
+        "--gradient-accumulation-steps", "1", "--num_workers", "0", "--dtype", "fp32",
+        "--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_layers", "1",
+        "--max_length", "32", "--num_beams", "1", "--max_new_tokens", "4"])
+    os.makedirs(out)
+    fine_tuning.main(args)
+    log = [json.loads(line) for line in open(out / "log.txt")]
+    assert "test_bleu4" in log[-1] and "dev_rouge" in log[-1]
+    assert len(open(out / "test_tmp_pres.txt").read().splitlines()) == 3
+    saved = torch.load(out / "best_checkpoint.pth", weights_only=True)
+    assert saved["args"]["language"] == "German"
+    stored = flags.get_args_parser().parse_args([])
+    vars(stored).update(saved["args"], mt5_path=mt5)
+    assert SignTranslator(stored).prompt == "Translate sign language video to German: "
