@@ -45,17 +45,22 @@ def read_label_entries(path, label_format=None):
 
 def detect_format(path):
     """The format of a label file told from its first bytes (for files given without a
-    dataset): gzip -> unisign_pickle, JSON -> news_json, '|' header -> corpus_csv, else stm."""
+    dataset): a JSON list -> news_json; text with a '|' header -> corpus_csv, other text -> stm;
+    anything else (gzip, a JSON dict) -> unisign_pickle, whose reader names what it finds."""
     with open(path, "rb") as f:
         head = f.read(4096)
-    if head[:2] == b"\x1f\x8b":
-        return "unisign_pickle"
     text = head.lstrip()
-    if text[:1] in (b"[", b"{"):
+    if text[:1] == b"[":
         return "news_json"
-    if b"|" in text.split(b"\n", 1)[0]:
-        return "corpus_csv"
-    return "stm"
+    if text[:1] == b"{":
+        return "unisign_pickle"
+    try:
+        first_line = text.split(b"\n", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return "unisign_pickle"
+    if not first_line.isprintable():
+        return "unisign_pickle"
+    return "corpus_csv" if "|" in first_line else "stm"
 
 
 def _keep_errors(parse, path, items):
@@ -72,16 +77,21 @@ def _keep_errors(parse, path, items):
 
 def read_unisign_pickle(path):
     raw = _read_structured(path)
+    if isinstance(raw, list):
+        raise DataError(f"{path}: a list of samples (the news_json format) where Uni-Sign's "
+                        "name -> entry dict was expected")
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected Uni-Sign's dict of samples, found {type(raw).__name__}")
+        raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
     return _keep_errors(_unisign_entry, path, raw.items())
 
 
 def read_news_json(path):
     raw = _read_structured(path)
+    if isinstance(raw, dict):
+        raise DataError(f"{path}: a dict of samples (the unisign_pickle format) where the "
+                        "CSL-News list was expected")
     if not isinstance(raw, list):
-        raise DataError(f"{path}: expected the CSL-News list of samples, found "
-                        f"{type(raw).__name__}")
+        raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
     return _keep_errors(_news_entry, path, enumerate(raw))
 
 

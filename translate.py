@@ -94,6 +94,9 @@ def load_from_checkpoint(path, mt5_path, overrides):
         raise UsageError(f"--checkpoint {path} does not exist")
     saved = torch.load(path, map_location='cpu', weights_only=True)
     flags = model_flags(saved.get('args') if isinstance(saved, dict) else None, overrides)
+    if flags.head == 'ctc':
+        raise UsageError(f"--checkpoint {path} is a CTC recognizer (--head ctc), which writes "
+                         "glosses, not text: evaluate it with fine_tuning.py --eval --finetune")
     flags.mt5_path = mt5_path or flags.mt5_path
     if not flags.mt5_path or not os.path.isdir(flags.mt5_path):
         raise UsageError(f"mT5 folder {flags.mt5_path!r} (tokenizer and config for {path}) not "

@@ -47,6 +47,33 @@ def data_root(demo_root, tmp_path):
     return os.path.join(tmp_path, "data")
 
 
+PROCESS_GROUP_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module")
+def in_process_trainer():
+    """For tests that run the trainer inside pytest. The process group of the first such run
+    stays for the session (DeepSpeed keeps its groups); the variables describing it are removed
+    afterwards, so that launched subprocesses start groups of their own, and the print wrapper
+    of utils.silence_other_ranks is undone."""
+    import builtins
+    import socket
+    saved = {key: os.environ.get(key) for key in PROCESS_GROUP_VARIABLES}
+    printer = builtins.print
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=port)
+    yield
+    builtins.print = printer
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def default_args(**overrides):
     """The trainer's flags at their defaults (one place defines them), with `overrides`."""
     import flags

@@ -83,7 +83,8 @@ def test_prompt_and_scoring_come_from_the_registry():
     assert config.get_dataset("OpenASL").scoring_level("SLT") == "word"
 
 
-def test_a_dataset_registered_here_trains_and_evaluates(demo_root, tmp_path, request):
+def test_a_dataset_registered_here_trains_and_evaluates(demo_root, tmp_path, request,
+                                                       in_process_trainer):
     """A new corpus in PHOENIX-2014-T's corpus format, German, added through the registry
     alone, trains and evaluates through fine_tuning.py with its own prompt."""
     import json

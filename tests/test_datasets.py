@@ -138,7 +138,8 @@ def test_load_labels_csl_news_json(tmp_path):
     path.write_text(json.dumps([{'video': 'v/a.mp4', 'pose': 'p/a.pkl', 'text': '新闻'}]),
                     encoding='utf-8')
     assert load_labels(str(path)) == [
-        {'name': 'v/a.mp4', 'text': '新闻', 'gloss': [], 'pose_file': 'p/a.pkl'}]
+        {'name': 'v/a.mp4', 'text': '新闻', 'gloss': [], 'pose_file': 'p/a.pkl',
+         'signer': 'signer'}]
 
 
 @pytest.mark.parametrize('content,problem', [

@@ -101,8 +101,8 @@ def train_one_step(args):
 @pytest.mark.parametrize("label_format,task_head,regularizer,extra", list(itertools.product(
     FORMAT_TASKS, TASK_HEADS, REGULARIZERS, EXTRAS)))
 def test_every_combination_trains_or_is_refused(matrix_root, demo_root, tmp_path, monkeypatch,
-                                                capsys, label_format, task_head, regularizer,
-                                                extra):
+                                                capsys, in_process_trainer, label_format,
+                                                task_head, regularizer, extra):
     task, head = task_head
     dataset = register_matrix(monkeypatch, matrix_root, demo_root, label_format)
     argv = ["--dataset", dataset, "--data_root", matrix_root, "--task", task, "--head", head,

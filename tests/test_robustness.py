@@ -130,8 +130,6 @@ BAD_INPUTS = {
         ["labels.dev", "'demo_dev_00002' has no text"]),
     "empty dev split": (lambda root: rewrite_labels(root, "dev", lambda labels: {}), DataError,
                         ["labels.dev", "the dev split is empty"]),
-    "unknown dataset": (lambda root: ["--dataset", "Demo2"], config.ConfigError,
-                        ["unknown dataset 'Demo2'"]),
     "tokenizer larger than the model vocabulary": (
         small_vocabulary_mt5, config.ConfigError,
         ["small_vocab_mt5 has 105 tokens", "small_vocab_mt5/config.json has vocab_size 50"]),

@@ -246,8 +246,10 @@ def test_winograd_temporal_conv_equals_the_direct_conv(kernel, frames):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
     conv.float()
     got = temporal_pass(conv, x.float(), grad.float())
+    # float32 rounding: the weight gradient sums about a hundred products (up to ~1.4e-5 off,
+    # depending on the CPU's kernels); the float64 check above is the exact one
     for got, want in zip(got, expected):
-        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=5e-5)
 
 
 def test_temporal_conv_choice():
