@@ -76,23 +76,26 @@ def _keep_errors(parse, path, items):
 # ----------------------------------------------------------------------------- Uni-Sign, CSL-News
 
 def read_unisign_pickle(path):
-    raw = _read_structured(path)
-    if isinstance(raw, list):
-        raise DataError(f"{path}: a list of samples (the news_json format) where Uni-Sign's "
-                        "name -> entry dict was expected")
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
-    return _keep_errors(_unisign_entry, path, raw.items())
+    """Uni-Sign's `name -> entry` dict (gzip pickle, or the same dict as JSON)."""
+    return _keep_errors(_unisign_entry, path, _read_samples(path, dict).items())
 
 
 def read_news_json(path):
+    """The CSL-News list of `{video, pose, text}`."""
+    return _keep_errors(_news_entry, path, enumerate(_read_samples(path, list)))
+
+
+def _read_samples(path, container):
+    """The samples of a gzip pickle or JSON document, which must be a `container`."""
     raw = _read_structured(path)
-    if isinstance(raw, dict):
-        raise DataError(f"{path}: a dict of samples (the unisign_pickle format) where the "
-                        "CSL-News list was expected")
-    if not isinstance(raw, list):
-        raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
-    return _keep_errors(_news_entry, path, enumerate(raw))
+    if isinstance(raw, container):
+        return raw
+    if isinstance(raw, (dict, list)):
+        wanted, other = (("Uni-Sign's name -> entry dict", "the news_json list") if container is dict
+                         else ("the CSL-News list", "the unisign_pickle dict"))
+        raise DataError(f"{path}: {other} of samples where {wanted} was expected (check the "
+                        "dataset's label_format in config.py)")
+    raise DataError(f"{path}: expected a dict or a list of samples, found {type(raw).__name__}")
 
 
 def _read_structured(path):

@@ -1,0 +1,55 @@
+"""Tests for pose_encoder: one encoder for both heads, Uni-Sign's keys, one encoder loader."""
+import pytest
+import torch
+from conftest import default_args
+
+from models import CTCRecognizer, SignTranslator
+from pose_encoder import ENCODER_PREFIXES, PoseEncoder, load_encoder_weights
+
+ENCODER = dict(stgcn_channels=[8, 16], hidden_dim=16, temporal_layers=1)
+
+
+def encoder_keys(model):
+    return sorted(k for k in model.state_dict() if k.startswith(ENCODER_PREFIXES))
+
+
+def test_both_heads_are_the_pose_encoder_with_its_keys(tiny_mt5_dir):
+    plain = PoseEncoder(default_args(**ENCODER))
+    translator = SignTranslator(default_args(mt5_path=tiny_mt5_dir, dataset="How2Sign", **ENCODER))
+    recognizer = CTCRecognizer(default_args(task="CSLR", head="ctc", **ENCODER), num_classes=7)
+    assert isinstance(translator, PoseEncoder) and isinstance(recognizer, PoseEncoder)
+    assert encoder_keys(plain) == encoder_keys(translator) == encoder_keys(recognizer)
+    assert sorted(plain.state_dict()) == encoder_keys(plain)  # nothing but the encoder
+    # Uni-Sign's names at the top of the state dict, the left hand sharing the right's modules
+    assert "gcn_modules.left.layer0_0.gcn.conv.weight" in encoder_keys(plain)
+    assert plain.gcn_modules["left"] is plain.gcn_modules["right"]
+
+
+def test_frames_to_features():
+    encoder = PoseEncoder(default_args(**ENCODER)).eval()
+    src = {part: torch.rand(2, 7, joints, 3) for part, joints in
+           {"body": 9, "left": 21, "right": 21, "face_all": 18}.items()}
+    assert encoder.encode_pose(src).shape == (2, 7, encoder.frame_dim) == (2, 7, 64)
+
+
+def test_one_loader_moves_the_encoder_between_heads(tiny_mt5_dir, tmp_path):
+    torch.manual_seed(0)
+    recognizer = CTCRecognizer(default_args(task="CSLR", head="ctc", **ENCODER), num_classes=7)
+    torch.save({"model": recognizer.state_dict()}, tmp_path / "ctc.pth")
+    torch.manual_seed(1)
+    translator = SignTranslator(default_args(mt5_path=tiny_mt5_dir, dataset="How2Sign", **ENCODER))
+    before = {k: v.clone() for k, v in translator.state_dict().items()}
+    report = load_encoder_weights(translator, str(tmp_path / "ctc.pth"))
+    after, source = translator.state_dict(), recognizer.state_dict()
+    assert report["loaded_keys"] == len(encoder_keys(translator))
+    assert report["skipped"] == {"head": len([k for k in source if k.startswith("head.")])}
+    for key, value in after.items():
+        expected = source[key] if key.startswith(ENCODER_PREFIXES) else before[key]
+        assert torch.equal(value, expected), key
+
+
+def test_encoder_of_another_shape_is_refused_with_the_flags_to_check(tmp_path):
+    torch.save({"model": PoseEncoder(default_args(**ENCODER)).state_dict()}, tmp_path / "e.pth")
+    wider = PoseEncoder(default_args(stgcn_channels=[8, 32], hidden_dim=32, temporal_layers=1))
+    with pytest.raises(RuntimeError, match="check --stgcn_channels"):
+        load_encoder_weights(wider, str(tmp_path / "e.pth"))
