@@ -14,6 +14,7 @@ import config
 import regularizers
 from cli import add_flag, int_list
 from ctc_head import DEFAULT_LOSS_WEIGHTS
+from pose_encoder import SPEED_CHOICES, SPEED_DEFAULTS
 
 def get_args_parser():
     """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
@@ -119,23 +120,24 @@ def add_model_flags(p):
 
 
 def add_speed_flags(p):
-    """Speed switches (models.py); each keeps Uni-Sign's loss up to float rounding."""
-    add_flag(p, "--graph_product", default="matmul", choices=["matmul", "einsum"],
-         help="ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
-    add_flag(p, "--temporal_conv", default="direct", choices=["direct", "winograd"],
-         help="ST-GCN temporal conv: direct, or Winograd F(4,k) (fewer FLOPs, memory-bound transforms)")
-    add_flag(p, "--hands_batch", default="auto", choices=["auto", "on", "off", "joint"],
-         help="both hands through their shared encoder as one batch (auto: on CUDA only); "
-              "joint also normalises them with one BatchNorm statistic, as evaluation does "
-              "(default of the CTC head)")
-    add_flag(p, "--target_logits", default="real", choices=["real", "all"],
-         help="vocabulary projection and loss on real target tokens only, or on every position")
-    add_flag(p, "--embed_once", default="on", choices=["on", "off"],
-         help="one embedding lookup for the prompt and the decoder inputs")
-    add_flag(p, "--compile_encoder", action="store_true",
-         help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
+    """Speed switches (pose_encoder.SPEED_DEFAULTS holds their defaults); each keeps Uni-Sign's
+    loss up to float rounding."""
+    def switch(name, help):
+        add_flag(p, "--" + name, default=SPEED_DEFAULTS[name], choices=SPEED_CHOICES[name],
+                 help=help)
+    switch("graph_product", "ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
+    switch("temporal_conv", "ST-GCN temporal conv: direct, or Winograd F(4,k) (fewer FLOPs, "
+                            "memory-bound transforms)")
+    switch("hands_batch", "both hands through their shared encoder as one batch (auto: on CUDA "
+                          "only); joint also normalises them with one BatchNorm statistic, as "
+                          "evaluation does (auto means joint for the CTC head)")
+    switch("target_logits", "vocabulary projection and loss on real target tokens only, or on "
+                            "every position")
+    switch("embed_once", "one embedding lookup for the prompt and the decoder inputs")
+    add_flag(p, "--compile_encoder", action="store_true", default=SPEED_DEFAULTS["compile_encoder"],
+             help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
     add_flag(p, "--keep_freed_memory", default="auto", choices=["auto", "on", "off"],
-         help="glibc keeps freed blocks for reuse instead of unmapping them (auto: on CPU runs)")
+             help="glibc keeps freed blocks for reuse instead of unmapping them (auto: on CPU runs)")
 
 
 def add_generation_flags(p):

@@ -116,3 +116,39 @@ def write_label_file(path, label_format, entries):
     else:
         raise ValueError(label_format)
     return path
+
+
+# ---- gloss recognition (CTC head): used by test_labels, test_ctc_recognizer, test_tasks and
+# test_ctc_training.
+
+CTC_MODEL = dict(stgcn_channels=[8, 16], hidden_dim=16, temporal_layers=1, ctc_hidden=32,
+                 max_length=64)
+
+
+def ctc_args(**overrides):
+    """default_args of a small `--task CSLR --head ctc --dataset PhoenixDemo` run."""
+    return default_args(**{"task": "CSLR", "head": "ctc", "dataset": "PhoenixDemo", **CTC_MODEL,
+                           **overrides})
+
+
+def random_clip(frames, seed=0):
+    """A pose pickle's dict: `frames` frames of uniform random COCO-WholeBody keypoints."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    keypoints = rng.uniform(100, 300, (frames, 1, 133, 2)).astype(np.float32)
+    return {"keypoints": keypoints, "scores": np.full((frames, 1, 133), 0.9, np.float32)}
+
+
+def write_gloss_set(folder, samples, signer="Signer01"):
+    """An STM file and pose files for [(name, glosses, frames)] in `folder`; returns (STM path,
+    pose folder)."""
+    import pickle
+    from SLRT_metrics import write_stm
+    pose_dir = folder / "poses"
+    pose_dir.mkdir(parents=True, exist_ok=True)
+    for index, (name, _, frames) in enumerate(samples):
+        with open(pose_dir / f"{name}.pkl", "wb") as f:
+            pickle.dump(random_clip(frames, index), f)
+    stm = folder / "labels.stm"
+    write_stm(stm, [s[0] for s in samples], [s[1] for s in samples], signer)
+    return str(stm), str(pose_dir)

@@ -1,0 +1,152 @@
+"""Tests for tasks.GlossTask (--task CSLR --head ctc): the gloss vocabulary (training split or
+--finetune checkpoint) and the targets it gives every split, training clips too short for CTC,
+and evaluation through engine.evaluate with its sclite files; and the generating head's
+(TextTask) targets on the same gloss labels."""
+import os
+import types
+
+import pytest
+import torch
+from conftest import ctc_args, default_args, write_gloss_set
+
+import config
+import engine
+import fine_tuning
+from ctc_head import BLANK, GlossVocab
+from datasets import DataError, GlossTargets, S2T_Dataset
+from models import CTCRecognizer
+from SLRT_metrics import read_ctm, read_stm, wer_list
+from tasks import GlossTask, TextTask, build_task
+
+PHOENIX_DEMO = config.DATASETS["PhoenixDemo"]
+
+
+def gloss_split(tmp_path, samples, phase="train", signer="Signer01"):
+    stm, poses = write_gloss_set(tmp_path, samples, signer)
+    return S2T_Dataset(stm, poses, phase, dataset_name="PhoenixDemo", task="CSLR")
+
+
+def prepared(args, splits):
+    task = build_task(args, PHOENIX_DEMO)
+    assert isinstance(task, GlossTask)
+    task.prepare(args, splits)
+    return task
+
+
+# ---- vocabulary and targets ----
+
+def test_vocabulary_from_the_training_split_gives_every_split_padded_gloss_ids(tmp_path, capsys):
+    train = gloss_split(tmp_path / "train", [("a", ["X", "Y", "Y"], 30), ("b", ["Z"], 25)])
+    dev = gloss_split(tmp_path / "dev", [("c", ["Y", "NEU", "X"], 20)], "dev")
+    task = prepared(ctc_args(), {"train": train, "dev": dev})
+    assert task.vocab.itos == [BLANK, "X", "Y", "Z"]
+    assert "gloss vocabulary from the training split: 3 glosses + blank" in capsys.readouterr().out
+    src, tgt = train.collate_fn([train[0], train[1]])
+    assert tgt["gloss_ids"].tolist() == [[1, 2, 2], [3, 0, 0]]
+    assert tgt["gloss_lengths"].tolist() == [3, 1]
+    assert src["body"].shape[:2] == (2, 30) and tgt["gt_gloss"] == ["X Y Y", "Z"]
+    # glosses the vocabulary lacks are left out of the targets (and counted when scoring)
+    _, tgt = dev.collate_fn([dev[0]])
+    assert tgt["gloss_ids"].tolist() == [[2, 1]] and tgt["gt_gloss"] == ["Y NEU X"]
+
+
+def test_vocabulary_of_the_finetune_checkpoint_is_reused(tmp_path, capsys):
+    saved = GlossVocab.build([["A", "B"], ["C"]])
+    path = tmp_path / "ctc.pth"
+    torch.save({"model": {}, "gloss_vocab": saved.state_dict()}, path)
+    train = gloss_split(tmp_path / "train", [("a", ["X", "A"], 30)])
+    # the checkpoint's vocabulary wins over the training split's, which is told what it lacks
+    task = prepared(ctc_args(finetune=str(path)), {"train": train})
+    assert task.vocab.itos == saved.itos
+    out = capsys.readouterr().out
+    assert "gloss vocabulary from the checkpoint: 3 glosses + blank" in out
+    assert "train: 1 glosses not in the vocabulary are left out of the targets: X x1" in out
+    _, tgt = train.collate_fn([train[0]])
+    assert tgt["gloss_ids"].tolist() == [[1]]
+    assert task.checkpoint_extras() == {"gloss_vocab": saved.state_dict()}
+
+    # evaluation needs a checkpoint, and one with a vocabulary when there is no training split
+    dev = gloss_split(tmp_path / "dev", [("b", ["A"], 20)], "dev")
+    with pytest.raises(config.ConfigError, match="--eval with --head ctc needs --finetune"):
+        build_task(ctc_args(eval=True), PHOENIX_DEMO)
+    torch.save({"model": {}}, tmp_path / "plain.pth")
+    with pytest.raises(DataError, match="plain.pth: the checkpoint has no gloss vocabulary"):
+        prepared(ctc_args(eval=True, finetune=str(tmp_path / "plain.pth")), {"dev": dev})
+
+
+def test_gloss_labels_also_feed_the_generating_head(tmp_path, tiny_mt5_dir):
+    args = default_args(task="CSLR", head="generate", dataset="PHOENIX2014", mt5_path=tiny_mt5_dir)
+    task = build_task(args, config.DATASETS["PHOENIX2014"])
+    assert isinstance(task, TextTask)
+    stm, poses = write_gloss_set(tmp_path, [("a", ["X", "Y"], 20)])
+    dataset = S2T_Dataset(stm, poses, "dev", dataset_name="PHOENIX2014", task="CSLR")
+    task.prepare(args, {"dev": dataset})
+    src, tgt = dataset.collate_fn([dataset[0]])
+    assert tgt["gt_sentence"] == ["X Y"] and tgt["labels"].shape[0] == 1
+    assert src["prefix_ids"].shape[0] == 1
+    assert "gloss_ids" not in tgt
+
+
+# ---- clip checks ----
+
+def test_too_short_clip_is_named_and_skipped_only_with_the_flag(tmp_path):
+    samples = [("fine", ["A", "B"], 40), ("tooshort", ["A", "B", "C", "D", "E", "F"], 12)]
+    dataset = gloss_split(tmp_path, samples)
+    task = prepared(ctc_args(), {"train": dataset})
+    model = CTCRecognizer(ctc_args(), task.vocab.num_classes)
+    with pytest.raises(DataError, match=r"tooshort \(3 CTC frames for 6 labels\)"):
+        task.check_splits(ctc_args(), model, {"train": dataset})
+    assert len(dataset) == 2
+    task.check_splits(ctc_args(skip_bad_samples=True), model, {"train": dataset})
+    assert [e["name"] for e in dataset.entries] == ["fine"]
+    assert dataset.skipped == ["tooshort (3 CTC frames for 6 labels)"]
+
+
+def test_unreadable_clip_is_named_and_skipped_with_the_flag(tmp_path):
+    """The trainer's pre-scan (before the task's checks) names unreadable clips of the run."""
+    dataset = gloss_split(tmp_path, [("ok", ["A"], 20), ("broken", ["B"], 20)])
+    with open(os.path.join(dataset.pose_dir, "broken.pkl"), "wb") as f:
+        f.write(b"not a pickle")
+    label_path = str(tmp_path / "labels.stm")
+    with pytest.raises(DataError, match="broken.pkl"):
+        fine_tuning.prescan(ctc_args(num_workers=0), dataset, "train", label_path)
+    problems = fine_tuning.prescan(ctc_args(num_workers=0, skip_bad_samples=True), dataset,
+                                   "train", label_path)
+    assert len(problems) == 1 and "broken.pkl" in problems[0]
+    assert [e["name"] for e in dataset.entries] == ["ok"]
+    # the remaining clips then pass the CTC checks
+    task = prepared(ctc_args(), {"train": dataset})
+    task.check_splits(ctc_args(), CTCRecognizer(ctc_args(), task.vocab.num_classes),
+                      {"train": dataset})
+    assert len(dataset) == 1
+
+
+# ---- evaluation ----
+
+def test_evaluation_counts_unknown_glosses_and_writes_sclite_files(tmp_path, capsys):
+    dataset = gloss_split(tmp_path, [("b", ["X", "NEU", "Y"], 30), ("a", ["NEU", "NEU"], 24)],
+                          "dev", signer="Signer07")
+    args = ctc_args(device=torch.device("cpu"), print_freq=10, output_dir=str(tmp_path))
+    task = build_task(args, PHOENIX_DEMO)
+    task.vocab = GlossVocab.build(["X Y Z"])
+    dataset.targets = GlossTargets(task.vocab)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=dataset.collate_fn)
+    model = CTCRecognizer(args, task.vocab.num_classes)
+    stats = engine.evaluate(args, types.SimpleNamespace(module=model), loader, task, "dev")
+    assert stats["unknown_glosses"] == 3
+    out = capsys.readouterr().out
+    assert "dev: 3 reference glosses are not in the vocabulary and count as errors: NEU x3" in out
+    refs = read_stm(tmp_path / "groundtruth-dev.stm")
+    assert list(refs) == ["a", "b"]  # sorted for sclite
+    assert refs == {"a": ["NEU", "NEU"], "b": ["X", "NEU", "Y"]}
+    with open(tmp_path / "groundtruth-dev.stm") as f:
+        assert {line.split()[2] for line in f} == {"Signer07"}  # the label file's signers
+    for suffix, key in (("", "wer"), ("-conv", "conv_wer")):
+        hyps = read_ctm(tmp_path / f"output-hypothesis-dev{suffix}.ctm")
+        assert set(hyps) == {"a", "b"}
+        assert wer_list(list(refs.values()), [hyps[n] for n in refs])["wer"] == stats[key]
+    # Uni-Sign's prediction files, in dataset order
+    with open(tmp_path / "dev_tmp_refs.txt") as f:
+        assert f.read().splitlines() == ["sample: b, ground-truth: X NEU Y",
+                                         "sample: a, ground-truth: NEU NEU"]
+    assert (tmp_path / "dev_tmp_pres.txt").exists()
