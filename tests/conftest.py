@@ -152,3 +152,49 @@ def write_gloss_set(folder, samples, signer="Signer01"):
     stm = folder / "labels.stm"
     write_stm(stm, [s[0] for s in samples], [s[1] for s in samples], signer)
     return str(stm), str(pose_dir)
+
+
+# ---- pose and label files for the pose layer's and the datasets' tests
+
+def make_pose(num_frames, seed=0, low_fraction=0.1):
+    """A pose pickle's dict with random keypoints, about `low_fraction` of scores below 0.3."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    keypoints = rng.uniform(0.2, 0.8, (num_frames, 1, 133, 2)).astype(np.float32)
+    scores = rng.uniform(0.35, 1.0, (num_frames, 1, 133)).astype(np.float32)
+    low = rng.random(scores.shape) < low_fraction
+    scores[low] = rng.uniform(0.0, 0.3, int(low.sum()))
+    return {'keypoints': keypoints, 'scores': scores}
+
+
+def write_pickle(path, obj):
+    import pickle
+    with open(path, 'wb') as f:
+        pickle.dump(obj, f)
+    return str(path)
+
+
+def write_labels(path, entries):
+    """A Uni-Sign label file (gzip pickle of name -> entry)."""
+    import gzip
+    import pickle
+    with gzip.open(path, 'wb') as f:
+        pickle.dump({entry['name']: entry for entry in entries}, f)
+    return str(path)
+
+
+def label(name, text, gloss=()):
+    return {'name': name, 'gloss': list(gloss), 'text': text, 'video_path': f'{name}.mp4'}
+
+
+def make_split(tmp_path, lengths, texts=None, glosses=None):
+    """A Uni-Sign label file and pose pickles for clips of the given lengths."""
+    pose_dir = tmp_path / 'poses'
+    pose_dir.mkdir(exist_ok=True)
+    entries = []
+    for index, length in enumerate(lengths):
+        name = f'clip{index}'
+        write_pickle(pose_dir / f'{name}.pkl', make_pose(length, seed=index))
+        text = texts[index] if texts else f'sentence {index}'
+        entries.append(label(name, text, glosses[index] if glosses else ['G', str(index)]))
+    return write_labels(tmp_path / 'labels', entries), str(pose_dir)

@@ -2,14 +2,16 @@
 with gloss lists), each entry {name, text, gloss, pose_file, signer}, the format coming from the
 dataset registry (config.DatasetSpec.label_format) or, for a file given alone, its content."""
 import gzip
+import json
 import pickle
 
 import pytest
 import torch
-from conftest import random_clip
+from conftest import label, random_clip, write_labels
 
 import config
 import labels
+from labels import load_labels
 from ctc_head import GlossVocab
 from datasets import DataError, GlossTargets, S2T_Dataset
 from SLRT_metrics import read_stm
@@ -101,3 +103,46 @@ def test_unisign_label_file_with_gloss_lists_gives_recognition_and_translation_i
             names[index], "他 喜欢 书", "他 喜欢 书")
         assert expected[2] == "他喜欢书。"
         assert all(torch.equal(parts[p], expected[1][p]) for p in parts)
+
+
+# ----------------------------------------------------------------------------- labels
+
+def test_load_labels_gzip_pickle(tmp_path):
+    path = write_labels(tmp_path / 'labels.dev', [
+        label('S1', '他今年四岁。', ['他', '今天', '年龄']),
+        {'name': 'w1', 'gloss': '', 'text': 'a', 'video_path': 'w1.mp4'},  # WLASL style
+    ])
+    entries = load_labels(path)
+    assert entries == [
+        {'name': 'S1', 'text': '他今年四岁。', 'gloss': ['他', '今天', '年龄'], 'pose_file': 'S1.pkl',
+         'signer': 'signer'},
+        {'name': 'w1', 'text': 'a', 'gloss': [], 'pose_file': 'w1.pkl', 'signer': 'signer'},
+    ]
+
+
+def test_load_labels_csl_news_json(tmp_path):
+    path = tmp_path / 'CSL_News_Labels.json'
+    path.write_text(json.dumps([{'video': 'v/a.mp4', 'pose': 'p/a.pkl', 'text': '新闻'}]),
+                    encoding='utf-8')
+    assert load_labels(str(path)) == [
+        {'name': 'v/a.mp4', 'text': '新闻', 'gloss': [], 'pose_file': 'p/a.pkl',
+         'signer': 'signer'}]
+
+
+@pytest.mark.parametrize('content,problem', [
+    (None, 'not found'),
+    (b'\x00\x01garbage', 'unreadable'),
+    (gzip.compress(pickle.dumps(42)), 'expected a dict or a list'),
+    (gzip.compress(pickle.dumps({'S9': {'name': 'S9', 'video_path': 'S9.mp4'}})),
+     "'S9' has no text"),
+    (json.dumps([{'video': 'x.mp4', 'pose': 'x.pkl'}]).encode(), "'x.mp4' has no text"),
+])
+def test_load_labels_errors_name_file_and_problem(tmp_path, content, problem):
+    path = tmp_path / 'labels.train'
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as error:
+        load_labels(str(path))
+    assert str(path) in str(error.value) and problem in str(error.value)
+
+

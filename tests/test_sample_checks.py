@@ -5,7 +5,7 @@ import pytest
 
 import sample_checks
 from datasets import DataError, S2T_Dataset, load_part_kp, validate_samples
-from test_datasets import label, make_pose, make_split, write_labels, write_pickle
+from conftest import label, make_pose, make_split, write_labels, write_pickle
 
 
 def test_confidence_problem_agrees_with_load_part_kp_zeros():
