@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import (MT5_SHAPES, build_model, machine_description, make_batch,  # noqa: E402
                         make_pool, make_tokenizer, synchronize, to_device)
+from cli import add_flag  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED  # noqa: E402
 
 ROWS = {  # name: (speed switches, mode, pre-tokenised batches)
@@ -158,22 +159,22 @@ def run(opts):
 
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--size', default='small', choices=list(MT5_SHAPES))
-    p.add_argument('--vocab_size', type=int, default=None)
-    p.add_argument('--device', default='auto')
-    p.add_argument('--batch_size', type=int, default=4)
-    p.add_argument('--steps', type=int, default=8, help="batches evaluated per row")
-    p.add_argument('--repeats', type=int, default=1, help="interleaved rounds over the rows")
-    p.add_argument('--num_beams', type=int, default=4)
-    p.add_argument('--max_new_tokens', type=int, default=0,
+    add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
+    add_flag(p, '--vocab_size', type=int, default=None)
+    add_flag(p, '--device', default='auto')
+    add_flag(p, '--batch_size', type=int, default=4)
+    add_flag(p, '--steps', type=int, default=8, help="batches evaluated per row")
+    add_flag(p, '--repeats', type=int, default=1, help="interleaved rounds over the rows")
+    add_flag(p, '--num_beams', type=int, default=4)
+    add_flag(p, '--max_new_tokens', type=int, default=0,
                    help="0: the mean over the batches of their longest reference")
-    p.add_argument('--pool_rows', type=int, default=64, help="beam rows decoded together")
-    p.add_argument('--mean_frames', type=float, default=120)
-    p.add_argument('--cv', type=float, default=0.35)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--worker', default='', help=argparse.SUPPRESS)
-    p.add_argument('--ids_file', default='', help=argparse.SUPPRESS)
-    p.add_argument('--tokenizer_dir', default='', help=argparse.SUPPRESS)
+    add_flag(p, '--pool_rows', type=int, default=64, help="beam rows decoded together")
+    add_flag(p, '--mean_frames', type=float, default=120)
+    add_flag(p, '--cv', type=float, default=0.35)
+    add_flag(p, '--seed', type=int, default=0)
+    add_flag(p, '--worker', default='', help=argparse.SUPPRESS)
+    add_flag(p, '--ids_file', default='', help=argparse.SUPPRESS)
+    add_flag(p, '--tokenizer_dir', default='', help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.device == 'auto':
         opts.device = 'cuda' if torch.cuda.is_available() else 'cpu'

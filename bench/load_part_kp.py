@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cli import add_flag  # noqa: E402
 from datasets import load_part_kp  # noqa: E402
 
 THRESHOLD = 0.3
@@ -111,8 +112,8 @@ def median_seconds(fn, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--frames', type=int, default=256)
-    parser.add_argument('--repeats', type=int, default=30)
+    add_flag(parser, '--frames', type=int, default=256)
+    add_flag(parser, '--repeats', type=int, default=30)
     args = parser.parse_args()
 
     keypoints, scores = realistic_clip(args.frames)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cli import add_flag  # noqa: E402
 from regularizers import SignCL  # noqa: E402
 
 MAX_DISTANCE = 32.0
@@ -70,11 +71,11 @@ def check_equal(x, margin):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=256)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--margin", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_flag(parser, "--batch", type=int, default=4)
+    add_flag(parser, "--frames", type=int, default=256)
+    add_flag(parser, "--dim", type=int, default=768)
+    add_flag(parser, "--margin", type=int, default=20)
+    add_flag(parser, "--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
     random.seed(0)

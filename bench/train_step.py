@@ -49,6 +49,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import config  # noqa: E402
+from cli import add_flag  # noqa: E402
 from flags import get_args_parser  # noqa: E402
 from datasets import TextTargets  # noqa: E402
 from poses import collate_clips  # noqa: E402
@@ -389,27 +390,27 @@ def summarise(results, device, peak_flops):
 
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--size', default='small', choices=list(MT5_SHAPES))
-    p.add_argument('--vocab_size', type=int, default=None, help="override the mT5 vocabulary")
-    p.add_argument('--device', default='auto', help="auto, cpu or cuda")
-    p.add_argument('--batch_size', type=int, default=4)
-    p.add_argument('--steps', type=int, default=6, help="batches timed per row")
-    p.add_argument('--repeats', type=int, default=1, help="interleaved rounds over all rows")
-    p.add_argument('--rows', default='', help="comma-separated subset of rows")
-    p.add_argument('--mean_frames', type=float, default=120)
-    p.add_argument('--cv', type=float, default=0.35, help="clip-length coefficient of variation")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--optimizer', action='store_true', help="include an AdamW step")
-    p.add_argument('--count_flops', action='store_true', help="FLOPs on CPU too (extra pass)")
-    p.add_argument('--with_bf16', action='store_true', help="add a bf16-autocast row")
-    p.add_argument('--with_compile', action='store_true', help="add a torch.compile row")
-    p.add_argument('--peak_tflops', type=float, default=None, help="for MFU on unknown GPUs")
-    p.add_argument('--layers', action='store_true', help="one-layer timings only")
-    p.add_argument('--layer_repeats', type=int, default=5)
-    p.add_argument('--json', default='', help="also write the raw results here")
-    p.add_argument('--worker', default='', help=argparse.SUPPRESS)
-    p.add_argument('--row', default='', help=argparse.SUPPRESS)
-    p.add_argument('--tokenizer_dir', default='', help=argparse.SUPPRESS)
+    add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
+    add_flag(p, '--vocab_size', type=int, default=None, help="override the mT5 vocabulary")
+    add_flag(p, '--device', default='auto', help="auto, cpu or cuda")
+    add_flag(p, '--batch_size', type=int, default=4)
+    add_flag(p, '--steps', type=int, default=6, help="batches timed per row")
+    add_flag(p, '--repeats', type=int, default=1, help="interleaved rounds over all rows")
+    add_flag(p, '--rows', default='', help="comma-separated subset of rows")
+    add_flag(p, '--mean_frames', type=float, default=120)
+    add_flag(p, '--cv', type=float, default=0.35, help="clip-length coefficient of variation")
+    add_flag(p, '--seed', type=int, default=0)
+    add_flag(p, '--optimizer', action='store_true', help="include an AdamW step")
+    add_flag(p, '--count_flops', action='store_true', help="FLOPs on CPU too (extra pass)")
+    add_flag(p, '--with_bf16', action='store_true', help="add a bf16-autocast row")
+    add_flag(p, '--with_compile', action='store_true', help="add a torch.compile row")
+    add_flag(p, '--peak_tflops', type=float, default=None, help="for MFU on unknown GPUs")
+    add_flag(p, '--layers', action='store_true', help="one-layer timings only")
+    add_flag(p, '--layer_repeats', type=int, default=5)
+    add_flag(p, '--json', default='', help="also write the raw results here")
+    add_flag(p, '--worker', default='', help=argparse.SUPPRESS)
+    add_flag(p, '--row', default='', help=argparse.SUPPRESS)
+    add_flag(p, '--tokenizer_dir', default='', help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.device == 'auto':
         opts.device = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -22,6 +22,8 @@ import shutil
 
 import numpy as np
 
+from cli import add_flag
+
 from demo.signing import LEXICON, synthesize_clip
 
 FORMAT_VERSION = 1
@@ -240,11 +242,11 @@ def make_demo(root, seed=0, n_train=2000, n_dev=150, n_test=150, mt5_kwargs=None
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='data/Demo')
-    parser.add_argument('--overwrite', action='store_true', help='regenerate even if complete')
+    add_flag(parser, '--out', default='data/Demo')
+    add_flag(parser, '--overwrite', action='store_true', help='regenerate even if complete')
     for name, default in (('seed', 0), ('n_train', 2000), ('n_dev', 150), ('n_test', 150),
                           ('d_model', DEFAULT_MT5['d_model'])):
-        parser.add_argument('--' + name, type=int, default=default)
+        add_flag(parser, '--' + name, type=int, default=default)
     args = parser.parse_args()
     mt5_kwargs = {'d_model': args.d_model, 'd_ff': 2 * args.d_model}
     paths = make_demo(args.out, args.seed, args.n_train, args.n_dev, args.n_test, mt5_kwargs,

@@ -14,6 +14,8 @@ import sentencepiece as spm
 import torch
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
+from cli import add_flag
+
 PROMPT_WORDS = "Translate sign language video to English Chinese:"
 
 
@@ -60,11 +62,11 @@ def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", required=True, help="text file, one sentence per line")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--vocab_size", type=int, default=256)
-    parser.add_argument("--d_model", type=int, default=128)
-    parser.add_argument("--num_layers", type=int, default=2)
+    add_flag(parser, "--corpus", required=True, help="text file, one sentence per line")
+    add_flag(parser, "--out", required=True)
+    add_flag(parser, "--vocab_size", type=int, default=256)
+    add_flag(parser, "--d_model", type=int, default=128)
+    add_flag(parser, "--num_layers", type=int, default=2)
     args = parser.parse_args()
     with open(args.corpus, encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
