@@ -198,3 +198,30 @@ def make_split(tmp_path, lengths, texts=None, glosses=None):
         text = texts[index] if texts else f'sentence {index}'
         entries.append(label(name, text, glosses[index] if glosses else ['G', str(index)]))
     return write_labels(tmp_path / 'labels', entries), str(pose_dir)
+
+
+def load_file_module(relative_path):
+    """A script of script/ or bench/ (not importable by name) loaded as a module."""
+    import importlib.util
+    name = os.path.splitext(os.path.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run_command(cmd, tmp_path, timeout=600):
+    """Runs a command from the repository root on CPU ranks without W&B; its output is kept in
+    tmp_path/stdout.txt."""
+    import subprocess
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    (tmp_path / "stdout.txt").write_text(proc.stdout + proc.stderr)
+    return proc

@@ -1,6 +1,5 @@
 """script/check_data.py: a full scan of a dataset's splits with a report and an exit status."""
 import gzip
-import importlib.util
 import json
 import os
 import pickle
@@ -8,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
+from conftest import load_file_module
 
 import sample_checks
 
@@ -16,11 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "check_data", os.path.join(ROOT, "script", "check_data.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("script/check_data.py")
 
 
 def corrupt(data_root):

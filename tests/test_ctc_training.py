@@ -1,16 +1,13 @@
 """End to end: `fine_tuning.py --task CSLR --head ctc` on a small generated PHOENIX-style set
 (PhoenixDemo): two ranks under the deepspeed launcher, the vocabulary saved from training and
 reused at --eval, prefix beam search against greedy decoding, and SignCL on the CTC head."""
-import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import DEEPSPEED, ctc_args
+from conftest import DEEPSPEED, ctc_args, free_port, load_file_module, run_command
 
 import utils
 from ctc_decode import greedy_decode
@@ -26,11 +23,7 @@ SMALL_MODEL = ["--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_lay
 
 
 def load_demo_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_phoenix_demo", os.path.join(ROOT, "script", "make_phoenix_demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("script/make_phoenix_demo.py")
 
 
 @pytest.fixture(scope="session")
@@ -62,16 +55,8 @@ def test_flags_parse_in_both_spellings_and_belong_to_the_trainer_parser():
 
 # ---- runs ----
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def run(cmd, tmp_path, timeout=900):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    (tmp_path / "stdout.txt").write_text(proc.stdout + proc.stderr)
+    proc = run_command(cmd, tmp_path, timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

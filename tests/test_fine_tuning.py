@@ -2,30 +2,19 @@
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import DEEPSPEED
+from conftest import DEEPSPEED, free_port, run_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_MODEL = ["--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_layers", "1",
                "--max_length", "48", "--num_beams", "1", "--max_new_tokens", "12"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def run(cmd, tmp_path, timeout=600):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    (tmp_path / "stdout.txt").write_text(proc.stdout + proc.stderr)
-    return proc
+run = run_command
 
 
 def train_args(demo_root, out_dir, *extra):
