@@ -22,7 +22,6 @@ from poses import (clip_parts, collate_clips, load_part_kp, pad_repeat_last, rea
                    sample_frame_indices)
 from sample_checks import validate_samples  # noqa: F401
 
-PROMPT = config.PROMPT
 
 
 class TextTargets:

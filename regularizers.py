@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import add_flag
 from hyperbolic import HyperbolicAlignment, dump_batch, masked_mean, scalar  # noqa: F401
 
 # ------------------------------------------------------------------------------------ SignCL
@@ -206,14 +207,13 @@ DEFAULTS = dict(
 
 
 def _flag(group, name, help, **kwargs):
-    """Registers --name under its underscore and dash spellings with the default from DEFAULTS."""
-    spellings = dict.fromkeys(["--" + name, "--" + name.replace("_", "-")])
+    """Registers --name under both spellings with the default from DEFAULTS."""
     default = DEFAULTS[name]
     if isinstance(default, bool):
         kwargs["action"] = "store_true"
     else:
         kwargs.setdefault("type", type(default))
-    group.add_argument(*spellings, dest=name, default=default, help=help, **kwargs)
+    add_flag(group, "--" + name, default=default, help=help, **kwargs)
 
 
 def add_regularizer_flags(parser):
