@@ -15,6 +15,7 @@ import os
 from typing import Optional
 
 from labels import FORMATS as LABEL_FORMATS
+from phoenix_wer import VARIANTS as OFFICIAL_WER_VARIANTS
 
 mt5_path = os.environ.get("MT5_PATH", "./pretrained_weight/mt5-base")
 data_root = os.environ.get("SIGN_DATA_ROOT", "./data")
@@ -45,6 +46,8 @@ class DatasetSpec:
     held_out: for a corpus shipped as one label list (every phase names the same file): the
         fraction at its end used as dev and test, the rest is train (CSL-News: 0.01).
     mt5_path: a template for a model folder that comes with the dataset (the generated Demo).
+    official_wer: the official gloss rewriting its published WERs are computed after
+        (phoenix_wer.VARIANTS: 'phoenix2014', 'phoenix2014t'); CSLR then also logs official_wer.
     """
     labels: dict
     label_format: str
@@ -54,6 +57,7 @@ class DatasetSpec:
     tasks: tuple = ("SLT",)
     held_out: float = 0.0
     mt5_path: Optional[str] = None
+    official_wer: Optional[str] = None
 
     def __post_init__(self):
         problems = []
@@ -66,6 +70,9 @@ class DatasetSpec:
             problems.append(f"labels must map {PHASES} to files (dev may be None)")
         if not set(self.tasks) <= set(TASKS) or not self.tasks:
             problems.append(f"tasks {self.tasks} must be among {TASKS}")
+        if self.official_wer not in (None, *OFFICIAL_WER_VARIANTS):
+            problems.append(f"official_wer {self.official_wer!r} is not one of "
+                            f"{OFFICIAL_WER_VARIANTS}")
         if not 0 <= self.held_out < 1:
             problems.append(f"held_out {self.held_out} must be in [0, 1)")
         if problems:
@@ -105,16 +112,24 @@ DATASETS = {
         pose_dir="{pose_root}/OpenASL/pose_format/{phase}", language="English"),
     "PHOENIX2014": DatasetSpec(
         labels=_per_phase("phoenix2014/phoenix2014-groundtruth-{phase}.stm"), label_format="stm",
-        pose_dir="{pose_root}/phoenix2014/pose_format", language="German", tasks=("CSLR",)),
+        pose_dir="{pose_root}/phoenix2014/pose_format", language="German", tasks=("CSLR",),
+        official_wer="phoenix2014"),
     # PHOENIX-2014-T ships no training STM: its corpus files carry glosses and translations.
     "PHOENIX2014T": DatasetSpec(
         labels=_per_phase("phoenix2014T/PHOENIX-2014-T.{phase}.corpus.csv"),
         label_format="corpus_csv", pose_dir="{pose_root}/phoenix2014T/pose_format",
-        language="German", tasks=("SLT", "CSLR")),
-    # Generated, download-free sets: script/make_phoenix_demo.py and python -m demo.data.
+        language="German", tasks=("SLT", "CSLR"), official_wer="phoenix2014t"),
+    # Generated, download-free sets: script/make_phoenix_demo.py, script/make_phoenix_t_demo.py
+    # and python -m demo.data.
     "PhoenixDemo": DatasetSpec(
         labels=_per_phase("PhoenixDemo/phoenix2014-groundtruth-{phase}.stm"), label_format="stm",
-        pose_dir="{data_root}/PhoenixDemo/pose_format", language="German", tasks=("CSLR",)),
+        pose_dir="{data_root}/PhoenixDemo/pose_format", language="German", tasks=("CSLR",),
+        official_wer="phoenix2014"),
+    "PhoenixTDemo": DatasetSpec(
+        labels=_per_phase("PhoenixTDemo/PHOENIX-2014-T.{phase}.corpus.csv"),
+        label_format="corpus_csv", pose_dir="{data_root}/PhoenixTDemo/pose_format",
+        language="German", tasks=("SLT", "CSLR"), mt5_path="{data_root}/PhoenixTDemo/mt5",
+        official_wer="phoenix2014t"),
     "Demo": DatasetSpec(
         labels=_per_phase("Demo/labels.{phase}"), label_format="unisign_pickle",
         pose_dir="{data_root}/Demo/pose_format", language="English", tasks=("SLT", "CSLR"),

@@ -22,6 +22,7 @@ from ctc_decode import beam_decode, greedy_decode
 from ctc_head import GlossVocab, ctc_min_length
 from datasets import GlossTargets, TextTargets
 from keypoints import DataError
+from phoenix_wer import official_wer
 from pose_encoder import key_list
 from SLRT_metrics import normalize_for_scoring, wer_list, write_ctm, write_stm
 
@@ -62,7 +63,10 @@ class TextTask:
 
     def score(self, rows, phase):
         _, hyps, refs = self.normalized(rows)
-        return trainer.score(self.task, refs, hyps)
+        stats = trainer.score(self.task, refs, hyps)
+        if self.task == "CSLR":
+            stats.update(official_scores(self.spec, refs, hyps))
+        return stats
 
     def write(self, output_dir, phase, rows, dataset):
         trainer.write_predictions(output_dir, phase, *self.normalized(rows))
@@ -166,7 +170,9 @@ class GlossTask:
     def score(self, rows, phase):
         names, hyps, conv_hyps, refs, frames = map(list, zip(*rows))
         stats = wer_list(refs, hyps)
+        stats.update(official_scores(self.spec, refs, hyps))
         stats.update({f"conv_{k}": v for k, v in wer_list(refs, conv_hyps).items()})
+        stats.update(official_scores(self.spec, refs, conv_hyps, prefix="conv_"))
         unknown = unknown_glosses(self.vocab, refs)
         stats["unknown_glosses"] = sum(unknown.values())
         if unknown:
@@ -195,6 +201,15 @@ class GlossTask:
 
     def checkpoint_extras(self):
         return {"gloss_vocab": self.vocab.state_dict()}
+
+
+def official_scores(spec, refs, hyps, prefix=""):
+    """The WER after the dataset's official gloss rewriting ({prefix}official_wer, ...), as
+    published PHOENIX figures are computed; nothing for datasets without one."""
+    if spec.official_wer is None:
+        return {}
+    scores = official_wer(refs, hyps, variant=spec.official_wer)
+    return {f"{prefix}official_{name}": value for name, value in scores.items()}
 
 
 def decode_batch(logits, lengths, beam):

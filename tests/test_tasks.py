@@ -150,3 +150,38 @@ def test_evaluation_counts_unknown_glosses_and_writes_sclite_files(tmp_path, cap
         assert f.read().splitlines() == ["sample: b, ground-truth: X NEU Y",
                                          "sample: a, ground-truth: NEU NEU"]
     assert (tmp_path / "dev_tmp_pres.txt").exists()
+
+
+# ---- translation scoring conventions
+
+def test_phoenix_2014t_translation_is_scored_per_word_as_the_literature_does():
+    """The corpus's lower-case, pre-tokenised German is scored as written: sacrebleu's corpus
+    BLEU with its default 13a tokenisation, case kept (GFSLT-VLP's and SignCL's scoring)."""
+    from sacrebleu.metrics import BLEU
+    task = TextTask(default_args(dataset="PHOENIX2014T", task="SLT"),
+                    config.get_dataset("PHOENIX2014T"))
+    refs = ["und nun die wettervorhersage für morgen freitag den zwölften august .",
+            "im süden und südwesten regnet es ."]
+    hyps = ["und nun die wettervorhersage für morgen .", "Im süden regnet es ."]
+    stats = task.score([("a", hyps[0], refs[0]), ("b", hyps[1], refs[1])], "test")
+    assert stats["bleu4"] == pytest.approx(BLEU().corpus_score(hyps, [refs]).score)
+    assert stats["bleu1"] == pytest.approx(BLEU(max_ngram_order=1).corpus_score(hyps, [refs]).score)
+    lowered = task.score([("a", hyps[0], refs[0]), ("b", hyps[1].lower(), refs[1])], "test")
+    assert lowered["bleu4"] > stats["bleu4"]  # "Im" is not "im": case counts
+    assert task.normalized([("a", hyps[0], refs[0])]) == (["a"], [hyps[0]], [refs[0]])
+    assert "rouge" in stats
+
+
+def test_phoenix_recognition_logs_raw_and_official_wer():
+    """On PHOENIX sets evaluation logs the raw WER (VAC's python scoring) and the WER after the
+    official gloss rewriting; elsewhere only the raw one."""
+    refs = ["REGEN NORD", "SONNE WARM"]
+    hyps = ["loc-REGEN NORD __EMOTION__", "SONNE-PLUSPLUS WARM"]
+    text = TextTask(default_args(dataset="PHOENIX2014", task="CSLR"),
+                    config.get_dataset("PHOENIX2014"))
+    stats = text.score([("a", hyps[0], refs[0]), ("b", hyps[1], refs[1])], "dev")
+    assert stats["wer"] == pytest.approx(wer_list(refs, hyps)["wer"]) and stats["wer"] > 0
+    assert stats["official_wer"] == 0.0
+    plain = TextTask(default_args(dataset="CSL_Daily", task="CSLR"),
+                     config.get_dataset("CSL_Daily"))
+    assert "official_wer" not in plain.score([("a", hyps[0], refs[0])], "dev")
