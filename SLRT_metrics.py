@@ -3,10 +3,15 @@ recognition (ISLR), in the conventions the published Uni-Sign / SLRT numbers use
 
 SLT: corpus BLEU-1..4 from sacrebleu and ROUGE-L as the `rouge` 1.0.1 package computes it.
 CSLR: WER with the sclite / VAC python-evaluation alignment (insertion 3, deletion 3,
-substitution 4), plus CTM/STM readers and writers.
+substitution 4), plus CTM/STM readers and writers; for PHOENIX, also the official WER, scored
+after the datasets' own gloss rewriting (phoenix_wer.py holds the rules).
 ISLR: top-1 accuracy per instance and per class.
 Run as a script to score the `{phase}_tmp_pres.txt` / `{phase}_tmp_refs.txt` files the trainer
-writes, plain one-sentence-per-line files, or STM/CTM files.
+writes, plain one-sentence-per-line files, or STM/CTM files:
+
+    python SLRT_metrics.py --task SLT --refs dev_tmp_refs.txt --hyps dev_tmp_pres.txt
+    python SLRT_metrics.py --task CSLR --phoenix phoenix2014 --refs groundtruth-test.stm \
+        --hyps output-hypothesis-test.ctm        # raw and official PHOENIX WER
 """
 import argparse
 import json
@@ -18,12 +23,12 @@ import numpy as np
 from sacrebleu.metrics import BLEU
 
 import cli
+from phoenix_wer import (EMPTY_CTM_TOKEN, STM_END_TIME, VARIANTS as PHOENIX_VARIANTS,
+                         clean_phoenix_hypothesis, clean_phoenix_reference, fold_case)
 
 INS_COST, DEL_COST, SUB_COST = 3, 3, 4
 CORRECT, SUBSTITUTION, DELETION, INSERTION = 0, 1, 2, 3
 OP_LETTERS = 'CSDI'
-EMPTY_CTM_TOKEN = '[EMPTY]'
-STM_END_TIME = '1.79769e+308'
 TAGGED_LINE = re.compile(r'^sample: (.*?), (?:prediction|ground-truth): ?(.*)$')
 
 
@@ -210,6 +215,20 @@ def wer_list(references, hypotheses, merge_same=False):
             'del_rate': totals['num_del'] * scale, 'ins_rate': totals['num_ins'] * scale}
 
 
+def official_wer(references, hypotheses, variant='phoenix2014', case_sensitive=False):
+    """`wer_list` after the official PHOENIX rewriting of both sides (phoenix_wer.VARIANTS).
+
+    Returns {'wer', 'sub_rate', 'del_rate', 'ins_rate'} in percent of the rewritten reference
+    glosses. An emptied hypothesis is the single word `[EMPTY]`; glosses are compared
+    case-insensitively, as sclite does unless run with -s (`case_sensitive=True`).
+    """
+    refs = [clean_phoenix_reference(r, variant) for r in references]
+    hyps = [clean_phoenix_hypothesis(h, variant) for h in hypotheses]
+    if not case_sensitive:
+        refs, hyps = [fold_case(r) for r in refs], [fold_case(h) for h in hyps]
+    return wer_list(refs, hyps)
+
+
 def write_ctm(path, ids, hypotheses):
     """Hypothesis CTM, one `ID 1 START DURATION GLOSS` line per gloss, timed as VAC writes it
     (i/100 and (i+1)/100). An empty hypothesis gets one [EMPTY] line, as PHOENIX's
@@ -314,14 +333,25 @@ def load_pairs(refs_path, hyps_path):
     return refs, [by_name.get(name, '') for name in ref_names]
 
 
-def score(refs, hyps, task='SLT', level='word', merge_same=False):
-    """All metrics of a task as a flat dict, after normalize_for_scoring."""
+def score(refs, hyps, task='SLT', level='word', merge_same=False, phoenix=None,
+          case_sensitive=False):
+    """All metrics of a task as a flat dict, after normalize_for_scoring. For CSLR, `phoenix`
+    (a phoenix_wer.VARIANTS name) adds the official WER as `official_wer`, `official_sub_rate`,
+    ... beside the raw `wer`."""
+    if phoenix is not None and task != 'CSLR':
+        raise ValueError(f'the official PHOENIX WER scores glosses (CSLR), not {task}')
     refs, hyps = normalize_for_scoring(refs, hyps, level)
     if task == 'SLT':
         bleu, rouge = translation_performance(refs, hyps)
         return {**bleu, 'rouge': rouge, 'rougeL_rouge_score': rouge_score_l(refs, hyps)}
     if task == 'CSLR':
-        return wer_list(refs, hyps, merge_same=merge_same)
+        if merge_same:
+            hyps = [merge_repeats(_glosses(hyp)) for hyp in hyps]
+        results = wer_list(refs, hyps)
+        if phoenix is not None:
+            official = official_wer(refs, hyps, phoenix, case_sensitive)
+            results.update({f'official_{key}': value for key, value in official.items()})
+        return results
     if task == 'ISLR':
         per_instance, per_class = islr_performance(refs, hyps)
         return {'top1_acc_pi': per_instance, 'top1_acc_pc': per_class}
@@ -340,15 +370,27 @@ def parse_args(argv=None):
     cli.add_flag(parser, '--level', choices=['word', 'char'], default='word')
     cli.add_flag(parser, '--task', choices=['SLT', 'CSLR', 'ISLR'], default='SLT')
     cli.add_flag(parser, '--merge-same', action='store_true',
-                         help='CSLR: merge repeated consecutive hypothesis glosses first')
-    return parser.parse_args(argv)
+                 help='CSLR: merge repeated consecutive hypothesis glosses first')
+    cli.add_flag(parser, '--phoenix', choices=PHOENIX_VARIANTS, default=None,
+                 help='CSLR: also the official WER after this PHOENIX rewriting (phoenix2014: '
+                      'preprocess.sh; phoenix2014t: the PHOENIX-2014-T release script)')
+    cli.add_flag(parser, '--case-sensitive', action='store_true',
+                 help='with --phoenix: compare glosses case-sensitively (sclite -s)')
+    args = parser.parse_args(argv)
+    if args.phoenix and args.task != 'CSLR':
+        parser.error(f'--phoenix scores glosses: it needs --task CSLR, not {args.task}')
+    if args.case_sensitive and not args.phoenix:
+        parser.error('--case-sensitive acts on the official PHOENIX WER only: add --phoenix')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     refs, hyps = load_pairs(args.refs, args.hyps)
-    results = score(refs, hyps, args.task, args.level, args.merge_same)
-    print(f'{args.task} on {len(refs)} samples')
+    results = score(refs, hyps, args.task, args.level, args.merge_same, args.phoenix,
+                    args.case_sensitive)
+    print(f'{args.task} on {len(refs)} samples'
+          + (f' (official WER: {args.phoenix} rewriting)' if args.phoenix else ''))
     print(format_table(results))
     print(json.dumps({'task': args.task, 'num_samples': len(refs), **results}))
     return results

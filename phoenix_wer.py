@@ -1,5 +1,5 @@
 """Official PHOENIX WER: the gloss rewriting of the datasets' own evaluation scripts, then the
-sclite-style WER of SLRT_metrics.
+format facts of the CTM and STM files it reads.
 
 Published PHOENIX WERs are not computed on raw model output. The evaluation shipped with
 PHOENIX-2014 (`evaluatePhoenix2014.sh`, split out by VAC as `preprocess.sh` + `mergectmstm.py`)
@@ -21,17 +21,14 @@ sclite also compares words case-insensitively unless given `-s`; `official_wer` 
 Variants: 'phoenix2014' (PHOENIX-2014's rules, which code bases derived from VAC, CorrNet for
 one, also apply to PHOENIX-2014-T) and 'phoenix2014t' (the PHOENIX-2014-T release's own script).
 
-Command line: `python phoenix_wer.py --refs REFS --hyps HYPS [--variant phoenix2014t]` prints
-the official and the raw WER (files as `SLRT_metrics.py` reads them: trainer, plain, STM, CTM).
+`SLRT_metrics.official_wer` scores with these rules; on the command line,
+`python SLRT_metrics.py --task CSLR --phoenix phoenix2014 --refs REFS --hyps HYPS`.
 """
-import argparse
-import json
 import re
+from itertools import groupby
 
-import cli
-from SLRT_metrics import (EMPTY_CTM_TOKEN, STM_END_TIME, format_table, load_pairs,
-                          merge_repeats, wer_list)
-
+EMPTY_CTM_TOKEN = '[EMPTY]'  # the word written for an utterance left without glosses
+STM_END_TIME = '1.79769e+308'  # the end time of a whole-utterance STM line
 VARIANTS = ('phoenix2014', 'phoenix2014t')
 _ASCII_UPPER = str.maketrans('abcdefghijklmnopqrstuvwxyz', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ')
 _CTM_HEAD = 'id 1 0.00 0.01'
@@ -163,7 +160,7 @@ def clean_phoenix_hypothesis(text, variant='phoenix2014'):
     for gloss in _gloss_list(text):
         glosses += clean_phoenix_gloss(gloss, variant)
     if variant == 'phoenix2014t':
-        glosses = merge_repeats(glosses)
+        glosses = [gloss for gloss, _ in groupby(glosses)]
     return ' '.join(glosses) or EMPTY_CTM_TOKEN
 
 
@@ -199,45 +196,3 @@ def clean_phoenix_reference(text, variant='phoenix2014'):
 def fold_case(text):
     """ASCII letters in upper case: sclite aligns case-insensitively unless run with -s."""
     return text.translate(_ASCII_UPPER)
-
-
-def official_wer(references, hypotheses, variant='phoenix2014', case_sensitive=False):
-    """`SLRT_metrics.wer_list` after the official PHOENIX rewriting of both sides.
-
-    Returns {'wer', 'sub_rate', 'del_rate', 'ins_rate'} in percent of the rewritten reference
-    glosses. An emptied hypothesis is the single word `[EMPTY]`; `case_sensitive=True` scores
-    as `sclite -s` does.
-    """
-    refs = [clean_phoenix_reference(r, variant) for r in references]
-    hyps = [clean_phoenix_hypothesis(h, variant) for h in hypotheses]
-    if not case_sensitive:
-        refs, hyps = [fold_case(r) for r in refs], [fold_case(h) for h in hyps]
-    return wer_list(refs, hyps)
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_flag(parser, '--refs', required=True, help='references: trainer, plain or .stm file')
-    cli.add_flag(parser, '--hyps', required=True, help='hypotheses: trainer, plain or .ctm file')
-    cli.add_flag(parser, '--variant', choices=VARIANTS, default='phoenix2014',
-                 help='phoenix2014: preprocess.sh; phoenix2014t: the PHOENIX-2014-T script')
-    cli.add_flag(parser, '--case-sensitive', action='store_true',
-                 help='compare glosses case-sensitively (sclite -s)')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    refs, hyps = load_pairs(args.refs, args.hyps)
-    official = official_wer(refs, hyps, args.variant, args.case_sensitive)
-    raw = wer_list(refs, hyps)
-    print(f'PHOENIX WER ({args.variant}) on {len(refs)} samples')
-    print(format_table({**{f'official_{k}': v for k, v in official.items()},
-                        **{f'raw_{k}': v for k, v in raw.items()}}))
-    print(json.dumps({'variant': args.variant, 'num_samples': len(refs),
-                      'official': official, 'raw': raw}))
-    return official, raw
-
-
-if __name__ == '__main__':
-    main()

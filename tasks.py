@@ -22,9 +22,8 @@ from ctc_decode import beam_decode, greedy_decode
 from ctc_head import GlossVocab, ctc_min_length
 from datasets import GlossTargets, TextTargets
 from keypoints import DataError
-from phoenix_wer import official_wer
 from pose_encoder import key_list
-from SLRT_metrics import normalize_for_scoring, wer_list, write_ctm, write_stm
+from SLRT_metrics import normalize_for_scoring, official_wer, wer_list, write_ctm, write_stm
 
 
 def build_task(args, spec):

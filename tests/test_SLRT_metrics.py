@@ -250,3 +250,77 @@ def test_cli_islr_on_plain_files(tmp_path):
                       '--task', 'ISLR')
     assert result['top1_acc_pi'] == pytest.approx(200 / 3)
     assert result['top1_acc_pc'] == pytest.approx(75.0)
+
+
+# ----------------------------------------------------------------------------- official WER
+
+def test_official_wer_scores_the_rewritten_glosses():
+    assert M.official_wer(['NORD A'], ['loc-NORD A-PLUSPLUS'])['wer'] == 0.0
+    assert M.wer_list(['NORD A'], ['loc-NORD A-PLUSPLUS'])['wer'] == 100.0
+    assert M.official_wer(['__ON__ A'], ['A'])['wer'] == 50.0
+    assert M.official_wer(['__ON__ A'], ['A'], 'phoenix2014t')['wer'] == 0.0
+
+
+def test_official_wer_scores_empty_as_a_word():
+    official = M.official_wer(['A B C'], ['__EPENTHESIS__'])
+    assert official['wer'] == pytest.approx(100.0)
+    assert official['sub_rate'] == pytest.approx(100 / 3)
+    assert official['del_rate'] == pytest.approx(200 / 3)
+    assert M.wer_list(['A B C'], [''])['del_rate'] == pytest.approx(100.0)
+    assert M.official_wer(['__ON__'], ['__OFF__'], 'phoenix2014t') == {
+        'wer': 100.0, 'sub_rate': 0.0, 'del_rate': 0.0, 'ins_rate': 100.0}
+
+
+def test_official_wer_ignores_case_like_sclite_unless_asked():
+    assert M.official_wer(['NORD REGEN'], ['nord Regen'])['wer'] == 0.0
+    assert M.official_wer(['NORD REGEN'], ['nord Regen'], case_sensitive=True)['wer'] == 100.0
+
+
+def test_official_wer_returns_wer_list_keys():
+    assert set(M.official_wer(['A'], ['B'])) == set(M.wer_list(['A'], ['B']))
+
+
+def _run_phoenix_cli(tmp_path, *extra):
+    ids = ['utt1', 'utt2']
+    M.write_stm(tmp_path / 'ref.stm', ids, ['__ON__ NORD REGEN', 'HEUTE ABEND'])
+    M.write_ctm(tmp_path / 'hyp.ctm', ids, ['loc-NORD regen', ''])
+    return _run_cli('--task', 'CSLR', '--refs', str(tmp_path / 'ref.stm'),
+                    '--hyps', str(tmp_path / 'hyp.ctm'), *extra)
+
+
+def test_cli_prints_official_and_raw_phoenix_wer(tmp_path):
+    report = _run_phoenix_cli(tmp_path, '--phoenix', 'phoenix2014')
+    assert report['num_samples'] == 2
+    assert report['official_wer'] == pytest.approx(100 * 3 / 5)   # __ON__ + [EMPTY] B
+    assert report['wer'] == pytest.approx(100 * 5 / 5)
+    assert _run_phoenix_cli(tmp_path, '--phoenix', 'phoenix2014t')['official_wer'] == \
+        pytest.approx(50)
+    assert 'official_wer' not in _run_phoenix_cli(tmp_path)
+
+
+@pytest.mark.parametrize('flag', ['--case-sensitive', '--case_sensitive'])
+def test_cli_case_sensitive_in_both_spellings(tmp_path, flag):
+    report = _run_phoenix_cli(tmp_path, '--phoenix', 'phoenix2014', flag)
+    assert report['official_wer'] == pytest.approx(100 * 4 / 5)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--task', 'SLT', '--phoenix', 'phoenix2014'], '--phoenix scores glosses'),
+    (['--task', 'CSLR', '--case-sensitive'], '--case-sensitive acts on the official'),
+])
+def test_cli_refuses_phoenix_options_that_would_not_act(tmp_path, args, message):
+    (tmp_path / 'r.txt').write_text('A\n')
+    completed = subprocess.run([sys.executable, str(REPO_ROOT / 'SLRT_metrics.py'), '--refs',
+                                str(tmp_path / 'r.txt'), '--hyps', str(tmp_path / 'r.txt'), *args],
+                               capture_output=True, text=True, cwd=REPO_ROOT)
+    assert completed.returncode == 2 and 'error:' in completed.stderr
+    assert message in completed.stderr
+
+
+def test_merge_same_applies_before_both_wers():
+    merged = M.score(['A B'], ['A A B'], task='CSLR', merge_same=True, phoenix='phoenix2014')
+    assert merged['wer'] == 0.0 and merged['official_wer'] == 0.0
+    as_is = M.score(['A B'], ['A A B'], task='CSLR', phoenix='phoenix2014')
+    assert as_is['wer'] == pytest.approx(50.0) and as_is['official_wer'] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match='official PHOENIX WER'):
+        M.score(['A'], ['A'], task='SLT', phoenix='phoenix2014')

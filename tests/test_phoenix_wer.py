@@ -1,7 +1,6 @@
 """Tests for phoenix_wer: each rule of the official PHOENIX rewriting with hand-derived results,
-rule order, [EMPTY], official WER, the command line, and (when the dataset's scripts are at
+rule order, [EMPTY], and (when the dataset's scripts are at
 hand) identical output to the official shell scripts on the same adversarial glosses."""
-import json
 import os
 import shutil
 import subprocess
@@ -139,60 +138,6 @@ def test_apply_steps_stops_at_a_filter():
     steps = [P._sub('A', 'B'), P._drop('B'), P._sub('B', 'C')]
     assert P.apply_steps('xAx', steps) is None
     assert P.apply_steps('xx', steps) == 'xx'
-
-
-# ----------------------------------------------------------------------------- official WER
-
-def test_official_wer_scores_the_rewritten_glosses():
-    assert P.official_wer(['NORD A'], ['loc-NORD A-PLUSPLUS'])['wer'] == 0.0
-    assert M.wer_list(['NORD A'], ['loc-NORD A-PLUSPLUS'])['wer'] == 100.0
-    assert P.official_wer(['__ON__ A'], ['A'])['wer'] == 50.0
-    assert P.official_wer(['__ON__ A'], ['A'], 'phoenix2014t')['wer'] == 0.0
-
-
-def test_official_wer_scores_empty_as_a_word():
-    official = P.official_wer(['A B C'], ['__EPENTHESIS__'])
-    assert official['wer'] == pytest.approx(100.0)
-    assert official['sub_rate'] == pytest.approx(100 / 3)
-    assert official['del_rate'] == pytest.approx(200 / 3)
-    assert M.wer_list(['A B C'], [''])['del_rate'] == pytest.approx(100.0)
-    assert P.official_wer(['__ON__'], ['__OFF__'], 'phoenix2014t') == {
-        'wer': 100.0, 'sub_rate': 0.0, 'del_rate': 0.0, 'ins_rate': 100.0}
-
-
-def test_official_wer_ignores_case_like_sclite_unless_asked():
-    assert P.official_wer(['NORD REGEN'], ['nord Regen'])['wer'] == 0.0
-    assert P.official_wer(['NORD REGEN'], ['nord Regen'], case_sensitive=True)['wer'] == 100.0
-
-
-def test_official_wer_returns_wer_list_keys():
-    assert set(P.official_wer(['A'], ['B'])) == set(M.wer_list(['A'], ['B']))
-
-
-# ----------------------------------------------------------------------------- command line
-
-def _run_cli(tmp_path, *extra):
-    ids = ['utt1', 'utt2']
-    M.write_stm(tmp_path / 'ref.stm', ids, ['__ON__ NORD REGEN', 'HEUTE ABEND'])
-    M.write_ctm(tmp_path / 'hyp.ctm', ids, ['loc-NORD regen', ''])
-    result = subprocess.run([sys.executable, str(REPO_ROOT / 'phoenix_wer.py'),
-                             '--refs', str(tmp_path / 'ref.stm'),
-                             '--hyps', str(tmp_path / 'hyp.ctm'), *extra],
-                            capture_output=True, text=True, check=True, cwd=REPO_ROOT)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_cli_prints_official_and_raw_wer(tmp_path):
-    report = _run_cli(tmp_path)
-    assert report['variant'] == 'phoenix2014' and report['num_samples'] == 2
-    assert report['official']['wer'] == pytest.approx(100 * 3 / 5)   # __ON__ + [EMPTY] B
-    assert report['raw']['wer'] == pytest.approx(100 * 5 / 5)
-    assert _run_cli(tmp_path, '--variant', 'phoenix2014t')['official']['wer'] == pytest.approx(50)
-
-
-@pytest.mark.parametrize('flag', ['--case-sensitive', '--case_sensitive'])
-def test_cli_case_sensitive_in_both_spellings(tmp_path, flag):
-    assert _run_cli(tmp_path, flag)['official']['wer'] == pytest.approx(100 * 4 / 5)
 
 
 # ----------------------------------------------------------------------------- official scripts
