@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BLANK = '<blank>'
+DEFAULT_CONV_TYPE = 'K5P2K5P2'  # VAC's temporal convolutions
 DEFAULT_LOSS_WEIGHTS = {'SeqCTC': 1.0, 'ConvCTC': 1.0, 'Dist': 25.0}
 
 
@@ -106,7 +107,7 @@ class TemporalConv(nn.Module):
     (T', B, num_classes) from its own classifier.
     """
 
-    def __init__(self, input_size, hidden_size, conv_type='K5P2K5P2', num_classes=None,
+    def __init__(self, input_size, hidden_size, conv_type=DEFAULT_CONV_TYPE, num_classes=None,
                  weight_norm=True):
         super().__init__()
         self.kernels = parse_conv_type(conv_type)
@@ -123,10 +124,7 @@ class TemporalConv(nn.Module):
 
     def min_input_length(self):
         """Fewest input frames that give one output frame."""
-        length = 1
-        for kind, size in reversed(self.kernels):
-            length = length * size if kind == 'P' else length + size - 1
-        return length
+        return min_input_length(self.kernels)
 
     def output_lengths(self, lengths):
         """Exact output length per input length (valid conv: L - K + 1; pool: floor(L / P))."""
@@ -142,6 +140,15 @@ class TemporalConv(nn.Module):
         logits = self.fc(features) if self.fc is not None else None
         return {'visual_feat': features, 'conv_logits': logits,
                 'feat_len': self.output_lengths(torch.as_tensor(lengths).cpu())}
+
+
+def min_input_length(conv_type):
+    """Fewest input frames that give one output frame, for 'K5P2K5P2' or its parsed list."""
+    kernels = parse_conv_type(conv_type) if isinstance(conv_type, str) else conv_type
+    length = 1
+    for kind, size in reversed(kernels):
+        length = length * size if kind == 'P' else length + size - 1
+    return length
 
 
 def parse_conv_type(conv_type):
@@ -177,7 +184,7 @@ class CTCHead(nn.Module):
     """Temporal conv + BiLSTM gloss classifier with VAC's CTC and distillation losses."""
 
     def __init__(self, input_dim, num_classes, hidden_size=1024, share_classifier=True,
-                 weight_norm=True, loss_weights=None, temperature=8, conv_type='K5P2K5P2'):
+                 weight_norm=True, loss_weights=None, temperature=8, conv_type=DEFAULT_CONV_TYPE):
         super().__init__()
         self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
         unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)

@@ -12,9 +12,14 @@ import sys
 
 import config
 import regularizers
-from cli import add_flag, int_list
-from ctc_head import DEFAULT_LOSS_WEIGHTS
+from cli import (ArgumentParser, add_flag, count, count_list, fraction, non_negative, non_negative_int,
+                 odd_count, positive, seed, int_range)
+from ctc_head import DEFAULT_CONV_TYPE, DEFAULT_LOSS_WEIGHTS, min_input_length
 from pose_encoder import SPEED_CHOICES, SPEED_DEFAULTS
+
+CTC_MIN_FRAMES = min_input_length(DEFAULT_CONV_TYPE)
+target_length = int_range(2)  # mT5 targets end with </s>: one token leaves no text
+
 
 def get_args_parser():
     """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
@@ -34,32 +39,32 @@ def get_args_parser():
 
 def add_optimisation_flags(p):
     """Optimisation flags, with Uni-Sign's names and defaults."""
-    add_flag(p, "--batch-size", type=int, default=16)
-    add_flag(p, "--gradient-accumulation-steps", type=int, default=8)
-    add_flag(p, "--gradient-clipping", type=float, default=1.0)
-    add_flag(p, "--epochs", type=int, default=20)
+    add_flag(p, "--batch-size", type=count, default=16)
+    add_flag(p, "--gradient-accumulation-steps", type=count, default=8)
+    add_flag(p, "--gradient-clipping", type=non_negative, default=1.0)
+    add_flag(p, "--epochs", type=count, default=20)
     add_flag(p, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
-    add_flag(p, "--opt-eps", type=float, default=1.0e-9)
-    add_flag(p, "--opt-betas", type=float, default=None, nargs="+")
-    add_flag(p, "--clip-grad", type=float, default=None, help="alias of --gradient-clipping when set")
-    add_flag(p, "--momentum", type=float, default=0.9)
-    add_flag(p, "--weight-decay", type=float, default=1e-4)
+    add_flag(p, "--opt-eps", type=positive, default=1.0e-9)
+    add_flag(p, "--opt-betas", type=fraction, default=None, nargs="+")
+    add_flag(p, "--clip-grad", type=non_negative, default=None, help="alias of --gradient-clipping when set")
+    add_flag(p, "--momentum", type=fraction, default=0.9)
+    add_flag(p, "--weight-decay", type=non_negative, default=1e-4)
     add_flag(p, "--sched", type=str, default="cosine",
              choices=["cosine", "linear", "constant", "multistep"],
              help="cosine (Uni-Sign), linear, constant, or multistep (VAC: x0.2 at --lr_steps)")
-    add_flag(p, "--lr", type=float, default=1.0e-3)
-    add_flag(p, "--min-lr", type=float, default=None,
+    add_flag(p, "--lr", type=positive, default=1.0e-3)
+    add_flag(p, "--min-lr", type=non_negative, default=None,
              help="floor of the cosine schedule (cosine_with_min_lr); unset: Uni-Sign's cosine to 0")
-    add_flag(p, "--warmup-epochs", type=float, default=0)
-    add_flag(p, "--label_smoothing", type=float, default=0.2)
+    add_flag(p, "--warmup-epochs", type=non_negative, default=0)
+    add_flag(p, "--label_smoothing", type=fraction, default=0.2)
 
 
 def add_distributed_flags(p):
     """Distributed and DeepSpeed flags."""
-    add_flag(p, "--world_size", type=int, default=None,
+    add_flag(p, "--world_size", type=count, default=None,
              help="refused: the launcher sets the process group (deepspeed --num_gpus/--num_nodes)")
     add_flag(p, "--dist_url", default=None, help="refused, as --world_size")
-    add_flag(p, "--local_rank", type=int, default=0, help="set by the deepspeed launcher")
+    add_flag(p, "--local_rank", type=non_negative_int, default=0, help="set by the deepspeed launcher")
     add_flag(p, "--offload", action="store_true", help="ZeRO offload of optimizer and parameters")
     add_flag(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
@@ -74,21 +79,21 @@ def add_run_flags(p):
     add_flag(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
     add_flag(p, "--init_encoder", default="",
          help="initialise only the pose encoder, from a checkpoint of any head (e.g. CTC)")
-    add_flag(p, "--seed", type=int, default=42)
+    add_flag(p, "--seed", type=seed, default=42)
     add_flag(p, "--eval", action="store_true", help="evaluate only")
-    add_flag(p, "--num_workers", type=int, default=8)
+    add_flag(p, "--num_workers", type=non_negative_int, default=8)
     add_flag(p, "--pin-mem", action="store_true", dest="pin_mem")
     add_flag(p, "--no-pin-mem", action="store_false", dest="pin_mem")
     p.set_defaults(pin_mem=True)
-    add_flag(p, "--quick_break", type=int, default=0, help="end each epoch after N steps (0: full)")
+    add_flag(p, "--quick_break", type=non_negative_int, default=0, help="end each epoch after N steps (0: full)")
     add_flag(p, "--resume", default="auto", choices=["auto", "none"],
          help="auto: continue from the latest training state in --output_dir")
-    add_flag(p, "--keep_last", type=int, default=2, help="epoch checkpoints kept besides the best")
-    add_flag(p, "--save_every_steps", type=int, default=0,
+    add_flag(p, "--keep_last", type=non_negative_int, default=2, help="epoch checkpoints kept besides the best")
+    add_flag(p, "--save_every_steps", type=non_negative_int, default=0,
          help="also save a resumable training state every N micro-batches (0: per epoch only)")
     add_flag(p, "--bucket_by_length", action="store_true", help="batch clips of similar length")
-    add_flag(p, "--print_freq", type=int, default=10)
-    add_flag(p, "--eval_every", type=int, default=1, help="evaluate every N epochs (and the last)")
+    add_flag(p, "--print_freq", type=count, default=10)
+    add_flag(p, "--eval_every", type=count, default=1, help="evaluate every N epochs (and the last)")
     add_flag(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
 
 
@@ -96,10 +101,10 @@ def add_data_flags(p):
     """Dataset, task and path flags (paths default to config.py)."""
     add_flag(p, "--dataset", default="CSL_Daily")
     add_flag(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
-    add_flag(p, "--max_length", type=int, default=256, help="frames kept per clip")
-    add_flag(p, "--pose_fps", type=float, default=None,
+    add_flag(p, "--max_length", type=count, default=256, help="frames kept per clip")
+    add_flag(p, "--pose_fps", type=positive, default=None,
          help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
-    add_flag(p, "--max_tgt_len", type=int, default=50, help="target tokens kept")
+    add_flag(p, "--max_tgt_len", type=target_length, default=50, help="target tokens kept")
     add_flag(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
     add_flag(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
     add_flag(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
@@ -110,10 +115,10 @@ def add_data_flags(p):
 
 def add_model_flags(p):
     """Pose encoder widths (Uni-Sign's defaults) and how its frames enter mT5."""
-    add_flag(p, "--hidden_dim", type=int, default=256)
-    add_flag(p, "--stgcn_channels", type=int_list, default=[64, 128, 256])
-    add_flag(p, "--temporal_layers", type=int, default=3)
-    add_flag(p, "--temporal_kernel", type=int, default=5)
+    add_flag(p, "--hidden_dim", type=count, default=256)
+    add_flag(p, "--stgcn_channels", type=count_list, default=[64, 128, 256])
+    add_flag(p, "--temporal_layers", type=count, default=3)
+    add_flag(p, "--temporal_kernel", type=odd_count, default=5)
     add_flag(p, "--pose_positions", default="none", choices=["none", "sinusoidal"],
          help="add sinusoidal frame positions to the pose embeddings (none: Uni-Sign); helps "
               "when the output order is not implied by content, as in fingerspelling")
@@ -142,9 +147,9 @@ def add_speed_flags(p):
 
 def add_generation_flags(p):
     """Decoding flags."""
-    add_flag(p, "--num_beams", type=int, default=4)
-    add_flag(p, "--max_new_tokens", type=int, default=100)
-    add_flag(p, "--decode_pool", type=int, default=64,
+    add_flag(p, "--num_beams", type=count, default=4)
+    add_flag(p, "--max_new_tokens", type=count, default=100)
+    add_flag(p, "--decode_pool", type=non_negative_int, default=64,
          help="beam rows of several evaluation batches decoded together, with the same output "
               "as batch by batch (0: Hugging Face generate per batch)")
 
@@ -156,7 +161,7 @@ def add_tracking_flags(p):
     add_flag(p, "--wandb_run_name", default=None)
     add_flag(p, "--skip_bad_samples", action="store_true",
          help="skip unreadable or invalid clips (counted and logged) instead of stopping")
-    add_flag(p, "--max_nonfinite", type=int, default=10,
+    add_flag(p, "--max_nonfinite", type=non_negative_int, default=10,
          help="stop (saving a training state) after N consecutive NaN/Inf losses; 0: never")
 
 
@@ -166,21 +171,21 @@ def add_recognition_flags(p):
     g = p.add_argument_group("continuous recognition with a CTC head")
     add_flag(g, "--head", default="generate", choices=["generate", "ctc"],
          help="CSLR: generate (mT5 writes the glosses) or ctc (VAC's CTC head, no mT5)")
-    add_flag(g, "--ctc_beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
-    add_flag(g, "--ctc_hidden", type=int, default=1024, help="CTC head conv/BiLSTM width")
+    add_flag(g, "--ctc_beam", type=count, default=1, help="CTC prefix beam width (1: greedy)")
+    add_flag(g, "--ctc_hidden", type=count, default=1024, help="CTC head conv/BiLSTM width")
     add_flag(g, "--share_classifier", action=argparse.BooleanOptionalAction, default=True,
          help="one classifier for the conv and BiLSTM outputs (SMKD)")
     add_flag(g, "--weight_norm", action=argparse.BooleanOptionalAction, default=True,
          help="unit-norm classifier columns (SMKD)")
     add_flag(g, "--loss_weights", default=weights, help="CTC head loss weights, NAME=W,...")
-    add_flag(g, "--lr_steps", type=int_list, default=[20, 35],
+    add_flag(g, "--lr_steps", type=count_list, default=[20, 35],
          help="epochs where --sched multistep multiplies the lr by 0.2")
 
 
 def parse_args(description, argv=None, defaults=None):
     """Parsed flags; a flag that cannot act in the requested configuration stops here with
     `error:` and the reason (see refusals), before anything is built."""
-    parser = argparse.ArgumentParser(description, parents=[get_args_parser()])
+    parser = ArgumentParser(description, parents=[get_args_parser()])
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv)
     if args.clip_grad is not None:
@@ -244,6 +249,7 @@ def refusals(args, explicit):
     problems += regularizer_refusals(args, explicit)
     problems += schedule_refusals(args, explicit)
     problems += run_refusals(args, explicit)
+    problems += value_refusals(args)
     return problems
 
 
@@ -327,4 +333,20 @@ def run_refusals(args, explicit):
         problems.append("--decode_pool pools beam search; --num_beams 1 decodes greedily")
     if args.compute_fp32_loss and args.dtype == "fp32":
         problems.append("--compute_fp32_loss: with --dtype fp32 the loss is float32 already")
+    return problems
+
+
+def value_refusals(args):
+    """Values in range one by one (cli.py's types) that cannot work together."""
+    problems = []
+    if args.opt_betas is not None and len(args.opt_betas) != 2:
+        problems.append(f"--opt-betas takes two values (beta1 beta2), got {len(args.opt_betas)}")
+    if args.warmup_epochs > args.epochs:
+        problems.append(f"--warmup-epochs {args.warmup_epochs:g} is longer than --epochs "
+                        f"{args.epochs}: the learning rate would never reach --lr")
+    if args.min_lr is not None and args.min_lr >= args.lr:
+        problems.append(f"--min-lr {args.min_lr:g} must be below --lr {args.lr:g}")
+    if args.head == "ctc" and args.max_length < CTC_MIN_FRAMES:
+        problems.append(f"--max_length {args.max_length}: the CTC head's temporal convolutions "
+                        f"need at least {CTC_MIN_FRAMES} frames per clip")
     return problems

@@ -286,12 +286,12 @@ def parse_args(argv=None):
     cli.add_flag(parser, '--input', nargs='+', required=True, help='files or folders')
     cli.add_flag(parser, '--out', required=True, help='output folder')
     cli.add_flag(parser, '--to', choices=['pkl', 'pose'], default='pkl')
-    cli.add_flag(parser, '--fps', type=float, default=None, help='--to pkl: resample to this rate')
-    cli.add_flag(parser, '--width', type=int, default=1000, help='--to pose: frame width')
-    cli.add_flag(parser, '--height', type=int, default=1000, help='--to pose: frame height')
+    cli.add_flag(parser, '--fps', type=cli.positive, default=None, help='--to pkl: resample to this rate')
+    cli.add_flag(parser, '--width', type=cli.count, default=1000, help='--to pose: frame width')
+    cli.add_flag(parser, '--height', type=cli.count, default=1000, help='--to pose: frame height')
     cli.add_flag(parser, '--pickle_units', choices=['pixels', 'frame'], default='pixels',
                          help='--to pose: pickle coordinates in pixels or in frame-size units')
-    cli.add_flag(parser, '--source_fps', type=float, default=25.0, help='--to pose: frame rate')
+    cli.add_flag(parser, '--source_fps', type=cli.positive, default=25.0, help='--to pose: frame rate')
     return parser.parse_args(argv)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cli
 from cli import add_flag
 from hyperbolic import HyperbolicAlignment, dump_batch, masked_mean, scalar  # noqa: F401
 
@@ -206,13 +207,24 @@ DEFAULTS = dict(
 )
 
 
+VALUE_TYPES = dict(  # the range each numeric setting is checked against as it is parsed
+    signcl_weight=cli.non_negative, signcl_max_distance=cli.positive,
+    signcl_pos_samples=cli.int_range(1, 2), signcl_neg_samples=cli.count,
+    sst_num=cli.count, sst_dim=cli.count, sst_weight=cli.non_negative,
+    sst_temperature=cli.positive, hyp_dim=cli.int_range(2), init_c=cli.positive,
+    hyp_lr=cli.positive, hyp_stabilize=cli.count, alpha=cli.finite, alpha_reg=cli.finite,
+    label_smoothing_hyp=cli.fraction, clip_grad_norm_euclid=cli.positive,
+    clip_grad_norm_hyp=cli.positive, max_eval_samples=cli.count,
+)
+
+
 def _flag(group, name, help, **kwargs):
     """Registers --name under both spellings with the default from DEFAULTS."""
     default = DEFAULTS[name]
     if isinstance(default, bool):
         kwargs["action"] = "store_true"
-    else:
-        kwargs.setdefault("type", type(default))
+    elif name in VALUE_TYPES:
+        kwargs.setdefault("type", VALUE_TYPES[name])
     add_flag(group, "--" + name, default=default, help=help, **kwargs)
 
 
@@ -239,7 +251,7 @@ def add_regularizer_flags(parser):
     _flag(g, "hyp_stabilize", "RiemannianAdam stabilisation period")
     _flag(g, "alpha", "base CE weight: loss = a*CE + (1-a)*hyp, a = clamp(alpha + 0.1*progress "
                       f"+ 0.2*sigmoid(learned), 0.1, 1) (default {GEO_SIGN_ALPHA}, Geo-Sign's "
-                      "recipe); alpha >= 0.9 leaves hyp weightless", type=float)
+                      "recipe); alpha >= 0.9 leaves hyp weightless")
     _flag(g, "alpha_reg", "refused: Geo-Sign accepts it and never reads it")
     _flag(g, "label_smoothing_hyp", "label smoothing of the hyperbolic contrastive loss")
     _flag(g, "hyp_text_emb_src", "text features: token embeddings or last decoder states",

@@ -41,22 +41,22 @@ class UsageError(Exception):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_flag(p, 'inputs', nargs='*', help='pose files, globs or folders')
     source = p.add_mutually_exclusive_group(required=True)
     cli.add_flag(source, '--checkpoint', help="fine_tuning.py weight file ({'model', 'args'})")
     cli.add_flag(source, '--model', help='folder written by --export')
     cli.add_flag(p, '--mt5_path', help='mT5 folder (tokenizer, config) for --checkpoint')
     cli.add_flag(p, '--export', metavar='DIR', help='write weights, tokenizer and flags to DIR')
-    cli.add_flag(p, '--num_beams', type=int, help="beam width (default: the checkpoint's)")
-    cli.add_flag(p, '--batch_size', type=int, default=8)
-    cli.add_flag(p, '--max_new_tokens', type=int, help="default: the checkpoint's")
-    cli.add_flag(p, '--decode_pool', type=int, default=64,
+    cli.add_flag(p, '--num_beams', type=cli.count, help="beam width (default: the checkpoint's)")
+    cli.add_flag(p, '--batch_size', type=cli.count, default=8)
+    cli.add_flag(p, '--max_new_tokens', type=cli.count, help="default: the checkpoint's")
+    cli.add_flag(p, '--decode_pool', type=cli.non_negative_int, default=64,
                     help="beam rows of several batches decoded together, same output "
                          "(0: batch by batch)")
-    cli.add_flag(p, '--max_length', type=int,
+    cli.add_flag(p, '--max_length', type=cli.count,
                     help="frames kept per clip (default: the checkpoint's)")
-    cli.add_flag(p, '--fps', type=float, help='resample .pose clips to this frame rate')
+    cli.add_flag(p, '--fps', type=cli.positive, help='resample .pose clips to this frame rate')
     cli.add_flag(p, '--format', choices=['tsv', 'jsonl'], default='tsv')
     cli.add_flag(p, '--output', help='output file (default: standard output)')
     cli.add_flag(p, '--skip_bad_samples', action='store_true',
@@ -65,10 +65,10 @@ def parse_args(argv=None):
     cli.add_flag(p, '--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     cli.add_flag(p, '--dataset',
                     help='prompt language / flags for checkpoints without stored flags')
-    cli.add_flag(p, '--stgcn_channels', type=cli.int_list)
-    cli.add_flag(p, '--hidden_dim', type=int)
-    cli.add_flag(p, '--temporal_layers', type=int)
-    cli.add_flag(p, '--temporal_kernel', type=int)
+    cli.add_flag(p, '--stgcn_channels', type=cli.count_list)
+    cli.add_flag(p, '--hidden_dim', type=cli.count)
+    cli.add_flag(p, '--temporal_layers', type=cli.count)
+    cli.add_flag(p, '--temporal_kernel', type=cli.odd_count)
     args = p.parse_args(argv)
     if not args.inputs and not args.export:
         p.error('give pose files to translate, or --export DIR')

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import demo.news  # noqa: E402
+import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 import pose_store  # noqa: E402
 from datasets import S2T_Dataset, load_part_kp, read_pose  # noqa: E402
@@ -96,16 +97,16 @@ def max_part_difference(pickled, packed, count):
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_flag(parser, '--n', type=int, default=400, help='clips to generate')
+    add_flag(parser, '--n', type=cli.count, default=400, help='clips to generate')
     add_flag(parser, '--news_root', help='use OUT/CSL_News of this folder instead')
-    add_flag(parser, '--workers', type=int, default=2, help='DataLoader workers')
-    add_flag(parser, '--batch_size', type=int, default=16)
-    add_flag(parser, '--max_length', type=int, default=256)
-    add_flag(parser, '--epochs', type=int, default=2, help='passes; the last one is timed')
-    add_flag(parser, '--read_frames', type=int, default=150)
-    add_flag(parser, '--calls', type=int, default=100, help='calls per timing round')
-    add_flag(parser, '--pack_workers', type=int, default=os.cpu_count() or 1)
-    add_flag(parser, '--seed', type=int, default=0)
+    add_flag(parser, '--workers', type=cli.non_negative_int, default=2, help='DataLoader workers')
+    add_flag(parser, '--batch_size', type=cli.count, default=16)
+    add_flag(parser, '--max_length', type=cli.count, default=256)
+    add_flag(parser, '--epochs', type=cli.count, default=2, help='passes; the last one is timed')
+    add_flag(parser, '--read_frames', type=cli.count, default=150)
+    add_flag(parser, '--calls', type=cli.count, default=100, help='calls per timing round')
+    add_flag(parser, '--pack_workers', type=cli.count, default=os.cpu_count() or 1)
+    add_flag(parser, '--seed', type=cli.seed, default=0)
     return parser.parse_args()
 
 

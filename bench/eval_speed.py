@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import (MT5_SHAPES, build_model, machine_description, make_batch,  # noqa: E402
                         make_pool, make_tokenizer, synchronize, to_device)
+import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED  # noqa: E402
 
@@ -160,18 +161,18 @@ def run(opts):
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
-    add_flag(p, '--vocab_size', type=int, default=None)
+    add_flag(p, '--vocab_size', type=cli.count, default=None)
     add_flag(p, '--device', default='auto')
-    add_flag(p, '--batch_size', type=int, default=4)
-    add_flag(p, '--steps', type=int, default=8, help="batches evaluated per row")
-    add_flag(p, '--repeats', type=int, default=1, help="interleaved rounds over the rows")
-    add_flag(p, '--num_beams', type=int, default=4)
-    add_flag(p, '--max_new_tokens', type=int, default=0,
+    add_flag(p, '--batch_size', type=cli.count, default=4)
+    add_flag(p, '--steps', type=cli.count, default=8, help="batches evaluated per row")
+    add_flag(p, '--repeats', type=cli.count, default=1, help="interleaved rounds over the rows")
+    add_flag(p, '--num_beams', type=cli.count, default=4)
+    add_flag(p, '--max_new_tokens', type=cli.non_negative_int, default=0,
                    help="0: the mean over the batches of their longest reference")
-    add_flag(p, '--pool_rows', type=int, default=64, help="beam rows decoded together")
-    add_flag(p, '--mean_frames', type=float, default=120)
-    add_flag(p, '--cv', type=float, default=0.35)
-    add_flag(p, '--seed', type=int, default=0)
+    add_flag(p, '--pool_rows', type=cli.count, default=64, help="beam rows decoded together")
+    add_flag(p, '--mean_frames', type=cli.positive, default=120)
+    add_flag(p, '--cv', type=cli.non_negative, default=0.35)
+    add_flag(p, '--seed', type=cli.seed, default=0)
     add_flag(p, '--worker', default='', help=argparse.SUPPRESS)
     add_flag(p, '--ids_file', default='', help=argparse.SUPPRESS)
     add_flag(p, '--tokenizer_dir', default='', help=argparse.SUPPRESS)

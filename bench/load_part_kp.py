@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from datasets import load_part_kp  # noqa: E402
 
@@ -112,8 +113,8 @@ def median_seconds(fn, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_flag(parser, '--frames', type=int, default=256)
-    add_flag(parser, '--repeats', type=int, default=30)
+    add_flag(parser, '--frames', type=cli.count, default=256)
+    add_flag(parser, '--repeats', type=cli.count, default=30)
     args = parser.parse_args()
 
     keypoints, scores = realistic_clip(args.frames)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from regularizers import SignCL  # noqa: E402
 
@@ -71,11 +72,11 @@ def check_equal(x, margin):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_flag(parser, "--batch", type=int, default=4)
-    add_flag(parser, "--frames", type=int, default=256)
-    add_flag(parser, "--dim", type=int, default=768)
-    add_flag(parser, "--margin", type=int, default=20)
-    add_flag(parser, "--repeats", type=int, default=3)
+    add_flag(parser, "--batch", type=cli.count, default=4)
+    add_flag(parser, "--frames", type=cli.count, default=256)
+    add_flag(parser, "--dim", type=cli.count, default=768)
+    add_flag(parser, "--margin", type=cli.count, default=20)
+    add_flag(parser, "--repeats", type=cli.count, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
     random.seed(0)

@@ -49,6 +49,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import config  # noqa: E402
+import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from flags import get_args_parser  # noqa: E402
 from datasets import TextTargets  # noqa: E402
@@ -391,22 +392,22 @@ def summarise(results, device, peak_flops):
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
-    add_flag(p, '--vocab_size', type=int, default=None, help="override the mT5 vocabulary")
+    add_flag(p, '--vocab_size', type=cli.count, default=None, help="override the mT5 vocabulary")
     add_flag(p, '--device', default='auto', help="auto, cpu or cuda")
-    add_flag(p, '--batch_size', type=int, default=4)
-    add_flag(p, '--steps', type=int, default=6, help="batches timed per row")
-    add_flag(p, '--repeats', type=int, default=1, help="interleaved rounds over all rows")
+    add_flag(p, '--batch_size', type=cli.count, default=4)
+    add_flag(p, '--steps', type=cli.count, default=6, help="batches timed per row")
+    add_flag(p, '--repeats', type=cli.count, default=1, help="interleaved rounds over all rows")
     add_flag(p, '--rows', default='', help="comma-separated subset of rows")
-    add_flag(p, '--mean_frames', type=float, default=120)
-    add_flag(p, '--cv', type=float, default=0.35, help="clip-length coefficient of variation")
-    add_flag(p, '--seed', type=int, default=0)
+    add_flag(p, '--mean_frames', type=cli.positive, default=120)
+    add_flag(p, '--cv', type=cli.non_negative, default=0.35, help="clip-length coefficient of variation")
+    add_flag(p, '--seed', type=cli.seed, default=0)
     add_flag(p, '--optimizer', action='store_true', help="include an AdamW step")
     add_flag(p, '--count_flops', action='store_true', help="FLOPs on CPU too (extra pass)")
     add_flag(p, '--with_bf16', action='store_true', help="add a bf16-autocast row")
     add_flag(p, '--with_compile', action='store_true', help="add a torch.compile row")
-    add_flag(p, '--peak_tflops', type=float, default=None, help="for MFU on unknown GPUs")
+    add_flag(p, '--peak_tflops', type=cli.positive, default=None, help="for MFU on unknown GPUs")
     add_flag(p, '--layers', action='store_true', help="one-layer timings only")
-    add_flag(p, '--layer_repeats', type=int, default=5)
+    add_flag(p, '--layer_repeats', type=cli.count, default=5)
     add_flag(p, '--json', default='', help="also write the raw results here")
     add_flag(p, '--worker', default='', help=argparse.SUPPRESS)
     add_flag(p, '--row', default='', help=argparse.SUPPRESS)

@@ -16,6 +16,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
+import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from datasets import S2T_Dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
@@ -29,9 +30,9 @@ def parse_args(argv=None):
     add_flag(parser, '--data_root', default=None, help='label root (see config.py)')
     add_flag(parser, '--pose_root', default=None, help='pose root (see config.py)')
     add_flag(parser, '--splits', default=','.join(config.PHASES), help='comma-separated')
-    add_flag(parser, '--max_length', type=int, default=256,
+    add_flag(parser, '--max_length', type=cli.count, default=256,
                         help='frames the trainer keeps per clip (counts the longer clips)')
-    add_flag(parser, '--workers', type=int, default=os.cpu_count() or 1,
+    add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
                         help='reading processes (default: all cores)')
     add_flag(parser, '--report', default=None, help='also write the report to this JSON file')
     return parser.parse_args(argv)

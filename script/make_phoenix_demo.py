@@ -121,10 +121,10 @@ def make_phoenix_demo(root, seed=0, n_train=1000, n_dev=100, n_test=100, unseen=
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_flag(parser, '--out', default='data/PhoenixDemo')
-    cli.add_flag(parser, '--seed', type=int, default=0)
-    cli.add_flag(parser, '--n_train', type=int, default=1000)
-    cli.add_flag(parser, '--n_dev', type=int, default=100)
-    cli.add_flag(parser, '--n_test', type=int, default=100)
+    cli.add_flag(parser, '--seed', type=cli.seed, default=0)
+    cli.add_flag(parser, '--n_train', type=cli.count, default=1000)
+    cli.add_flag(parser, '--n_dev', type=cli.count, default=100)
+    cli.add_flag(parser, '--n_test', type=cli.count, default=100)
     cli.add_flag(parser, '--unseen', nargs='*', default=[],
                          help='glosses kept out of training (e.g. SICK)')
     cli.add_flag(parser, '--overwrite', action='store_true')

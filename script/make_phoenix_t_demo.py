@@ -285,9 +285,10 @@ def make_phoenix_t_demo(root, seed=0, n_train=2000, n_dev=150, n_test=150, mt5_k
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_flag(parser, '--out', default='data/PhoenixTDemo')
-    for name, default in (('seed', 0), ('n_train', 2000), ('n_dev', 150), ('n_test', 150),
+    cli.add_flag(parser, '--seed', type=cli.seed, default=0)
+    for name, default in (('n_train', 2000), ('n_dev', 150), ('n_test', 150),
                           ('d_model', DEFAULT_MT5['d_model'])):
-        cli.add_flag(parser, '--' + name, type=int, default=default)
+        cli.add_flag(parser, '--' + name, type=cli.count, default=default)
     cli.add_flag(parser, '--overwrite', action='store_true', help='regenerate even if complete')
     args = parser.parse_args(argv)
     mt5_kwargs = {'d_model': args.d_model, 'd_ff': 2 * args.d_model}

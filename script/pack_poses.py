@@ -22,9 +22,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_flag(parser, '--pose_dir', help='folder searched recursively for .pkl pose files')
     cli.add_flag(parser, '--out', required=True, help='store folder (created if missing)')
-    cli.add_flag(parser, '--workers', type=int, default=os.cpu_count() or 1,
+    cli.add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
                          help='reading processes (default: all cores)')
-    cli.add_flag(parser, '--shard_size', type=int, default=pose_store.DEFAULT_SHARD_SIZE,
+    cli.add_flag(parser, '--shard_size', type=cli.count, default=pose_store.DEFAULT_SHARD_SIZE,
                          help='clips per shard')
     cli.add_flag(parser, '--skip_bad', action='store_true',
                          help='leave out unusable pose files, listing them in the manifest')

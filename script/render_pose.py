@@ -111,11 +111,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_flag(parser, "pose_file", help=".pkl or .pose clip")
     cli.add_flag(parser, "--out", required=True, help="PNG file")
-    cli.add_flag(parser, "--frames", type=int, default=8, help="frames shown, evenly spaced")
-    cli.add_flag(parser, "--fps", type=float, help=".pose files: resample to this frame rate first")
+    cli.add_flag(parser, "--frames", type=cli.count, default=8, help="frames shown, evenly spaced")
+    cli.add_flag(parser, "--fps", type=cli.positive, help=".pose files: resample to this frame rate first")
     args = parser.parse_args(argv)
-    if args.frames < 1:
-        parser.error("--frames must be at least 1")
     from datasets import DataError
     try:
         parts = load_parts(args.pose_file, args.fps)

@@ -1,6 +1,11 @@
-"""cli.py and the command lines built with it: every flag in its dash and underscore spelling."""
+"""cli.py and the command lines built with it: every flag in its dash and underscore spelling,
+every numeric flag range-checked at parse time."""
 import argparse
+import contextlib
+import glob
+import io
 import os
+import runpy
 import subprocess
 import sys
 
@@ -23,7 +28,7 @@ def test_spellings_of_several_names_have_no_repeats():
 
 def test_add_flag_accepts_both_spellings_under_one_dest():
     parser = argparse.ArgumentParser()
-    cli.add_flag(parser, '--batch-size', type=int, default=8)
+    cli.add_flag(parser, '--batch-size', type=cli.count, default=8)
     assert parser.parse_args([]).batch_size == 8
     assert parser.parse_args(['--batch-size', '3']).batch_size == 3
     assert parser.parse_args(['--batch_size', '4']).batch_size == 4
@@ -31,7 +36,7 @@ def test_add_flag_accepts_both_spellings_under_one_dest():
 
 def test_add_flag_takes_dest_from_the_first_name():
     parser = argparse.ArgumentParser()
-    cli.add_flag(parser, '--max_length', '--frames', type=int)
+    cli.add_flag(parser, '--max_length', '--frames', type=cli.count)
     for flag in ('--max_length', '--max-length', '--frames'):
         assert parser.parse_args([flag, '5']).max_length == 5
 
@@ -126,3 +131,130 @@ def test_script_help_lists_both_spellings(script, flags):
     assert proc.returncode == 0, proc.stderr
     for flag in flags:
         assert flag in proc.stdout, (flag, proc.stdout)
+
+
+# ----------------------------------------------------------------------------- ranged types
+
+@pytest.mark.parametrize('kind, text, value', [
+    (cli.count, '3', 3), (cli.non_negative_int, '0', 0), (cli.seed, '4294967295', 2**32 - 1),
+    (cli.positive, '1e-4', 1e-4), (cli.non_negative, '0', 0.0), (cli.fraction, '0.999', 0.999),
+    (cli.finite, '-2.5', -2.5), (cli.odd_count, '5', 5), (cli.count_list, '8,16', [8, 16]),
+])
+def test_ranged_types_accept_values_in_range(kind, text, value):
+    assert kind(text) == value
+
+
+@pytest.mark.parametrize('kind, text, expected', [
+    (cli.count, '0', 'an integer >= 1'), (cli.count, '-3', 'an integer >= 1'),
+    (cli.count, '2.5', "got '2.5'"), (cli.count, 'many', "got 'many'"),
+    (cli.non_negative_int, '-1', '>= 0'), (cli.seed, '-1', '>= 0'), (cli.seed, '4294967296', '<='),
+    (cli.positive, '0', '> 0'), (cli.positive, '-1e-3', '> 0'), (cli.positive, 'nan', 'finite'),
+    (cli.positive, 'inf', 'finite'), (cli.non_negative, '-0.1', '>= 0'),
+    (cli.fraction, '1', '< 1'), (cli.fraction, '-0.1', '>= 0'), (cli.finite, '-inf', 'finite'),
+    (cli.odd_count, '4', 'odd'), (cli.count_list, '8,0', '>= 1'), (cli.count_list, '', '>= 1'),
+    (cli.count_list, '8,x', 'integers'),
+])
+def test_ranged_types_refuse_values_out_of_range(kind, text, expected):
+    with pytest.raises(argparse.ArgumentTypeError, match=expected):
+        kind(text)
+
+
+def test_add_flag_refuses_a_bare_numeric_type():
+    parser = argparse.ArgumentParser()
+    for bare in (int, float):
+        with pytest.raises(TypeError, match='ranged type'):
+            cli.add_flag(parser, '--size', type=bare)
+    cli.add_flag(parser, '--stage', type=int, choices=[0, 1, 2])  # choices bound it already
+
+
+def test_parser_error_is_one_line_naming_the_flag(capsys):
+    parser = cli.ArgumentParser(prog='tool.py')
+    cli.add_flag(parser, '--batch-size', type=cli.count, default=8)
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(['--batch_size', '0'])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        'tool.py: error: argument --batch-size/--batch_size: expected an integer >= 1, got 0 '
+        '(see --help)']
+
+
+ENTRY_POINTS = (['fine_tuning.py', 'pretraining.py', 'translate.py', 'SLRT_metrics.py',
+                 'mediapipe_pose.py']
+                + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'script', '*.py')))
+                + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'bench', '*.py'))))
+
+
+@pytest.mark.parametrize('entry_point', ENTRY_POINTS)
+def test_every_numeric_flag_of_every_command_line_is_ranged(entry_point, monkeypatch):
+    """Runs the command line's --help and records every option it registers: none may take a
+    bare int or float (those accept 0, negatives, nan and inf without a word)."""
+    numeric = []
+    original = argparse._ActionsContainer.add_argument
+
+    def recording(self, *names, **kwargs):
+        if kwargs.get('type') in (int, float) and 'choices' not in kwargs:
+            numeric.append(names[0])
+        return original(self, *names, **kwargs)
+    monkeypatch.setattr(argparse._ActionsContainer, 'add_argument', recording)
+    monkeypatch.setattr(sys, 'argv', [entry_point, '--help'])
+    monkeypatch.setenv('MPLBACKEND', 'Agg')
+    with pytest.raises(SystemExit) as stop, contextlib.redirect_stdout(io.StringIO()) as shown:
+        runpy.run_path(os.path.join(ROOT, entry_point), run_name='__main__')
+    assert stop.value.code in (0, None) and 'usage' in shown.getvalue(), entry_point
+    assert numeric == [], f'{entry_point}: unranged numeric flags {numeric}'
+
+
+TRAINER_BAD_VALUES = [
+    ('--batch-size', '0'), ('--batch_size', '-2'), ('--gradient-accumulation-steps', '0'),
+    ('--epochs', '0'), ('--lr', 'nan'), ('--lr', '0'), ('--lr', '-1e-3'), ('--lr', 'inf'),
+    ('--min-lr', '-1'), ('--warmup-epochs', '-1'), ('--weight-decay', 'nan'),
+    ('--gradient-clipping', '-1'), ('--clip-grad', 'inf'), ('--opt-eps', '0'),
+    ('--opt-betas', '1.5'), ('--momentum', '1'), ('--label_smoothing', '1'),
+    ('--max_length', '0'), ('--max_tgt_len', '1'), ('--max_new_tokens', '0'),
+    ('--num_beams', '0'), ('--decode_pool', '-1'), ('--num_workers', '-1'), ('--seed', '-1'),
+    ('--print_freq', '0'), ('--eval_every', '0'), ('--keep_last', '-1'),
+    ('--save_every_steps', '-5'), ('--quick_break', '-1'), ('--max_nonfinite', '-1'),
+    ('--hidden_dim', '0'), ('--stgcn_channels', '0,32'), ('--temporal_layers', '0'),
+    ('--temporal_kernel', '4'), ('--pose_fps', '0'), ('--ctc_hidden', '0'), ('--ctc_beam', '0'),
+    ('--lr_steps', '0,5'), ('--signcl_weight', '-1'), ('--signcl_pos_samples', '3'),
+    ('--sst_temperature', '0'), ('--sst_num', '0'), ('--hyp_dim', '1'), ('--init_c', '0'),
+    ('--hyp_lr', 'nan'), ('--alpha', 'nan'), ('--label_smoothing_hyp', '1'),
+    ('--clip_grad_norm_hyp', '0'), ('--world_size', '0'),
+]
+
+
+@pytest.mark.parametrize('flag, value', TRAINER_BAD_VALUES)
+def test_trainer_refuses_out_of_range_values_naming_the_flag(flag, value, capsys):
+    import flags
+    with pytest.raises(SystemExit) as stop:
+        flags.parse_args('fine_tuning.py', [flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.startswith('fine_tuning.py: error: argument ') and flag in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize('argv', [
+    ['clip.pkl', '--checkpoint', 'c.pth', '--batch_size', '0'],
+    ['clip.pkl', '--checkpoint', 'c.pth', '--num_beams', '0'],
+    ['clip.pkl', '--checkpoint', 'c.pth', '--fps', 'nan'],
+    ['clip.pkl', '--checkpoint', 'c.pth', '--max_length', '-1'],
+    ['clip.pkl', '--checkpoint', 'c.pth', '--temporal_kernel', '2'],
+])
+def test_translate_refuses_out_of_range_values(argv, capsys):
+    import translate
+    with pytest.raises(SystemExit) as stop:
+        translate.parse_args(argv)
+    assert stop.value.code == 2 and 'error: argument ' + argv[3] in capsys.readouterr().err
+
+
+def test_out_of_range_value_stops_the_trainer_before_anything_is_read(tmp_path):
+    """Through the real command line: one error line, exit status 2, no traceback."""
+    env = {**os.environ, 'DS_ACCELERATOR': 'cpu', 'WANDB_MODE': 'disabled'}
+    proc = subprocess.run([sys.executable, 'fine_tuning.py', '--dataset', 'Demo',
+                           '--data_root', str(tmp_path / 'missing'), '--lr', 'nan'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr and 'missing' not in proc.stderr
+    assert 'error: argument --lr: expected a finite number > 0, got nan' in proc.stderr

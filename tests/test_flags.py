@@ -246,3 +246,20 @@ def test_every_parser_flag_is_read_somewhere():
                   rf"(?<![-\w])[\"']?{action.dest}\b", code)
               and action.dest not in flags.NEVER_READ]
     assert not unread, unread
+
+
+@pytest.mark.parametrize("argv,reason", [
+    (["--opt-betas", "0.9"], "--opt-betas takes two values"),
+    (["--epochs", "2", "--warmup-epochs", "3"], "longer than --epochs 2"),
+    (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr 0.001 must be below --lr 0.0001"),
+    (["--task", "CSLR", "--head", "ctc", "--max_length", "15"], "at least 16 frames"),
+])
+def test_values_that_cannot_work_together_are_refused(argv, reason, capsys):
+    message = refusal(argv, capsys)
+    assert message.startswith("fine_tuning.py: error: ") and reason in message, message
+
+
+def test_values_at_their_limits_parse():
+    args = flags.parse_args("t", ["--epochs", "2", "--warmup-epochs", "2", "--opt-betas", "0",
+                                  "0.99", "--task", "CSLR", "--head", "ctc", "--max_length", "16"])
+    assert args.opt_betas == [0.0, 0.99] and args.max_length == flags.CTC_MIN_FRAMES
