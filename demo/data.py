@@ -22,6 +22,7 @@ import shutil
 
 import numpy as np
 
+import cli
 from cli import add_flag
 
 from demo.signing import LEXICON, synthesize_clip
@@ -244,9 +245,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flag(parser, '--out', default='data/Demo')
     add_flag(parser, '--overwrite', action='store_true', help='regenerate even if complete')
-    for name, default in (('seed', 0), ('n_train', 2000), ('n_dev', 150), ('n_test', 150),
+    add_flag(parser, '--seed', type=cli.seed, default=0)
+    for name, default in (('n_train', 2000), ('n_dev', 150), ('n_test', 150),
                           ('d_model', DEFAULT_MT5['d_model'])):
-        add_flag(parser, '--' + name, type=int, default=default)
+        add_flag(parser, '--' + name, type=cli.count, default=default)
     args = parser.parse_args()
     mt5_kwargs = {'d_model': args.d_model, 'd_ff': 2 * args.d_model}
     paths = make_demo(args.out, args.seed, args.n_train, args.n_dev, args.n_test, mt5_kwargs,

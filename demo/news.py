@@ -28,6 +28,7 @@ import shutil
 
 import numpy as np
 
+import cli
 from cli import add_flag
 
 from demo.data import choose_held_out, sample_sentence, sentence_glosses, sentence_text
@@ -144,8 +145,8 @@ def make_news(out, n=2000, seed=0, overwrite=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flag(parser, '--out', default='data', help='writes OUT/CSL_News (default: data)')
-    add_flag(parser, '--n', type=int, default=2000, help='clips')
-    add_flag(parser, '--seed', type=int, default=0, help='random seed; sentences avoid the held-out pairs of the Demo set of this seed')
+    add_flag(parser, '--n', type=cli.count, default=2000, help='clips')
+    add_flag(parser, '--seed', type=cli.seed, default=0, help='random seed; sentences avoid the held-out pairs of the Demo set of this seed')
     add_flag(parser, '--overwrite', action='store_true', help='regenerate even if complete')
     args = parser.parse_args(argv)
     paths = make_news(args.out, args.n, args.seed, args.overwrite)

@@ -14,6 +14,7 @@ import sentencepiece as spm
 import torch
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
+import cli
 from cli import add_flag
 
 PROMPT_WORDS = "Translate sign language video to English Chinese:"
@@ -64,9 +65,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flag(parser, "--corpus", required=True, help="text file, one sentence per line")
     add_flag(parser, "--out", required=True)
-    add_flag(parser, "--vocab_size", type=int, default=256)
-    add_flag(parser, "--d_model", type=int, default=128)
-    add_flag(parser, "--num_layers", type=int, default=2)
+    add_flag(parser, "--vocab_size", type=cli.count, default=256)
+    add_flag(parser, "--d_model", type=cli.count, default=128)
+    add_flag(parser, "--num_layers", type=cli.count, default=2)
     args = parser.parse_args()
     with open(args.corpus, encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]

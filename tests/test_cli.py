@@ -179,10 +179,18 @@ def test_parser_error_is_one_line_naming_the_flag(capsys):
         '(see --help)']
 
 
-ENTRY_POINTS = (['fine_tuning.py', 'pretraining.py', 'translate.py', 'SLRT_metrics.py',
-                 'mediapipe_pose.py']
-                + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'script', '*.py')))
-                + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'bench', '*.py'))))
+def command_lines():
+    """Every file of the product that runs as a command (it has a __main__ block)."""
+    found = []
+    for folder in ('', 'script', 'bench', 'demo'):
+        for path in sorted(glob.glob(os.path.join(ROOT, folder, '*.py'))):
+            with open(path, encoding='utf-8') as f:
+                if "__name__ == '__main__'" in f.read().replace('"', "'"):
+                    found.append(os.path.relpath(path, ROOT))
+    return found
+
+
+ENTRY_POINTS = command_lines()
 
 
 @pytest.mark.parametrize('entry_point', ENTRY_POINTS)
@@ -200,7 +208,10 @@ def test_every_numeric_flag_of_every_command_line_is_ranged(entry_point, monkeyp
     monkeypatch.setattr(sys, 'argv', [entry_point, '--help'])
     monkeypatch.setenv('MPLBACKEND', 'Agg')
     with pytest.raises(SystemExit) as stop, contextlib.redirect_stdout(io.StringIO()) as shown:
-        runpy.run_path(os.path.join(ROOT, entry_point), run_name='__main__')
+        if entry_point.startswith('demo/'):  # run as python -m demo.NAME
+            runpy.run_module(entry_point[:-3].replace('/', '.'), run_name='__main__')
+        else:
+            runpy.run_path(os.path.join(ROOT, entry_point), run_name='__main__')
     assert stop.value.code in (0, None) and 'usage' in shown.getvalue(), entry_point
     assert numeric == [], f'{entry_point}: unranged numeric flags {numeric}'
 
