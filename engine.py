@@ -40,14 +40,19 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
     total_updates = utils.total_optimizer_steps(args, total)  # the learning-rate schedule's length
     sums = RunningMeans()
     guard = NonFiniteGuard(args.max_nonfinite, args.output_dir, epoch)
+    updates = 0
     for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
         if step >= steps:
             break
         if hasattr(engine.module, "progress"):  # drives the hyperbolic CE weight schedule
             engine.module.progress = min(engine.global_steps / total_updates, 1.0)
+        window, window_ends = accumulation_window(start + step, total,
+                                                  args.gradient_accumulation_steps)
+        engine.set_gradient_accumulation_boundary(window_ends)
         out = engine(move_to_device(src_input, args.device), move_to_device(tgt_input, args.device))
         if guard.check(out["loss"], start + step):
-            optimizer_step(engine, out["loss"], hyp_optimizer)
+            optimizer_step(engine, out["loss"], hyp_optimizer, window)
+            updates += window_ends
             scalars = step_scalars(out, hyp_optimizer)
             sums.add(scalars)
             # Read the values back only when printing (one copy of them all, not one per name).
@@ -59,7 +64,17 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
         if on_step is not None:
             on_step(start + step + 1)
     return {"loss": None, **sums.averages(), "lr": engine.get_lr()[0], "steps": steps,
-            "nonfinite_steps": guard.skipped}
+            "optimizer_steps": updates, "nonfinite_steps": guard.skipped}
+
+
+def accumulation_window(position, total, size):
+    """(micro-batches in the accumulation window holding micro-batch `position` of an epoch of
+    `total`, whether `position` ends it). Windows of `size` start at the epoch's first batch; the
+    last holds what is left, and is stepped with its loss divided by its own length, so a short
+    epoch still trains and each step follows the mean gradient of its window."""
+    first = position // size * size
+    length = min(size, total - first)
+    return length, position + 1 == first + length
 
 
 def finite_on_every_rank(loss):

@@ -202,7 +202,7 @@ def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
     """Saves a mid-epoch training state every --save_every_steps micro-batches, at optimizer
     step boundaries only (gradients accumulated since the last step are not saved)."""
     def on_step(batches_done):
-        at_boundary = engine.micro_steps % engine.gradient_accumulation_steps() == 0
+        at_boundary = batches_done % args.gradient_accumulation_steps == 0  # windows start at 0
         if args.output_dir and batches_done % args.save_every_steps == 0 and at_boundary:
             checkpoint.save_training_state(
                 engine, args.output_dir, f"epoch{epoch}-step{batches_done}",
@@ -320,6 +320,8 @@ def build_run(args):
     steps = len(loaders["train"]) if "train" in loaders else 1
     if args.quick_break:
         steps = min(steps, args.quick_break)
+    print(f"optimizer steps per epoch: {utils.optimizer_steps_per_epoch(args, steps)} "
+          f"({steps} micro-batches, accumulation {args.gradient_accumulation_steps})")
     engine = init_engine(args, model, steps)
     return task, loaders, engine, riemannian.build(args, engine.module), skipped
 

@@ -88,10 +88,16 @@ def build(args, model):
                                utils.riemannian_clip_norm(args))
 
 
-def optimizer_step(engine, loss, hyp_optimizer=None):
-    """engine.backward(loss) and engine.step(), with the Riemannian step at the same boundary."""
+def optimizer_step(engine, loss, hyp_optimizer=None, window=None):
+    """engine.backward(loss) and engine.step(), with the Riemannian step at the same boundary.
+    `window`: the micro-batches of this accumulation window, which the loss is divided by (an
+    epoch's last window may be short: engine.py's accumulation_window); None: DeepSpeed's own
+    division by --gradient-accumulation-steps."""
     at_boundary = engine.is_gradient_accumulation_boundary()
-    engine.backward(loss)
+    if window is None:
+        engine.backward(loss)
+    else:
+        engine.backward(loss / window, scale_wrt_gas=False)
     if hyp_optimizer is None or not at_boundary:
         engine.step()
         return

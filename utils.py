@@ -2,6 +2,7 @@
 import contextlib
 import datetime
 import json
+import math
 import os
 import random
 import socket
@@ -208,7 +209,8 @@ def create_optimizer(args, model):
 
 
 def optimizer_steps_per_epoch(args, steps_per_epoch):
-    return max(1, steps_per_epoch // args.gradient_accumulation_steps)
+    """Accumulation windows per epoch, the last one possibly short (engine.accumulation_window)."""
+    return max(1, math.ceil(steps_per_epoch / args.gradient_accumulation_steps))
 
 
 def total_optimizer_steps(args, steps_per_epoch):

@@ -1,5 +1,7 @@
-"""Tests for engine.py: sharded evaluation, scoring levels and the non-finite loss guard."""
+"""Tests for engine.py: sharded evaluation, scoring levels, the non-finite loss guard and the
+accumulation windows (a short last window is stepped)."""
 import json
+import os
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 import config
 import engine
 import utils
+from engine import accumulation_window
 
 
 def test_sharded_eval_sampler_covers_everything_in_equal_shards():
@@ -76,3 +79,49 @@ def test_pooled_predictions_equal_batch_by_batch(tiny_mt5_dir):
     names = [name for src, _ in loader for name in src["name_batch"]]
     assert [name for name, _, _ in results[0]] == names
     assert len({hyp for _, hyp, _ in results[0]}) > 1  # varied text, not one repeated output
+
+
+def test_accumulation_windows_end_with_a_short_one():
+    windows = [accumulation_window(position, 10, 4) for position in range(10)]
+    assert [length for length, _ in windows] == [4] * 8 + [2] * 2
+    assert [position for position, (_, ends) in enumerate(windows) if ends] == [3, 7, 9]
+    assert accumulation_window(5, 6, 8) == (6, True)
+
+
+def run_trainer(demo_root, out_dir, *extra):
+    import fine_tuning
+    import flags
+    argv = ["--dataset", "Demo", "--data_root", demo_root, "--output_dir", str(out_dir),
+            "--batch-size", "4", "--num_workers", "0", "--dtype", "fp32", "--epochs", "1",
+            "--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_layers", "1",
+            "--max_length", "32", "--num_beams", "1", "--max_new_tokens", "4",
+            "--quick_break", "6", "--lr", "1e-2", "--sched", "constant", *extra]
+    os.makedirs(out_dir)
+    fine_tuning.main(flags.parse_args("fine_tuning.py", argv))
+    return torch.load(os.path.join(out_dir, "checkpoint_0.pth"), weights_only=True)["model"]
+
+
+def test_an_epoch_shorter_than_one_window_still_steps(demo_root, tmp_path, capsys,
+                                                      in_process_trainer):
+    """6 micro-batches with --gradient-accumulation-steps 8: one step on the mean gradient of
+    the 6, as a run accumulating exactly 6 makes; --lr 0 shows what an unstepped run keeps."""
+    short = run_trainer(demo_root, tmp_path / "short", "--gradient-accumulation-steps", "8")
+    printed = capsys.readouterr().out
+    assert "optimizer steps per epoch: 1 (6 micro-batches, accumulation 8)" in printed
+    exact = run_trainer(demo_root, tmp_path / "exact", "--gradient-accumulation-steps", "6")
+    frozen = run_trainer(demo_root, tmp_path / "frozen", "--gradient-accumulation-steps", "8",
+                         "--lr", "1e-30")
+    moved = [k for k in short if short[k].is_floating_point()
+             and not torch.equal(short[k], frozen[k])]
+    assert len(moved) > 10
+    for key in short:
+        torch.testing.assert_close(short[key], exact[key], rtol=1e-4, atol=1e-5)
+    with open(os.path.join(tmp_path / "short", "log.txt")) as f:
+        assert json.loads(f.readline())["train_optimizer_steps"] == 1
+
+
+def test_a_short_last_window_is_stepped_too(demo_root, tmp_path, capsys, in_process_trainer):
+    run_trainer(demo_root, tmp_path / "run", "--gradient-accumulation-steps", "4")
+    assert "optimizer steps per epoch: 2 (6 micro-batches, accumulation 4)" in capsys.readouterr().out
+    with open(os.path.join(tmp_path / "run", "log.txt")) as f:
+        assert json.loads(f.readline())["train_optimizer_steps"] == 2
