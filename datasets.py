@@ -135,6 +135,12 @@ class S2T_Dataset(torch.utils.data.Dataset):
         text = gloss if self.task == 'CSLR' else entry['text']
         return entry['name'], parts, text, gloss
 
+    def target_texts(self):
+        """The strings mT5 is trained to write: sentences, or gloss strings for task CSLR."""
+        if self.task == 'CSLR':
+            return [' '.join(entry['gloss']) for entry in self.entries]
+        return [entry['text'] for entry in self.entries]
+
     def lengths(self):
         """Clip lengths after sampling; reads (once) the pose files not yet seen."""
         for index in range(len(self)):

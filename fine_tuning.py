@@ -38,6 +38,9 @@ def resolve_run_paths(args, task):
     paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root, args.mt5_path)
     phases = ("dev", "test") if args.eval else config.PHASES
     config.validate_paths(paths, phases, need_mt5=task.needs_mt5)
+    if task.needs_mt5:
+        from models import check_mt5_folder
+        check_mt5_folder(paths["mt5_path"])
     if args.finetune and not os.path.isfile(args.finetune):
         raise config.ConfigError(f"--finetune checkpoint {args.finetune} does not exist")
     if args.init_encoder and not os.path.isfile(args.init_encoder):

@@ -12,8 +12,8 @@ import sys
 
 import config
 import regularizers
-from cli import (ArgumentParser, add_flag, count, count_list, fraction, non_negative, non_negative_int,
-                 odd_count, positive, seed, int_range)
+from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
+                 non_negative, non_negative_int, odd_count, positive, seed)
 from ctc_head import DEFAULT_CONV_TYPE, DEFAULT_LOSS_WEIGHTS, min_input_length
 from pose_encoder import SPEED_CHOICES, SPEED_DEFAULTS
 
@@ -105,6 +105,9 @@ def add_data_flags(p):
     add_flag(p, "--pose_fps", type=positive, default=None,
          help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
     add_flag(p, "--max_tgt_len", type=target_length, default=50, help="target tokens kept")
+    add_flag(p, "--max_unk_rate", type=float_range(0, 1), default=0.05,
+             help="stop before training when more of the training targets' tokens than this "
+                  "are <unk> under the mT5 tokenizer (1: never)")
     add_flag(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
     add_flag(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
     add_flag(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
@@ -214,7 +217,7 @@ def explicit_flags(parser, argv=None):
 
 
 MT5_FLAGS = ("num_beams", "max_new_tokens", "decode_pool", "label_smoothing", "max_tgt_len",
-             "mt5_path", "target_logits", "embed_once", "compute_fp32_loss")
+             "max_unk_rate", "mt5_path", "target_logits", "embed_once", "compute_fp32_loss")
 CTC_FLAGS = ("ctc_beam", "ctc_hidden", "share_classifier", "weight_norm", "loss_weights")
 REGULARIZER_FLAGS = {
     "use_signcl": ("signcl_weight", "signcl_max_distance", "signcl_pos_samples",

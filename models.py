@@ -20,6 +20,7 @@ checkpoints without them load (the regularisers start fresh) and theirs load int
 without them.
 """
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -32,13 +33,50 @@ import regularizers
 from ctc_head import CTCHead, parse_loss_weights
 from keypoints import PARTS
 from pose_encoder import (ENCODER_PREFIXES, SPEED_CHOICES, SPEED_DEFAULTS, UNISIGN_SPEED,  # noqa: F401
-                          PoseEncoder, check_speed, init_linear, key_list, load_encoder_weights,
-                          read_checkpoint, speed_options, trunc_normal_inverse_cdf_)
+                          PoseEncoder, check_speed, flag_differences, init_linear, key_list,
+                          load_checkpoint_file, load_encoder_weights, read_checkpoint, speed_options, trunc_normal_inverse_cdf_)
 from training_losses import RegularizerInputs, regularized_loss, signcl_term
 
 RGB_KEY_PREFIXES = ('rgb_support_backbone.', 'rgb_proj.', 'fusion_pose_rgb_', 'fusion_gate.')
 REGULARIZER_PREFIX = 'regularizers.'
 IGNORE_INDEX = -100
+
+
+MT5_WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+                    'pytorch_model.bin.index.json')
+TOKENIZER_FILES = ('spiece.model', 'tokenizer.json')
+
+
+def check_mt5_folder(path, weights=True):
+    """Raises ConfigError naming what an mT5 folder lacks: its config, weights (unless
+    `weights` is False) or tokenizer (a folder without one would otherwise load a tokenizer
+    that maps every character to <unk>)."""
+    if not os.path.isdir(path):
+        raise config.ConfigError(f"the mT5 folder {path} does not exist")
+    needed = {"config.json": ("config.json",),
+              "weights (model.safetensors or pytorch_model.bin)": MT5_WEIGHT_FILES if weights else (),
+              "tokenizer (spiece.model or tokenizer.json)": TOKENIZER_FILES}
+    lacking = [what for what, names in needed.items()
+               if names and not any(os.path.isfile(os.path.join(path, n)) for n in names)]
+    if lacking:
+        raise config.ConfigError(f"the mT5 folder {path} has no {', no '.join(lacking)}: "
+                                 "download the whole model folder (e.g. google/mt5-base)")
+
+
+def load_mt5(path):
+    """mT5 from its folder; a damaged one raises ConfigError naming it."""
+    check_mt5_folder(path)
+    try:
+        return MT5ForConditionalGeneration.from_pretrained(path)
+    except Exception as error:  # transformers and safetensors raise many kinds for bad files
+        raise config.ConfigError(f"the mT5 folder {path} cannot be loaded ("
+                                 f"{type(error).__name__}: {str(error).strip()[:200]})") from None
+
+
+def load_tokenizer(path):
+    """mT5's SentencePiece tokenizer from its folder (check_mt5_folder's rules)."""
+    check_mt5_folder(path, weights=False)
+    return T5Tokenizer.from_pretrained(path, legacy=False)
 
 
 def prompt_of(args):
@@ -61,15 +99,17 @@ class SignTranslator(PoseEncoder):
         self.compute_fp32_loss = args.compute_fp32_loss
         self.lang, self.prompt = prompt_of(args)
         self.modes = list(PARTS)
+        if mt5_model is None:
+            check_mt5_folder(args.mt5_path)
         mt5_config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
             args.mt5_path)
         self.pose_proj = nn.Linear(self.frame_dim, mt5_config.d_model)
         self.pose_positions = args.pose_positions
         self.apply(init_linear)  # before mT5 is attached: its weights stay as loaded
         if mt5_model is None:
-            mt5_model = MT5ForConditionalGeneration.from_pretrained(args.mt5_path)
+            mt5_model = load_mt5(args.mt5_path)
         if tokenizer is None:
-            tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
+            tokenizer = load_tokenizer(args.mt5_path)
         self.mt5_model = mt5_model
         self.mt5_tokenizer = tokenizer
         self.build_regularizers(args, self.hidden_dim, mt5_config.d_model)
@@ -374,8 +414,9 @@ def load_checkpoint_weights(model, path_or_state_dict):
     wrong_shape = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
                    for key in set(state) & set(expected) if state[key].shape != expected[key].shape]
     if missing or unexpected or wrong_shape:
-        raise RuntimeError(
-            f"checkpoint {source} does not match the model: "
+        raise config.ConfigError(
+            f"checkpoint {source} does not match the model"
+            f"{flag_differences(path_or_state_dict, model)}: "
             f"missing keys [{key_list(missing)}]; unexpected keys [{key_list(unexpected)}]; "
             f"shape mismatches [{key_list(wrong_shape)}]")
     model.load_state_dict(state, strict=not fresh)

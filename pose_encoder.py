@@ -24,6 +24,7 @@ from collections import Counter
 import torch
 import torch.nn as nn
 
+from config import ConfigError
 from keypoints import PARTS
 from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
                           set_graph_product, set_temporal_conv)
@@ -192,19 +193,57 @@ def hands_in_one_batch(encoder, reference):
 
 # ----------------------------------------------------------------------------- weights
 
+# Model-shape flags a checkpoint stores: named when its weights do not fit the run's model.
+SHAPE_FLAGS = ('stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel', 'head',
+               'ctc_hidden', 'share_classifier', 'weight_norm', 'pose_positions', 'use_signcl', 'use_sst', 'sst_num', 'sst_dim', 'use_hyperbolic', 'hyp_dim')
+
+
+def load_checkpoint_file(path):
+    """What a torch checkpoint file holds, loaded without running code from it; a missing,
+    truncated or foreign file raises ConfigError naming it."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {path} does not exist") from None
+    except Exception as error:  # torch raises several kinds for damaged or foreign files
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
+        raise ConfigError(f"checkpoint {path} cannot be read: truncated, or not a torch weight "
+                          f"file ({type(error).__name__}: {reason})") from None
+
+
 def read_checkpoint(path_or_state_dict):
     """(source name, state dict) of a checkpoint file or state dict: `{'model': state}` or a
     bare state dict, DataParallel's `module.` prefix removed."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)
-        state = torch.load(source, map_location='cpu', weights_only=True)
+        state = load_checkpoint_file(source)
     else:
         source, state = '<in-memory state dict>', path_or_state_dict
     if isinstance(state, dict) and isinstance(state.get('model'), dict):
         state = state['model']
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(key, str) and torch.is_tensor(value) for key, value in state.items()):
+        raise ConfigError(f"checkpoint {source} holds no model weights (expected a "
+                          "{'model': state_dict} or a state dict of tensors)")
     if state and all(key.startswith('module.') for key in state):
         state = {key[len('module.'):]: value for key, value in state.items()}
     return source, dict(state)
+
+
+def flag_differences(path_or_state_dict, model):
+    """'; flags that differ: --hidden_dim 256 (checkpoint) vs 32 (this run), ...' from the flags
+    a checkpoint file stores, or '' when it stores none or none differ."""
+    saved = path_or_state_dict
+    if isinstance(saved, (str, os.PathLike)):
+        saved = load_checkpoint_file(saved)
+    stored = saved.get('args') if isinstance(saved, dict) else None
+    current = vars(getattr(model, 'args', None) or object())
+    if not isinstance(stored, dict) or not current:
+        return ''
+    differ = [f"--{name} {stored[name]} (checkpoint) vs {current[name]} (this run)"
+              for name in SHAPE_FLAGS
+              if name in stored and name in current and stored[name] != current[name]]
+    return f"; flags that differ: {', '.join(differ)}" if differ else ''
 
 
 def key_list(keys, limit=20):
@@ -223,9 +262,9 @@ def load_encoder_weights(model, path_or_state_dict):
     problems = [f"{k} {tuple(state[k].shape) if k in state else 'absent'} vs {tuple(v.shape)}"
                 for k, v in expected.items() if k not in state or state[k].shape != v.shape]
     if problems:
-        raise RuntimeError(f"checkpoint {source} has no pose encoder of this shape: "
-                           f"[{key_list(problems)}] (check --stgcn_channels, --hidden_dim, "
-                           f"--temporal_layers)")
+        raise ConfigError(f"checkpoint {source} has no pose encoder of this shape: "
+                          f"[{key_list(problems)}]{flag_differences(path_or_state_dict, model)} "
+                          "(check --stgcn_channels, --hidden_dim, --temporal_layers)")
     model.load_state_dict({k: state[k] for k in expected}, strict=False)
     skipped = Counter(k.split('.')[0] for k in state if k not in expected)
     return {'source': source, 'loaded_keys': len(expected), 'skipped': dict(skipped)}

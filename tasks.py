@@ -22,7 +22,7 @@ from ctc_decode import beam_decode, greedy_decode
 from ctc_head import GlossVocab, ctc_min_length
 from datasets import GlossTargets, TextTargets
 from keypoints import DataError
-from pose_encoder import key_list
+from pose_encoder import key_list, load_checkpoint_file
 from SLRT_metrics import normalize_for_scoring, official_wer, wer_list, write_ctm, write_stm
 
 
@@ -43,9 +43,12 @@ class TextTask:
 
     def prepare(self, args, splits):
         """Loads the tokenizer and gives every split the mT5 targets."""
-        from transformers import T5Tokenizer
-        self.tokenizer = T5Tokenizer.from_pretrained(args.mt5_path, legacy=False)
+        from models import load_tokenizer
+        self.tokenizer = load_tokenizer(args.mt5_path)
         check_vocabulary(args.mt5_path, self.tokenizer)
+        if "train" in splits:
+            check_unknown_rate(args.mt5_path, self.tokenizer, splits["train"].target_texts(),
+                               args.max_unk_rate, "training targets")
         targets = TextTargets(self.tokenizer, self.spec.prompt, args.max_tgt_len)
         for dataset in splits.values():
             dataset.targets = targets
@@ -92,6 +95,27 @@ def check_vocabulary(mt5_path, tokenizer):
             f"{model_vocab} on would index past its embeddings")
 
 
+def unknown_rate(tokenizer, texts):
+    """The share of the texts' tokens (</s> left out) that the tokenizer maps to <unk>."""
+    unknown = total = 0
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        unknown += sum(token == tokenizer.unk_token_id for token in ids)
+        total += len(ids)
+    return unknown / total if total else 0.0
+
+
+def check_unknown_rate(mt5_path, tokenizer, texts, max_rate, what):
+    """Stops when more than `max_rate` of the texts' tokens are unknown to the tokenizer: a
+    tokenizer for other languages or scripts, or a broken folder, would train on <unk>."""
+    rate = unknown_rate(tokenizer, texts)
+    if rate > max_rate:
+        raise config.ConfigError(
+            f"the tokenizer in {mt5_path} maps {rate:.1%} of the {what}' tokens to <unk> "
+            f"(--max_unk_rate {max_rate:g}): it does not cover this language or script; use "
+            "the matching mT5 folder, or raise --max_unk_rate if this is intended")
+    return rate
+
+
 class GlossTask:
     """The CTC head recognises gloss sequences; scored by WER of both its outputs."""
     needs_mt5 = False
@@ -107,8 +131,7 @@ class GlossTask:
     def prepare(self, args, splits):
         """The gloss vocabulary (the --finetune checkpoint's, else the training split's) and
         the CTC targets of every split."""
-        saved = torch.load(args.finetune, map_location="cpu", weights_only=True) \
-            if args.finetune else {}
+        saved = load_checkpoint_file(args.finetune) if args.finetune else {}
         if isinstance(saved, dict) and "gloss_vocab" in saved:
             self.vocab = GlossVocab.from_state_dict(saved["gloss_vocab"])
             print(f"gloss vocabulary from the checkpoint: {len(self.vocab) - 1} glosses + blank")

@@ -27,8 +27,10 @@ import torch
 import beam_search
 import cli
 import utils
+from config import ConfigError
 from keypoints import DataError
 from poses import clip_parts, collate_clips, read_pose
+from tasks import check_unknown_rate
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
 EXPORT_WEIGHTS, EXPORT_FLAGS = 'translator.pth', 'translator.json'
@@ -89,10 +91,10 @@ def model_flags(stored, overrides):
 
 
 def load_from_checkpoint(path, mt5_path, overrides):
-    from models import SignTranslator, load_checkpoint_weights
+    from models import SignTranslator, load_checkpoint_file, load_checkpoint_weights
     if not os.path.isfile(path):
         raise UsageError(f"--checkpoint {path} does not exist")
-    saved = torch.load(path, map_location='cpu', weights_only=True)
+    saved = load_checkpoint_file(path)
     flags = model_flags(saved.get('args') if isinstance(saved, dict) else None, overrides)
     if flags.head == 'ctc':
         raise UsageError(f"--checkpoint {path} is a CTC recognizer (--head ctc), which writes "
@@ -108,9 +110,9 @@ def load_from_checkpoint(path, mt5_path, overrides):
 
 
 def load_exported(folder):
-    from transformers import GenerationConfig, MT5Config, MT5ForConditionalGeneration, T5Tokenizer
+    from transformers import GenerationConfig, MT5Config, MT5ForConditionalGeneration
 
-    from models import SignTranslator, load_checkpoint_weights
+    from models import SignTranslator, load_checkpoint_weights, load_tokenizer
     for name in (EXPORT_WEIGHTS, EXPORT_FLAGS, 'config.json'):
         if not os.path.isfile(os.path.join(folder, name)):
             raise UsageError(f"--model {folder}: {name} not found (write the folder with --export)")
@@ -121,7 +123,7 @@ def load_exported(folder):
     mt5 = MT5ForConditionalGeneration(MT5Config.from_pretrained(folder))
     if os.path.isfile(os.path.join(folder, 'generation_config.json')):
         mt5.generation_config = GenerationConfig.from_pretrained(folder)
-    tokenizer = T5Tokenizer.from_pretrained(folder, legacy=False)
+    tokenizer = load_tokenizer(folder)
     model = SignTranslator(flags, mt5_model=mt5, tokenizer=tokenizer)
     load_checkpoint_weights(model, os.path.join(folder, EXPORT_WEIGHTS))
     return model, flags, description.get('info', {})
@@ -252,6 +254,8 @@ def main(argv=None):
         model, flags, info = load_from_checkpoint(args.checkpoint, args.mt5_path, overrides)
     else:
         model, flags, info = load_exported(args.model)
+    check_unknown_rate(flags.mt5_path, model.mt5_tokenizer, [model.prompt], flags.max_unk_rate,
+                       "prompt")
     if args.export:
         export(model, flags, info, args.export)
         print(f"exported the translator to {args.export}", file=sys.stderr)
@@ -273,5 +277,5 @@ if __name__ == '__main__':
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     try:
         main()
-    except UsageError as error:
+    except (UsageError, ConfigError, DataError) as error:
         sys.exit(f"translate.py: error: {error}")
