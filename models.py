@@ -387,9 +387,10 @@ def check_vocabulary(model, state, source):
     model_vocab = model.mt5_model.get_input_embeddings().weight.shape[0]
     for key in ('mt5_model.shared.weight', 'mt5_model.lm_head.weight'):
         if key in state and state[key].shape[0] != model_vocab:
-            raise ValueError(f"checkpoint {source}: mT5 vocabulary size {state[key].shape[0]} "
-                             f"({key}) differs from the model's {model_vocab}; load the same "
-                             f"mt5_path the checkpoint was trained with")
+            raise config.ConfigError(
+                f"checkpoint {source}: mT5 vocabulary size {state[key].shape[0]} ({key}) differs "
+                f"from the model's {model_vocab}; load the same mt5_path the checkpoint was "
+                "trained with")
 
 
 def load_checkpoint_weights(model, path_or_state_dict):

@@ -97,8 +97,8 @@ def check_vocabulary(mt5_path, tokenizer):
 
 def unknown_rate(tokenizer, texts):
     """The share of the texts' tokens (</s> left out) that the tokenizer maps to <unk>."""
-    unknown = total = 0
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    texts, unknown, total = list(texts), 0, 0
+    for ids in (tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []):
         unknown += sum(token == tokenizer.unk_token_id for token in ids)
         total += len(ids)
     return unknown / total if total else 0.0

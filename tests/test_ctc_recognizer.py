@@ -148,7 +148,7 @@ def test_recognizer_shares_the_translator_encoder_keys(tiny_mt5_dir):
     assert "head" not in report["skipped"] and report["loaded_keys"] == len(ours)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in head_before.items())
     assert torch.equal(fresh.part_para, translator.part_para)
-    with pytest.raises(RuntimeError, match="gcn_modules.body"):
+    with pytest.raises(config.ConfigError, match="gcn_modules.body"):
         load_encoder_weights(fresh, {k: v for k, v in theirs.items()
                                      if not k.startswith("gcn_modules.body")})
 
@@ -216,7 +216,7 @@ def test_translator_starts_from_a_recognizer_encoder(tiny_mt5_dir, tmp_path, cap
     wider = CTCRecognizer(utils.parse_args("t", argv[:2] + CTC_FLAGS + [
         "--stgcn_channels", "8,32", "--hidden_dim", "32", "--temporal_layers", "1"]), 7)
     torch.save({"model": wider.state_dict()}, tmp_path / "wider.pth")
-    with pytest.raises(RuntimeError, match="wider.pth has no pose encoder of this shape"):
+    with pytest.raises(config.ConfigError, match="wider.pth has no pose encoder of this shape"):
         build_with_task(utils.parse_args(
             "t", argv + ["--init_encoder", str(tmp_path / "wider.pth")]))
 

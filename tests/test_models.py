@@ -1,4 +1,6 @@
 """Tests for models: Uni-Sign-compatible pose-to-mT5 translator and checkpoint loading."""
+import re
+
 import pytest
 import torch
 from conftest import default_args
@@ -239,7 +241,7 @@ def test_checkpoint_mismatches_raise(tiny_mt5_dir, tmp_path):
     broken['geo_head.weight'] = torch.zeros(1)
     path = tmp_path / 'broken.pth'
     torch.save({'model': broken}, path)
-    with pytest.raises(RuntimeError, match='broken.pth') as info:
+    with pytest.raises(config.ConfigError, match='broken.pth') as info:
         load_checkpoint_weights(model, path)
     assert 'part_para' in str(info.value) and 'geo_head.weight' in str(info.value)
     shared = state['mt5_model.shared.weight']
@@ -501,3 +503,59 @@ def test_regularized_forward_in_bfloat16_keeps_the_geometry_in_float32(tiny_mt5_
     assert out['loss'].dtype == torch.float32 and torch.isfinite(out['loss'])
     out['loss'].backward()
     assert torch.isfinite(hyperbolic.manifold.isp_c.grad) and hyperbolic.key_bias.grad is not None
+
+
+@pytest.mark.parametrize('remove, named', [
+    (('config.json',), 'has no config.json'),
+    (('model.safetensors',), 'has no weights (model.safetensors or pytorch_model.bin)'),
+    (('spiece.model', 'tokenizer.json'), 'has no tokenizer (spiece.model or tokenizer.json)'),
+])
+def test_incomplete_mt5_folder_is_named(tiny_mt5_dir, tmp_path, remove, named):
+    import shutil
+    folder = tmp_path / 'mt5'
+    shutil.copytree(tiny_mt5_dir, folder)
+    for name in remove:
+        (folder / name).unlink()
+    with pytest.raises(config.ConfigError, match=re.escape(f'the mT5 folder {folder} {named}')):
+        build(str(folder))
+
+
+def test_damaged_mt5_weights_are_named(tiny_mt5_dir, tmp_path):
+    import shutil
+    folder = tmp_path / 'mt5'
+    shutil.copytree(tiny_mt5_dir, folder)
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(config.ConfigError, match=re.escape(f'the mT5 folder {folder} cannot be loaded')):
+        build(str(folder))
+
+
+@pytest.mark.parametrize('content, problem', [
+    (None, 'cannot be read: truncated'), (b'not a checkpoint', 'cannot be read'),
+    ({'epoch': 3}, 'holds no model weights'),
+])
+def test_unreadable_checkpoints_are_named(tiny_mt5_dir, tmp_path, content, problem):
+    model = build(tiny_mt5_dir)
+    path = tmp_path / 'weights.pth'
+    if content is None:
+        torch.save({'model': model.state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(config.ConfigError, match=re.escape(f'checkpoint {path} {problem}')):
+        load_checkpoint_weights(model, str(path))
+
+
+def test_checkpoint_of_another_width_names_the_differing_flags(tiny_mt5_dir, tmp_path):
+    wide = build(tiny_mt5_dir, stgcn_channels=[8, 16, 48], hidden_dim=48)
+    path = tmp_path / 'wide.pth'
+    torch.save({'model': wide.state_dict(), 'args': {'stgcn_channels': [8, 16, 48],
+                                                     'hidden_dim': 48}}, path)
+    narrow = build(tiny_mt5_dir)
+    with pytest.raises(config.ConfigError) as info:
+        load_checkpoint_weights(narrow, str(path))
+    message = str(info.value)
+    assert f'checkpoint {path} does not match the model; flags that differ:' in message
+    assert '--hidden_dim 48 (checkpoint) vs 32 (this run)' in message

@@ -3,6 +3,7 @@ import pytest
 import torch
 from conftest import default_args
 
+from config import ConfigError
 from models import CTCRecognizer, SignTranslator
 from pose_encoder import ENCODER_PREFIXES, PoseEncoder, load_encoder_weights
 
@@ -51,5 +52,5 @@ def test_one_loader_moves_the_encoder_between_heads(tiny_mt5_dir, tmp_path):
 def test_encoder_of_another_shape_is_refused_with_the_flags_to_check(tmp_path):
     torch.save({"model": PoseEncoder(default_args(**ENCODER)).state_dict()}, tmp_path / "e.pth")
     wider = PoseEncoder(default_args(stgcn_channels=[8, 32], hidden_dim=32, temporal_layers=1))
-    with pytest.raises(RuntimeError, match="check --stgcn_channels"):
+    with pytest.raises(ConfigError, match="check --stgcn_channels"):
         load_encoder_weights(wider, str(tmp_path / "e.pth"))

@@ -185,3 +185,45 @@ def test_phoenix_recognition_logs_raw_and_official_wer():
     plain = TextTask(default_args(dataset="CSL_Daily", task="CSLR"),
                      config.get_dataset("CSL_Daily"))
     assert "official_wer" not in plain.score([("a", hyps[0], refs[0])], "dev")
+
+
+# ---- tokenizer coverage ----
+
+def test_unknown_rate_counts_unk_tokens(tiny_mt5_dir):
+    from models import load_tokenizer
+    from tasks import unknown_rate
+    tokenizer = load_tokenizer(tiny_mt5_dir)
+    assert unknown_rate(tokenizer, ["the teacher gave a book to the child"]) == 0.0
+    assert unknown_rate(tokenizer, ["ÄÖÜ ß 漢字"]) >= 0.5
+    assert unknown_rate(tokenizer, []) == 0.0
+
+
+def test_tokenizer_that_does_not_cover_the_targets_stops_before_training(
+        tmp_path, tiny_mt5_dir, capsys):
+    """Gloss strings in capitals under a tokenizer trained on lower-case English: most of their
+    tokens are <unk>; the run stops naming the folder and the rate, unless --max_unk_rate
+    allows it."""
+    import flags
+    from tasks import unknown_rate
+    stm, poses = write_gloss_set(tmp_path, [("a", ["ÄRZTIN", "ÜBEN"], 20),
+                                            ("b", ["ÖL", "ÄRZTIN"], 20)])
+    dataset = S2T_Dataset(stm, poses, "train", dataset_name="PHOENIX2014", task="CSLR")
+    argv = ["--dataset", "PHOENIX2014", "--task", "CSLR", "--mt5_path", tiny_mt5_dir]
+    args = flags.parse_args("fine_tuning.py", argv)
+    task = build_task(args, config.DATASETS["PHOENIX2014"])
+    with pytest.raises(config.ConfigError) as info:
+        task.prepare(args, {"train": dataset})
+    rate = unknown_rate(task.tokenizer, dataset.target_texts())
+    assert f"the tokenizer in {tiny_mt5_dir} maps {rate:.1%}" in str(info.value)
+    assert "--max_unk_rate 0.05" in str(info.value)
+    args = flags.parse_args("fine_tuning.py", argv + ["--max_unk_rate", "1"])
+    task.prepare(args, {"train": dataset})
+    assert dataset.targets is not None
+
+
+def test_max_unk_rate_is_refused_with_the_ctc_head(capsys):
+    import flags
+    with pytest.raises(SystemExit):
+        flags.parse_args("fine_tuning.py", ["--task", "CSLR", "--head", "ctc",
+                                            "--max_unk_rate", "0.5"])
+    assert "--max_unk_rate acts on mT5" in capsys.readouterr().err
