@@ -5,6 +5,8 @@ Weight files hold `{'model': state_dict, ...}` like Uni-Sign's `checkpoint_{epoc
 written under a temporary name, flushed, then renamed, so a run killed while saving leaves the
 previous checkpoint intact.
 """
+import contextlib
+import errno
 import glob
 import json
 import os
@@ -15,6 +17,31 @@ import numpy as np
 import torch
 
 import utils
+
+
+class SaveError(OSError):
+    """A save that failed for lack of space or permission; the message names the folder and the
+    last complete training state, which the atomic saves left as it was."""
+
+    def __str__(self):
+        return self.strerror
+
+
+@contextlib.contextmanager
+def reporting_save_errors(output_dir, what):
+    """Turns a full disk (or a folder that stopped being writable) during a save into SaveError."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, SaveError) or error.errno not in (
+                errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+            raise
+        latest = latest_training_state(output_dir)
+        kept = (f"the last complete training state, {output_dir}/training_state/{latest}, is "
+                "intact: free space and rerun with the same --output_dir to continue from it"
+                if latest else "no training state had been saved yet")
+        raise SaveError(error.errno, f"could not save {what} in {output_dir} "
+                                     f"({os.strerror(error.errno)}); {kept}") from None
 
 
 def _atomic_write(path, mode, write):
@@ -79,7 +106,8 @@ def save_weights(engine, path, args, extra=None):
     state = full_state_dict(engine)
     if utils.is_main_process():
         state = {k: v.detach().cpu() for k, v in state.items()}
-        atomic_torch_save({"model": state, "args": plain_args(args), **(extra or {})}, path)
+        with reporting_save_errors(os.path.dirname(path) or ".", os.path.basename(path)):
+            atomic_torch_save({"model": state, "args": plain_args(args), **(extra or {})}, path)
     utils.barrier()
 
 
@@ -92,6 +120,11 @@ def save_training_state(engine, output_dir, tag, client_state, keep_last=2):
     state. A save under the tag `latest` names already goes to a new name (see _unused_tag), so
     no step deletes the state `latest` points at. Returns the tag used.
     """
+    with reporting_save_errors(output_dir, f"the training state {tag}"):
+        return _save_training_state(engine, output_dir, tag, client_state, keep_last)
+
+
+def _save_training_state(engine, output_dir, tag, client_state, keep_last):
     root = os.path.join(output_dir, "training_state")
     staging = os.path.join(root, ".staging")
     if utils.is_main_process():

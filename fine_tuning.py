@@ -21,6 +21,7 @@ import checkpoint  # noqa: E402
 import config  # noqa: E402
 import engine as trainer  # noqa: E402
 import riemannian  # noqa: E402
+import run_folder  # noqa: E402
 import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
@@ -349,13 +350,18 @@ def main(args):
 
 
 def run_command_line(main_function, args):
-    """Runs `main_function(args)`; bad input and a stop on non-finite losses end the process
-    with the message and exit status 1 instead of a traceback."""
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
+    """Runs `main_function(args)` holding the output folder (run_folder.py); bad input, a
+    failed save and a stop on non-finite losses end the process with the message and exit
+    status 1 instead of a traceback."""
     try:
-        result = main_function(args)
-    except (config.ConfigError, DataError, trainer.NonFiniteLossError) as error:
+        lock = run_folder.prepare_output_dir(args)
+        try:
+            result = main_function(args)
+        finally:
+            if lock is not None:
+                lock.release()
+    except (config.ConfigError, DataError, trainer.NonFiniteLossError,
+            checkpoint.SaveError) as error:
         sys.exit(f"error: {error}")
     utils.close_distributed()
     return result

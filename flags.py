@@ -88,6 +88,8 @@ def add_run_flags(p):
     add_flag(p, "--quick_break", type=non_negative_int, default=0, help="end each epoch after N steps (0: full)")
     add_flag(p, "--resume", default="auto", choices=["auto", "none"],
          help="auto: continue from the latest training state in --output_dir")
+    add_flag(p, "--overwrite", action="store_true",
+             help="start afresh in an --output_dir that holds another run, removing its files")
     add_flag(p, "--keep_last", type=non_negative_int, default=2, help="epoch checkpoints kept besides the best")
     add_flag(p, "--save_every_steps", type=non_negative_int, default=0,
          help="also save a resumable training state every N micro-batches (0: per epoch only)")
@@ -330,10 +332,12 @@ def run_refusals(args, explicit):
                      for d in ("wandb_project", "wandb_run_name") if d in explicit]
     if not args.output_dir:
         problems += [f"{flag(d)} writes into the output folder: add --output_dir"
-                     for d in ("save_every_steps", "keep_last", "save_one_batch")
+                     for d in ("save_every_steps", "keep_last", "save_one_batch", "overwrite")
                      if d in explicit]
     if "decode_pool" in explicit and args.num_beams < 2 and args.head != "ctc":
         problems.append("--decode_pool pools beam search; --num_beams 1 decodes greedily")
+    if args.overwrite and args.eval:
+        problems.append("--overwrite replaces a run in --output_dir; --eval trains none")
     if args.compute_fp32_loss and args.dtype == "fp32":
         problems.append("--compute_fp32_loss: with --dtype fp32 the loss is float32 already")
     return problems

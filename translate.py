@@ -30,6 +30,7 @@ import utils
 from config import ConfigError
 from keypoints import DataError
 from poses import clip_parts, collate_clips, read_pose
+from run_folder import check_writable_file, check_writable_folder
 from tasks import check_unknown_rate
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
@@ -248,6 +249,10 @@ def pooled_ids(model, batches, args, beams, max_new_tokens):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.output:
+        check_writable_file(args.output, "--output")
+    if args.export:
+        check_writable_folder(args.export, "--export")
     clips = collect_inputs(args.inputs)
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
     if args.checkpoint:

@@ -17,6 +17,7 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
 import cli  # noqa: E402
+from run_folder import check_writable_file  # noqa: E402
 from cli import add_flag  # noqa: E402
 from datasets import S2T_Dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
@@ -95,6 +96,8 @@ def print_report(report):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.report:
+            check_writable_file(args.report, "--report")
         report = check_dataset(args)
     except (config.ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cli  # noqa: E402
+from config import ConfigError  # noqa: E402
+from run_folder import check_writable_file  # noqa: E402
 
 PART_STYLE = {"body": ("tab:blue", "o"), "left": ("tab:green", "<"),
               "right": ("tab:olive", ">"), "face_all": ("tab:purple", "s")}
@@ -86,6 +88,12 @@ def main(argv=None):
     cli.add_flag(parser, "--out", required=True, help="output image (.png)")
     cli.add_flag(parser, "--projection", default="pca", choices=["pca", "first2"])
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.input):
+        parser.error(f"--input {args.input} does not exist")
+    try:
+        check_writable_file(args.out, "--out")
+    except ConfigError as error:
+        parser.error(str(error))
     groups, curvature = load_groups(args.input)
     draw(to_disk(groups, curvature, args.projection), curvature, args.projection, args.out)
     print(f"wrote {args.out}")

@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cli  # noqa: E402
+from config import ConfigError  # noqa: E402
+from run_folder import check_writable_file  # noqa: E402
 
 BOOKKEEPING = {"epoch", "step", "train_steps", "train_nonfinite_steps"}
 SPLITS = ("train", "best_dev", "dev", "test")
@@ -141,6 +143,10 @@ def main(argv=None):
     if not panels:
         raise SystemExit(f"no numeric values in the logs of {', '.join(args.folders)}")
     out_path = args.out or os.path.join(args.folders[0], "curves.png")
+    try:
+        check_writable_file(out_path, "--out")
+    except ConfigError as error:
+        parser.exit(1, f"plot_run.py: error: {error}\n")
     draw(panels, out_path)
     print(out_path)
 

@@ -114,10 +114,13 @@ def main(argv=None):
     cli.add_flag(parser, "--frames", type=cli.count, default=8, help="frames shown, evenly spaced")
     cli.add_flag(parser, "--fps", type=cli.positive, help=".pose files: resample to this frame rate first")
     args = parser.parse_args(argv)
+    from config import ConfigError
     from datasets import DataError
+    from run_folder import check_writable_file
     try:
+        check_writable_file(args.out, "--out")
         parts = load_parts(args.pose_file, args.fps)
-    except DataError as error:
+    except (ConfigError, DataError) as error:
         raise SystemExit(f"render_pose.py: error: {error}")
     count = len(parts["body"])
     frames = np.unique(np.round(np.linspace(0, count - 1, min(args.frames, count))).astype(int))

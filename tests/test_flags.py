@@ -170,6 +170,8 @@ def refusal(argv, capsys):
     (["--dataset", "Nowhere"], "--dataset Nowhere: unknown"),
     (["--dataset", "WLASL", "--task", "SLT"], "support ISLR"),
     (["--rgb_support"], "pose-only"),
+    (["--overwrite"], "--overwrite writes into the output folder: add --output_dir"),
+    (["--overwrite", "--eval", "--output_dir", "x"], "--eval trains none"),
 ])
 def test_flags_that_cannot_act_are_refused_with_the_reason(argv, reason, capsys):
     message = refusal(argv, capsys)

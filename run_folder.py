@@ -1,0 +1,159 @@
+"""Guards for a run's output folder, taken before any data is read or model built: the folder
+is writable, a fresh start never replaces another run's checkpoints unless asked to, and only
+one run writes into it at a time.
+
+A fresh start (--resume none, or no training state to resume from) in a folder that holds
+weight files, training states or a log of another run stops, unless --overwrite is given: then
+that run's files are removed first (a resumable state included: the run starts afresh), so no
+pruning, resume or log mixes the two runs. The lock
+file `run.lock` names the process that holds the folder (host, pid, start); a second run stops
+at once, and a lock left by a process that no longer exists on this host is taken over. Only
+rank 0 (the launcher's RANK) checks and locks: the other ranks share its folder.
+"""
+import datetime
+import glob
+import json
+import os
+import shutil
+import socket
+
+import checkpoint
+from config import ConfigError
+
+LOCK_NAME = "run.lock"
+RUN_FILES = ("best_checkpoint.pth", "checkpoint_*.pth", "training_state", "log.txt",
+             "log_steps.txt", "eval_metrics.json")
+
+
+def is_rank_zero():
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_writable_folder(path, flag="--output_dir"):
+    """Creates the folder when missing; ConfigError when it is a file or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-probe-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("probe")
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError(f"{flag} {path} cannot be written: {error.strerror or error}") from None
+
+
+def check_writable_file(path, flag):
+    """An output file: its folder must exist and be writable, and the path must not be a folder."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder, not a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def other_run_files(output_dir):
+    """The files and folders of an earlier run in `output_dir` (sorted names)."""
+    found = []
+    for pattern in RUN_FILES:
+        found += [os.path.basename(p) for p in glob.glob(os.path.join(output_dir, pattern))]
+    return sorted(found)
+
+
+def check_fresh_start(args):
+    """Stops a fresh start over another run's files; --overwrite removes them (and so starts
+    afresh even where a training state could be resumed)."""
+    resumable = args.resume == "auto" and checkpoint.latest_training_state(args.output_dir)
+    if resumable and not args.overwrite:
+        return
+    found = other_run_files(args.output_dir)
+    if not found:
+        return
+    why = "--resume none" if args.resume == "none" else "no training state to resume from"
+    if not args.overwrite:
+        raise ConfigError(
+            f"--output_dir {args.output_dir} holds another run ({', '.join(found)}) and this run "
+            f"would start afresh ({why}), replacing its checkpoints: use another --output_dir, "
+            "or add --overwrite to replace that run")
+    print(f"--overwrite: removing the earlier run in {args.output_dir}: {', '.join(found)}")
+    for name in found:
+        path = os.path.join(args.output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """`run.lock` in the output folder, held from acquire() to release()."""
+
+    def __init__(self, output_dir):
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        self.held = False
+
+    def acquire(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self.take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.owner, f)
+            self.held = True
+            return self
+        raise ConfigError(f"could not take the lock {self.path}")
+
+    def holder(self):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}  # a lock being written, or damaged: treated as held by an unknown process
+
+    def take_over_if_stale(self):
+        """Removes a lock whose process is gone (same host); ConfigError when it is alive."""
+        holder = self.holder()
+        same_host = holder.get("host") == self.owner["host"]
+        if same_host and isinstance(holder.get("pid"), int) and not process_alive(holder["pid"]):
+            print(f"taking over {self.path}: its process {holder['pid']} (started "
+                  f"{holder.get('started')}) no longer runs")
+            os.remove(self.path)
+            return
+        where = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        raise ConfigError(
+            f"--output_dir {os.path.dirname(self.path)} is in use by the run of {where} since "
+            f"{holder.get('started', '?')} (lock file {self.path}): wait for it to end or use "
+            "another --output_dir; if that run is gone (another host), remove the lock file")
+
+    def release(self):
+        if self.held and self.holder().get("pid") == self.owner["pid"]:
+            os.remove(self.path)
+        self.held = False
+
+
+def prepare_output_dir(args):
+    """Rank 0: the folder writable, a fresh start allowed, the lock taken (returned, or None
+    without --output_dir or on other ranks)."""
+    if not args.output_dir or not is_rank_zero():
+        return None
+    check_writable_folder(args.output_dir)
+    lock = RunLock(args.output_dir).acquire()
+    try:
+        if not args.eval:
+            check_fresh_start(args)
+    except ConfigError:
+        lock.release()
+        raise
+    return lock
