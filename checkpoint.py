@@ -19,6 +19,9 @@ import torch
 import utils
 
 
+FLAGS_FILE = "flags.json"  # in each training state: the run's flags
+
+
 class SaveError(OSError):
     """A save that failed for lack of space or permission; the message names the folder and the
     last complete training state, which the atomic saves left as it was."""
@@ -131,6 +134,8 @@ def _save_training_state(engine, output_dir, tag, client_state, keep_last):
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted save left
     utils.barrier()
     engine.save_checkpoint(staging, tag=tag, client_state=client_state, save_latest=False)
+    if utils.is_main_process() and "args" in client_state:  # readable before any model is built
+        atomic_write_text(os.path.join(staging, tag, FLAGS_FILE), json.dumps(client_state["args"]))
     atomic_torch_save(capture_rng_state(), os.path.join(staging, tag, f"rng_rank{utils.get_rank()}.pt"))
     utils.barrier()
     if utils.is_main_process():
@@ -191,6 +196,15 @@ def prune_training_states(root, keep_last):
     keep_others = keep_last - 1 if latest is not None else keep_last
     for tag in (tags[:len(tags) - keep_others] if keep_last > 0 else []):
         shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+
+
+def saved_flags(output_dir, tag):
+    """The flags a training state was saved with ({} for states saved without them)."""
+    path = os.path.join(output_dir, "training_state", tag, FLAGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def latest_training_state(output_dir):

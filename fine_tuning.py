@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 import checkpoint  # noqa: E402
 import config  # noqa: E402
 import engine as trainer  # noqa: E402
+import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
 import utils  # noqa: E402
@@ -177,8 +178,10 @@ def is_better(best_metric, value, best):
     return best is None or (value > best if higher else value < best)
 
 
-def client_state(hyp_optimizer, **fields):
-    """What a training state holds besides DeepSpeed's own: `fields` and the RiemannianAdam state."""
+def client_state(args, hyp_optimizer, **fields):
+    """What a training state holds besides DeepSpeed's own: `fields`, the flags and the
+    RiemannianAdam state."""
+    fields["args"] = checkpoint.plain_args(args)
     if hyp_optimizer is not None:
         fields["riemannian"] = hyp_optimizer.state_dict()
     return fields
@@ -195,11 +198,27 @@ def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
     state = checkpoint.load_training_state(engine, args.output_dir, tag)
     if hyp_optimizer is not None and "riemannian" in state:
         hyp_optimizer.load_state_dict(state["riemannian"])
+    changes = resume_flags.changed_flags(state.get("args", {}), args)
+    total = min(len(sampler), args.quick_break) if args.quick_break else len(sampler)
+    resume_flags.rebuild_schedule(engine, args, changes,
+                                  utils.optimizer_steps_per_epoch(args, total))
     print(f"resumed from {args.output_dir}/training_state/{tag}")
     if state["epoch_complete"]:
         return state["epoch"] + 1, state.get("best")
     sampler.load_state_dict(state["sampler"])
     return state["epoch"], state.get("best")
+
+
+def check_resume_changes(args):
+    """Before anything is built: the flags that differ from those of the training state the run
+    will resume from, each honoured or refused (resume_flags.py)."""
+    if args.resume == "none" or not args.output_dir or args.eval:
+        return {}
+    tag = checkpoint.latest_training_state(args.output_dir)
+    saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
+    if not saved:
+        return {}
+    return resume_flags.check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")
 
 
 def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
@@ -210,7 +229,7 @@ def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
         if args.output_dir and batches_done % args.save_every_steps == 0 and at_boundary:
             checkpoint.save_training_state(
                 engine, args.output_dir, f"epoch{epoch}-step{batches_done}",
-                client_state(hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
+                client_state(args, hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
                              sampler=sampler.state_dict()), keep_last=args.keep_last)
     return on_step if args.save_every_steps else None
 
@@ -256,7 +275,7 @@ def end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
         checkpoint.prune_epoch_weights(args.output_dir, args.keep_last)
         checkpoint.save_training_state(
             engine, args.output_dir, f"epoch{epoch}",
-            client_state(hyp_optimizer, epoch=epoch, best=best, epoch_complete=True),
+            client_state(args, hyp_optimizer, epoch=epoch, best=best, epoch_complete=True),
             keep_last=args.keep_last)
         if utils.is_main_process():
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
@@ -277,7 +296,7 @@ def train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run, hyp_optim
         if args.output_dir:
             tag = checkpoint.save_training_state(
                 engine, args.output_dir, f"epoch{epoch}-step{error.batches_done}",
-                client_state(hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
+                client_state(args, hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
                              sampler=sampler.state_dict(), stopped="non-finite loss"),
                 keep_last=args.keep_last)
             print(f"saved the training state {args.output_dir}/training_state/{tag}; a run with "
@@ -312,6 +331,7 @@ def build_run(args):
     args.language = spec.language  # stored with the checkpoints: the prompt's language
     task = build_task(args, spec)
     paths = resolve_run_paths(args, task)
+    check_resume_changes(args)
     utils.set_seed(args.seed)
     splits = build_datasets(args, spec, paths, ("dev", "test") if args.eval else config.PHASES)
     task.prepare(args, splits)
