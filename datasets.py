@@ -15,7 +15,8 @@ import random
 import torch
 
 import config
-from keypoints import NUM_KEYPOINTS, PART_JOINTS, PARTS, SCORE_THRESHOLD, DataError, clip_span  # noqa: F401
+from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  # noqa: F401
+                       SCORE_THRESHOLD, DataError, clip_span)
 from labels import load_labels, read_label_entries  # noqa: F401
 from pose_store import clip_name, open_packed_store
 from poses import (clip_parts, collate_clips, load_part_kp, pad_repeat_last, read_pose,  # noqa: F401
@@ -83,7 +84,8 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
                  tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None,
-                 defer_label_errors=False, pose_fps=None, targets=None, spec=None):
+                 defer_label_errors=False, pose_fps=None, targets=None, spec=None,
+                 max_frames=DEFAULT_MAX_FRAMES):
         self.spec = spec or config.get_dataset(dataset_name)
         entries = read_label_entries(label_path, self.spec.label_format)
         if self.spec.held_out:  # split first, so a bad entry does not move the boundary
@@ -100,6 +102,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         if targets is None and tokenizer is not None:
             targets = TextTargets(tokenizer, self.spec.prompt, max_tgt_len)
         self.targets = targets
+        self.max_frames = max_frames
         self.epoch = 0
         self._durations = {}
 
@@ -123,7 +126,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         if self.store is not None:
             pose = self.store.read(self.clip_name(index))
         else:
-            pose = read_pose(self.pose_path(index), fps=self.pose_fps)
+            pose = read_pose(self.pose_path(index), fps=self.pose_fps, max_frames=self.max_frames)
         self._durations[index] = clip_span(pose)[1]
         return pose
 
@@ -176,4 +179,4 @@ def build_dataset(args, spec, paths, phase, targets=None):
     return S2T_Dataset(label_path, paths['pose_dirs'][phase], phase, dataset_name=args.dataset,
                        max_length=args.max_length, task=args.task, seed=args.seed,
                        defer_label_errors=True, pose_fps=args.pose_fps, targets=targets,
-                       spec=spec)
+                       spec=spec, max_frames=args.max_frames_per_clip)

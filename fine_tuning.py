@@ -27,7 +27,7 @@ import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from pose_encoder import load_encoder_weights  # noqa: E402
-from sample_checks import merge_findings, scan_samples, validate_samples  # noqa: E402
+from sample_checks import merge_findings, scan_samples, split_overlaps, validate_samples  # noqa: E402
 from samplers import ResumableDistributedSampler  # noqa: E402
 from tasks import build_task  # noqa: E402
 
@@ -64,6 +64,11 @@ def build_datasets(args, spec, paths, phases):
         dataset.skipped = prescan(args, dataset, phase, paths["labels"][phase])
         splits[phase] = dataset
         print(f"{phase}: {len(dataset)} clips from {paths['labels'][phase]}")
+    overlaps = split_overlaps({phase: ds.entries for phase, ds in splits.items()})
+    if overlaps:
+        counts = ", ".join(f"{pair} {n}" for pair, n in overlaps.items())
+        print(f"warning: clips in two splits (same name or pose file): {counts}; "
+              "script/check_data.py lists the splits' sizes")
     if "dev" in phases and "dev" not in splits:
         print("no dev split for this dataset: the test split selects the best checkpoint")
         splits["dev"] = splits["test"]

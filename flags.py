@@ -15,6 +15,7 @@ import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
                  non_negative, non_negative_int, odd_count, positive, seed)
 from ctc_head import DEFAULT_CONV_TYPE, DEFAULT_LOSS_WEIGHTS, min_input_length
+from keypoints import DEFAULT_MAX_FRAMES
 from pose_encoder import SPEED_CHOICES, SPEED_DEFAULTS
 
 CTC_MIN_FRAMES = min_input_length(DEFAULT_CONV_TYPE)
@@ -104,6 +105,8 @@ def add_data_flags(p):
     add_flag(p, "--dataset", default="CSL_Daily")
     add_flag(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
     add_flag(p, "--max_length", type=count, default=256, help="frames kept per clip")
+    add_flag(p, "--max_frames_per_clip", type=count, default=DEFAULT_MAX_FRAMES,
+             help="refuse clips with more frames (guards memory against expanding pickles)")
     add_flag(p, "--pose_fps", type=positive, default=None,
          help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
     add_flag(p, "--max_tgt_len", type=target_length, default=50, help="target tokens kept")

@@ -22,6 +22,9 @@ PART_JOINTS = {
 }
 NUM_KEYPOINTS = 133
 SCORE_THRESHOLD = 0.3
+# Beyond this, finite coordinates overflow float32 in part normalisation (squares of spans).
+MAX_COORDINATE = 1e6
+DEFAULT_MAX_FRAMES = 100_000  # --max_frames_per_clip
 
 
 class DataError(ValueError):
@@ -88,10 +91,11 @@ def require_file(path, what):
 
 # ----------------------------------------------------------------------------- pose pickles
 
-def read_pose_pickle(path):
+def read_pose_pickle(path, max_frames=DEFAULT_MAX_FRAMES):
     """Reads and validates a pose pickle: 'keypoints' (T, 1, 133, 2) and 'scores' (T, 1, 133)
     as float32 (the first person of each frame, as Uni-Sign uses), plus 'start'/'end' when the
-    file restricts the clip."""
+    file restricts the clip. A clip of more than `max_frames` frames is refused before its
+    frames are stacked: a small pickle can repeat one reference to expand to any size."""
     require_file(path, "pose file")
     try:
         with open(path, 'rb') as f:
@@ -103,6 +107,9 @@ def read_pose_pickle(path):
     missing = [key for key in ('keypoints', 'scores') if key not in pose]
     if missing:
         raise DataError(f"{path}: pose file lacks {', '.join(map(repr, missing))}")
+    for key in ('keypoints', 'scores'):
+        check_frame_count(path, key, len(pose[key]) if hasattr(pose[key], '__len__') else 0,
+                          max_frames)
     keypoints = _frames_array(pose['keypoints'], path, 'keypoints', (NUM_KEYPOINTS, 2))
     scores = _frames_array(pose['scores'], path, 'scores', (NUM_KEYPOINTS,))
     if len(keypoints) != len(scores):
@@ -114,9 +121,25 @@ def read_pose_pickle(path):
         if not finite.all():
             raise DataError(f"{path}: {key} contain NaN or Inf (first at frame "
                             f"{int(np.argmin(finite))})")
+    check_coordinates(path, keypoints)
     clip = {'keypoints': keypoints, 'scores': scores}
     clip.update(_clip_window(pose, len(keypoints), path))
     return clip
+
+
+def check_frame_count(path, key, frames, max_frames):
+    if frames > max_frames:
+        raise DataError(f"{path}: {key} hold {frames} frames, more than --max_frames_per_clip "
+                        f"{max_frames} (raise it for clips this long)")
+
+
+def check_coordinates(path, keypoints):
+    """Finite coordinates beyond MAX_COORDINATE overflow in normalisation: the clip is refused."""
+    extreme = np.abs(keypoints).reshape(len(keypoints), -1).max(axis=1) > MAX_COORDINATE
+    if extreme.any():
+        raise DataError(f"{path}: keypoints reach {float(np.abs(keypoints).max()):.3g}, beyond "
+                        f"the coordinate bound {MAX_COORDINATE:g} (first at frame "
+                        f"{int(np.argmax(extreme))}); they would overflow in normalisation")
 
 
 def _frames_array(value, path, key, joint_shape):

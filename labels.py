@@ -17,6 +17,7 @@ first. Pose files of STM and corpus entries are `NAME.pkl`.
 import csv
 import gzip
 import json
+import os
 
 from keypoints import DataError, require_file, unpickle
 
@@ -40,7 +41,33 @@ def read_label_entries(path, label_format=None):
     if label_format not in READERS:
         raise DataError(f"{path}: unknown label format {label_format!r}; known: "
                         f"{', '.join(READERS)}")
-    return READERS[label_format](path)
+    return [entry if isinstance(entry, DataError) else checked_entry(path, entry)
+            for entry in READERS[label_format](path)]
+
+
+LINE_BREAKS = str.maketrans({"\r": " ", "\n": " ", "\t": " ", "\v": " ", "\f": " ",
+                             "\x85": " ", "\u2028": " ", "\u2029": " "})
+
+
+def checked_entry(path, entry):
+    """An entry as the prediction files can hold it, or its DataError: a blank text counts as
+    none; line breaks and tabs inside a text read as spaces (the files hold one text per line,
+    tab-separated from the name); a name with one is refused, as is a pose path that leaves the
+    pose folder (absolute, or climbing out with '..')."""
+    name = entry["name"]
+    if not isinstance(name, str) or not name.strip() or name.translate(LINE_BREAKS) != name:
+        return DataError(f"{path}: entry {name!r} has a name that is blank or holds a line "
+                         "break or tab, which the prediction files cannot hold")
+    text = entry["text"].translate(LINE_BREAKS) if isinstance(entry["text"], str) else ""
+    if not text.strip():
+        return DataError(f"{path}: entry {name!r} has no text (it is blank)")
+    pose_file = entry["pose_file"]
+    normal = os.path.normpath(pose_file)
+    if os.path.isabs(pose_file) or normal == ".." or normal.startswith(".." + os.sep):
+        return DataError(f"{path}: entry {name!r} has a pose path {pose_file!r} that leaves "
+                         "the pose folder")
+    glosses = [gloss.translate(LINE_BREAKS) for gloss in entry["gloss"]]
+    return {**entry, "text": text, "gloss": [g for gloss in glosses for g in gloss.split()]}
 
 
 def detect_format(path):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 import mediapipe_pose
-from keypoints import PART_JOINTS, PARTS, SCORE_THRESHOLD, clip_span, read_pose_pickle
+from keypoints import (DEFAULT_MAX_FRAMES, PART_JOINTS, PARTS, SCORE_THRESHOLD, check_coordinates,
+                       check_frame_count, clip_span, read_pose_pickle)
 
 # load_part_kp gathers every part joint into one array, parts side by side in PARTS order,
 # followed by the anchor joint of each relative joint: hands are taken relative to their wrist
@@ -27,7 +28,7 @@ _GATHERED_JOINTS = np.concatenate([*PART_JOINTS.values(), _ANCHOR_JOINTS])
 
 
 
-def read_pose(path, fps=None):
+def read_pose(path, fps=None, max_frames=DEFAULT_MAX_FRAMES):
     """Reads and validates a pose pickle, or a pose-format `.pose` file (by extension).
 
     Returns 'keypoints' (T, 1, 133, 2) and 'scores' (T, 1, 133) as float32 (the first person
@@ -37,8 +38,11 @@ def read_pose(path, fps=None):
     returned as stored.
     """
     if os.fspath(path).endswith('.pose'):
-        return mediapipe_pose.read_pose_file(path, fps=fps)
-    return read_pose_pickle(path)
+        pose = mediapipe_pose.read_pose_file(path, fps=fps)
+        check_frame_count(path, 'keypoints', len(pose['keypoints']), max_frames)
+        check_coordinates(path, pose['keypoints'])
+        return pose
+    return read_pose_pickle(path, max_frames)
 
 
 def sample_frame_indices(duration, max_length, train, rng=None, start=0):

@@ -36,6 +36,7 @@ REFUSED = {
                      "rgb_support", "hands_batch"), MODEL),
     **dict.fromkeys(("batch_size", "gradient_accumulation_steps", "seed", "bucket_by_length",
                      "max_length", "pose_fps", "quick_break", "skip_bad_samples",
+                     "max_frames_per_clip",
                      "max_tgt_len"), DATA),
     **dict.fromkeys(("opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "sched",
                      "zero_stage", "offload", "dtype", "hyp_lr", "hyp_stabilize",

@@ -24,7 +24,8 @@ PROBLEM_PHRASES = (
     ("refused pickle", "refused to unpickle"),
     ("unreadable file", "unreadable"),
     ("bad label entry", ": entry "),
-    ("non-finite values", "NaN or Inf"),
+    ("non-finite values", "NaN or Inf"), ("extreme values", "coordinate bound"),
+    ("too many frames", "--max_frames_per_clip"),
     ("zero-length clip", "zero-length clip"),
     ("bad clip window", "'start'"), ("bad clip window", "clip window"),
     ("low confidence", "would be all zeros"),
@@ -125,6 +126,23 @@ def describe_problems(problems, total, shown=10):
     more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
     return (f"{len(problems)} of {total} samples are unusable ({kinds}):\n  {listed}{more}\n"
             "script/check_data.py lists them all; --skip_bad_samples trains without them")
+
+
+def split_overlaps(entries_by_split):
+    """{'train/test': n, ...}: clips (same name or same pose file) in two splits. A clip of the
+    training split scored as dev or test inflates the scores; reported, not refused (some
+    corpora share a clip between dev and test on purpose)."""
+    keys = {phase: {e['name'] for e in entries} | {e['pose_file'] for e in entries}
+            for phase, entries in entries_by_split.items()}
+    phases = list(keys)
+    overlaps = {}
+    for i, first in enumerate(phases):
+        for second in phases[i + 1:]:
+            shared = [e for e in entries_by_split[second]
+                      if e['name'] in keys[first] or e['pose_file'] in keys[first]]
+            if shared:
+                overlaps[f"{first}/{second}"] = len(shared)
+    return overlaps
 
 
 def length_stats(durations):

@@ -22,6 +22,7 @@ from ctc_decode import beam_decode, greedy_decode
 from ctc_head import GlossVocab, ctc_min_length
 from datasets import GlossTargets, TextTargets
 from keypoints import DataError
+from labels import LINE_BREAKS
 from pose_encoder import key_list, load_checkpoint_file
 from SLRT_metrics import normalize_for_scoring, official_wer, wer_list, write_ctm, write_stm
 
@@ -74,8 +75,11 @@ class TextTask:
         trainer.write_predictions(output_dir, phase, *self.normalized(rows))
 
     def normalized(self, rows):
-        """(names, hypotheses, references) as they are scored."""
+        """(names, hypotheses, references) as they are scored and written: a line break the
+        model writes reads as a space, as in the references (labels.checked_entry), so the
+        prediction files hold one line per clip and re-score to the same figures."""
         names, hyps, refs = map(list, zip(*rows))
+        hyps = [hyp.translate(LINE_BREAKS) for hyp in hyps]
         refs, hyps = normalize_for_scoring(refs, hyps, self.level)
         return names, hyps, refs
 

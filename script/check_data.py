@@ -5,8 +5,9 @@
 
 Paths come from config.py and the same --dataset/--data_root/--pose_root flags as the trainer.
 Prints every bad sample with its file and problem, the count of each kind of problem and clip
-length statistics per split; --report also writes them as JSON. Exit status: 0 when everything
-is usable, 1 when any sample is bad, 2 when a label file or pose folder cannot be used at all.
+length statistics per split, and warns of clips found in two splits; --report also writes them
+as JSON. Exit status: 0 when everything is usable, 1 when any sample is bad or a split has no
+usable sample, 2 when a label file or pose folder cannot be used at all.
 """
 import argparse
 import json
@@ -21,7 +22,8 @@ from run_folder import check_writable_file  # noqa: E402
 from cli import add_flag  # noqa: E402
 from datasets import S2T_Dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
-from sample_checks import length_stats, problem_kind, scan_samples  # noqa: E402
+from keypoints import DEFAULT_MAX_FRAMES  # noqa: E402
+from sample_checks import length_stats, problem_kind, scan_samples, split_overlaps  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,6 +35,8 @@ def parse_args(argv=None):
     add_flag(parser, '--splits', default=','.join(config.PHASES), help='comma-separated')
     add_flag(parser, '--max_length', type=cli.count, default=256,
                         help='frames the trainer keeps per clip (counts the longer clips)')
+    add_flag(parser, '--max_frames_per_clip', type=cli.count, default=DEFAULT_MAX_FRAMES,
+             help='refuse clips with more frames, as the trainer does')
     add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
                         help='reading processes (default: all cores)')
     add_flag(parser, '--report', default=None, help='also write the report to this JSON file')
@@ -42,7 +46,8 @@ def parse_args(argv=None):
 def check_split(args, phase, label_path, pose_dir):
     """The report of one split: its samples, every problem and the clip lengths."""
     dataset = S2T_Dataset(label_path, pose_dir, phase, dataset_name=args.dataset,
-                          max_length=args.max_length, defer_label_errors=True)
+                          max_length=args.max_length, defer_label_errors=True,
+                          max_frames=args.max_frames_per_clip)
     durations, pose_problems = scan_samples(dataset, workers=args.workers)
     problems = [{'name': None, 'file': label_path, 'problem': message}
                 for message in dataset.label_problems]
@@ -56,7 +61,8 @@ def check_split(args, phase, label_path, pose_dir):
             'bad': len(problems), 'problem_counts': dict(Counter(p['kind'] for p in problems)),
             'problems': problems, 'clip_frames': length_stats(lengths),
             'max_length': args.max_length,
-            'longer_than_max_length': sum(n > args.max_length for n in lengths)}
+            'longer_than_max_length': sum(n > args.max_length for n in lengths),
+            'entries': [{'name': e['name'], 'pose_file': e['pose_file']} for e in dataset.entries]}
 
 
 def check_dataset(args):
@@ -71,7 +77,9 @@ def check_dataset(args):
     config.validate_paths(paths, phases, need_mt5=False)
     splits = {phase: check_split(args, phase, paths['labels'][phase], paths['pose_dirs'][phase])
               for phase in phases if paths['labels'][phase] is not None}
-    return {'dataset': args.dataset, 'splits': splits,
+    overlaps = split_overlaps({phase: split.pop('entries') for phase, split in splits.items()})
+    empty = [phase for phase, split in splits.items() if split['usable'] == 0]
+    return {'dataset': args.dataset, 'splits': splits, 'overlaps': overlaps, 'empty': empty,
             'bad': sum(split['bad'] for split in splits.values())}
 
 
@@ -89,6 +97,11 @@ def print_report(report):
             print(f"  clip frames: min {stats['min']}, mean {stats['mean']}, median "
                   f"{stats['median']:g}, 95% {stats['p95']:g}, max {stats['max']}; "
                   f"{split['longer_than_max_length']} longer than {split['max_length']}")
+    for pair, count in report['overlaps'].items():
+        print(f"warning: {count} clips of {pair.split('/')[1]} are also in {pair.split('/')[0]} "
+              "(same name or pose file)")
+    for phase in report['empty']:
+        print(f"error: the {phase} split has no usable sample (the trainer stops on it)")
     verdict = f"{report['bad']} bad samples" if report['bad'] else "every sample is usable"
     print(f"{report['dataset']}: {verdict}")
 
@@ -106,7 +119,7 @@ def main(argv=None):
     if args.report:
         with open(args.report, 'w', encoding='utf-8') as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
-    return 1 if report['bad'] else 0
+    return 1 if report['bad'] or report['empty'] else 0
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import load_file_module
 
 import sample_checks
@@ -88,3 +89,108 @@ def test_command_line_exit_status_for_an_unknown_dataset(tmp_path):
                           text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2
     assert "unknown dataset 'Nope'" in proc.stderr
+
+
+def rewrite_pose(data_root, name, change):
+    path = os.path.join(data_root, "Demo", "pose_format", f"{name}.pkl")
+    with open(path, "rb") as f:
+        pose = pickle.load(f)
+    with open(path, "wb") as f:
+        pickle.dump(change(pose), f)
+
+
+def rewrite_label(data_root, phase, change):
+    path = os.path.join(data_root, "Demo", f"labels.{phase}")
+    with gzip.open(path, "rb") as f:
+        labels = pickle.load(f)
+    change(labels)
+    with gzip.open(path, "wb") as f:
+        pickle.dump(labels, f)
+
+
+def expand(pose):
+    """One frame referenced 5000 times: a small file whose frames stack to 5000."""
+    return {"keypoints": [pose["keypoints"][0]] * 5000, "scores": [pose["scores"][0]] * 5000}
+
+
+def rename_with_line_break(labels):
+    entry = labels.pop("demo_train_00002")
+    labels["demo_train\n00002"] = dict(entry, name="demo_train\n00002")
+
+
+BAD_DATA = {
+    "extreme coordinates": ("extreme values", lambda root: rewrite_pose(
+        root, "demo_train_00003", lambda p: dict(p, keypoints=p["keypoints"] * 1e30))),
+    "blank text": ("bad label entry", lambda root: rewrite_label(
+        root, "train", lambda labels: labels["demo_train_00005"].update(text=" \t "))),
+    "line break in a name": ("bad label entry", lambda root: rewrite_label(
+        root, "train", rename_with_line_break)),
+    "pose path leaving the pose folder": ("bad label entry", lambda root: rewrite_label(
+        root, "train", lambda labels: labels["demo_train_00007"].update(
+            video_path="../../secret.mp4"))),
+    "expanding pickle": ("too many frames", lambda root: rewrite_pose(
+        root, "demo_train_00008", expand)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_trainer_and_check_data_agree_on_bad_data(case, data_root, capsys):
+    """The trainer's pre-scan stops on the sample check_data.py reports, with the same kind."""
+    import config
+    import fine_tuning
+    import flags
+    kind, damage = BAD_DATA[case]
+    damage(data_root)
+    argv = ["--dataset", "Demo", "--data_root", data_root, "--max_frames_per_clip", "1000"]
+    status = load_script().main(argv + ["--splits", "train"])
+    out = capsys.readouterr().out
+    assert status == 1 and f"[{kind}]" in out, out
+    args = flags.parse_args("fine_tuning.py", argv + ["--num_workers", "0"])
+    paths = config.resolve_paths("Demo", data_root)
+    with pytest.raises(sample_checks.DataError) as stop:
+        fine_tuning.build_datasets(args, config.get_dataset("Demo"), paths, ("train",))
+    assert f"({kind} 1)" in str(stop.value)
+    args.skip_bad_samples = True
+    splits = fine_tuning.build_datasets(args, config.get_dataset("Demo"), paths, ("train",))
+    assert len(splits["train"].skipped) == 1 and len(splits["train"]) == 47
+
+
+def test_line_breaks_inside_texts_read_as_spaces(data_root):
+    from labels import load_labels
+    rewrite_label(data_root, "train", lambda labels: labels["demo_train_00000"].update(
+        text="two\nlines\r\nhere"))
+    entries = load_labels(os.path.join(data_root, "Demo", "labels.train"))
+    assert entries[0]["text"] == "two lines  here"
+
+
+def test_clips_in_two_splits_are_counted_not_refused(data_root, tmp_path, capsys):
+    import config
+    import fine_tuning
+    import flags
+
+    def copy_two_training_clips(labels):
+        train_path = os.path.join(data_root, "Demo", "labels.train")
+        with gzip.open(train_path, "rb") as f:
+            train = pickle.load(f)
+        for name in ("demo_train_00000", "demo_train_00001"):
+            labels[name] = train[name]
+    rewrite_label(data_root, "test", copy_two_training_clips)
+    report_path = tmp_path / "report.json"
+    status = load_script().main(["--dataset", "Demo", "--data_root", data_root,
+                                 "--report", str(report_path)])
+    assert status == 0
+    assert json.loads(report_path.read_text())["overlaps"] == {"train/test": 2}
+    assert "warning: 2 clips of test are also in train" in capsys.readouterr().out
+    args = flags.parse_args("fine_tuning.py", ["--dataset", "Demo", "--data_root", data_root,
+                                               "--num_workers", "0"])
+    fine_tuning.build_datasets(args, config.get_dataset("Demo"),
+                               config.resolve_paths("Demo", data_root), config.PHASES)
+    assert "warning: clips in two splits (same name or pose file): train/test 2" in \
+        capsys.readouterr().out
+
+
+def test_an_empty_training_split_is_not_called_usable(data_root, capsys):
+    rewrite_label(data_root, "train", lambda labels: labels.clear())
+    status = load_script().main(["--dataset", "Demo", "--data_root", data_root])
+    assert status == 1
+    assert "error: the train split has no usable sample" in capsys.readouterr().out

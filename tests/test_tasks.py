@@ -227,3 +227,12 @@ def test_max_unk_rate_is_refused_with_the_ctc_head(capsys):
         flags.parse_args("fine_tuning.py", ["--task", "CSLR", "--head", "ctc",
                                             "--max_unk_rate", "0.5"])
     assert "--max_unk_rate acts on mT5" in capsys.readouterr().err
+
+
+def test_a_line_break_in_a_prediction_keeps_one_line_per_clip(tmp_path):
+    task = TextTask(default_args(dataset="How2Sign", task="SLT"), config.DATASETS["How2Sign"])
+    rows = [("clip0", "the cat\nsat down", "the cat sat down"), ("clip1", "a dog", "a dog")]
+    task.write(str(tmp_path), "test", rows, None)
+    lines = (tmp_path / "test_tmp_pres.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == ["sample: clip0, prediction: the cat sat down", "sample: clip1, prediction: a dog"]
+    assert task.score(rows, "test")["bleu4"] == pytest.approx(100.0)
