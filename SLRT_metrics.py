@@ -15,6 +15,7 @@ writes, plain one-sentence-per-line files, or STM/CTM files:
 """
 import argparse
 import json
+import os
 import re
 import sys
 from itertools import chain, groupby
@@ -386,7 +387,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    refs, hyps = load_pairs(args.refs, args.hyps)
+    for flag, path in (('--refs', args.refs), ('--hyps', args.hyps)):
+        if not os.path.isfile(path):
+            sys.exit(f'SLRT_metrics.py: error: {flag} {path} does not exist')
+    try:
+        refs, hyps = load_pairs(args.refs, args.hyps)
+    except (ValueError, UnicodeDecodeError) as error:
+        sys.exit(f'SLRT_metrics.py: error: {args.refs} and {args.hyps}: {error}')
     results = score(refs, hyps, args.task, args.level, args.merge_same, args.phoenix,
                     args.case_sensitive)
     print(f'{args.task} on {len(refs)} samples'

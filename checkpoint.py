@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import utils
+from config import ConfigError
 
 
 FLAGS_FILE = "flags.json"  # in each training state: the run's flags
@@ -221,9 +222,17 @@ def latest_training_state(output_dir):
 def load_training_state(engine, output_dir, tag):
     """Restores a state written by save_training_state; returns its client_state."""
     root = os.path.join(output_dir, "training_state")
-    path, client_state = engine.load_checkpoint(root, tag=tag)
+    try:
+        path, client_state = engine.load_checkpoint(root, tag=tag)
+    except Exception as error:  # DeepSpeed raises many kinds for damaged or foreign states
+        path, reason = None, f" ({type(error).__name__}: {str(error).strip()[:200]})"
+    else:
+        reason = ""
     if path is None:
-        raise RuntimeError(f"could not load the training state {os.path.join(root, tag)}")
+        raise ConfigError(
+            f"the training state {os.path.join(root, tag)} cannot be loaded{reason}: it is "
+            f"damaged or from another setup; point {root}/latest at an earlier state, or start "
+            "afresh with --overwrite")
     rng_file = os.path.join(root, tag, f"rng_rank{utils.get_rank()}.pt")
     if os.path.isfile(rng_file):
         restore_rng_state(torch.load(rng_file, weights_only=True))

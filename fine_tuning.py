@@ -54,6 +54,18 @@ def resolve_run_paths(args, task):
     return paths
 
 
+def check_training_batches(args, splits):
+    """Stops when the training split fills no batch: the sampler drops the last partial batch
+    (every rank must take as many steps), so the run would not train at all."""
+    if "train" not in splits:
+        return
+    clips, world = len(splits["train"]), utils.get_world_size()
+    if clips < args.batch_size * world:
+        raise config.ConfigError(
+            f"the training split has {clips} clips, fewer than one batch of --batch-size "
+            f"{args.batch_size} x {world} ranks: lower --batch-size")
+
+
 def build_datasets(args, spec, paths, phases):
     """The splits, every clip checked before any model is built (see prescan)."""
     splits = {}
@@ -339,6 +351,7 @@ def build_run(args):
     check_resume_changes(args)
     utils.set_seed(args.seed)
     splits = build_datasets(args, spec, paths, ("dev", "test") if args.eval else config.PHASES)
+    check_training_batches(args, splits)
     task.prepare(args, splits)
     model = build_model(args, task)
     task.check_splits(args, model, splits)

@@ -42,6 +42,7 @@ import argparse
 import glob
 import os
 import pickle
+import sys
 
 import numpy as np
 
@@ -310,4 +311,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except DataError as error:
+        sys.exit(f"mediapipe_pose.py: error: {error}")

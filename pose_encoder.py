@@ -237,7 +237,8 @@ def flag_differences(path_or_state_dict, model):
     if isinstance(saved, (str, os.PathLike)):
         saved = load_checkpoint_file(saved)
     stored = saved.get('args') if isinstance(saved, dict) else None
-    current = vars(getattr(model, 'args', None) or object())
+    model_args = getattr(model, 'args', None)
+    current = vars(model_args) if model_args is not None else {}
     if not isinstance(stored, dict) or not current:
         return ''
     differ = [f"--{name} {stored[name]} (checkpoint) vs {current[name]} (this run)"

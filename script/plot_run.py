@@ -47,7 +47,7 @@ def read_run(folder):
     """(epoch records, step records) of an output folder."""
     epoch_log, step_log = os.path.join(folder, "log.txt"), os.path.join(folder, "log_steps.txt")
     if not os.path.isfile(epoch_log) and not os.path.isfile(step_log):
-        raise SystemExit(f"{folder}: neither log.txt nor log_steps.txt found (not an output folder?)")
+        raise SystemExit(f"plot_run.py: error: {folder}: neither log.txt nor log_steps.txt found (not an output folder?)")
     epochs = read_json_lines(epoch_log) if os.path.isfile(epoch_log) else []
     steps = read_json_lines(step_log) if os.path.isfile(step_log) else []
     return epochs, steps

@@ -163,3 +163,31 @@ def test_wandb_offline_run_is_recorded_without_network(demo_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_a_batch_larger_than_the_training_split_stops_before_the_model(demo_root, tmp_path,
+                                                                       in_process_trainer):
+    import fine_tuning
+    import flags
+    args = flags.parse_args("fine_tuning.py", train_args(demo_root, tmp_path / "out")
+                            + ["--batch-size", "64"])
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.run_command_line(fine_tuning.main, args)
+    assert str(stop.value.code) == ("error: the training split has 48 clips, fewer than one "
+                                    "batch of --batch-size 64 x 1 ranks: lower --batch-size")
+
+
+def test_a_damaged_training_state_is_named(demo_root, tmp_path, in_process_trainer):
+    import fine_tuning
+    import flags
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = train_args(demo_root, out) + ["--epochs", "1", "--quick_break", "2"]
+    fine_tuning.main(flags.parse_args("fine_tuning.py", argv))
+    state = out / "training_state" / "epoch0"
+    for path in state.rglob("*optim_states.pt"):
+        path.write_bytes(path.read_bytes()[:64])
+    argv[argv.index("--epochs") + 1] = "2"
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.run_command_line(fine_tuning.main, flags.parse_args("fine_tuning.py", argv))
+    assert str(stop.value.code).startswith(f"error: the training state {state} cannot be loaded")
