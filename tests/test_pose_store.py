@@ -416,7 +416,8 @@ def test_values_beyond_the_grid_range_fail_naming_the_file(tmp_path):
     pose['keypoints'][1, 0, 5, 0] = 3e38
     Path(tmp_path, 'p').mkdir()
     Path(tmp_path, 'p', 'huge.pkl').write_bytes(pickle.dumps(pose))
-    with pytest.raises(DataError, match=r'huge.pkl: keypoints too large to store'):
+    with pytest.raises(DataError,
+                       match=r'huge.pkl: keypoints reach 3e\+38, beyond the coordinate bound'):
         pack(str(tmp_path / 'p'), str(tmp_path / 's'), workers=1, progress=False)
 
 

@@ -16,6 +16,13 @@ import flags
 import run_folder
 
 
+@pytest.fixture(autouse=True)
+def keep_the_process_group(monkeypatch):
+    """run_command_line ends the process group after a run; the in-process trainings of this
+    session share one (see conftest.in_process_trainer), so it must stay."""
+    monkeypatch.setattr(fine_tuning.utils, "close_distributed", lambda: None)
+
+
 def parse(*argv):
     return flags.parse_args("fine_tuning.py", list(argv))
 
