@@ -5,11 +5,13 @@ Weight files hold `{'model': state_dict, ...}` like Uni-Sign's `checkpoint_{epoc
 written under a temporary name, flushed, then renamed, so a run killed while saving leaves the
 previous checkpoint intact.
 """
+import collections
 import contextlib
 import errno
 import glob
 import json
 import os
+import pickle
 import random
 import shutil
 
@@ -219,11 +221,39 @@ def latest_training_state(output_dir):
     return tag if tag and os.path.isdir(os.path.join(root, tag)) else None
 
 
+def state_classes():
+    """The classes besides tensors and containers that DeepSpeed writes into training states:
+    plain data holders whose unpickling runs no code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, collections.Counter,
+            collections.OrderedDict, collections.defaultdict]
+
+
+def load_state_file(path, map_location=None):
+    """One file of a training state, loaded with torch's weights-only unpickler (DeepSpeed's
+    own loader allows any code): a tampered file that names another global is refused."""
+    try:
+        with torch.serialization.safe_globals(state_classes()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()
+        refused = next((line.strip() for line in reason if "GLOBAL" in line), reason[0][:200])
+        raise ConfigError(f"{path}: refused to load ({refused}): a training state holds "
+                          "tensors and plain values only; this file was altered or is not "
+                          "one") from None
+
+
 def load_training_state(engine, output_dir, tag):
-    """Restores a state written by save_training_state; returns its client_state."""
+    """Restores a state written by save_training_state through load_state_file; returns its
+    client_state."""
     root = os.path.join(output_dir, "training_state")
+    engine.checkpoint_engine.load = load_state_file
     try:
         path, client_state = engine.load_checkpoint(root, tag=tag)
+    except ConfigError:
+        raise
     except Exception as error:  # DeepSpeed raises many kinds for damaged or foreign states
         path, reason = None, f" ({type(error).__name__}: {str(error).strip()[:200]})"
     else:
@@ -235,7 +265,7 @@ def load_training_state(engine, output_dir, tag):
             "afresh with --overwrite")
     rng_file = os.path.join(root, tag, f"rng_rank{utils.get_rank()}.pt")
     if os.path.isfile(rng_file):
-        restore_rng_state(torch.load(rng_file, weights_only=True))
+        restore_rng_state(load_state_file(rng_file))
     return client_state or {}
 
 

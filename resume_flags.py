@@ -45,8 +45,10 @@ REFUSED = {
                      "signcl_pos_samples", "signcl_neg_samples", "sst_weight",
                      "sst_temperature", "alpha", "label_smoothing_hyp", "compute_fp32_loss"),
                     LOSS),
-    **dict.fromkeys(("world_size", "dist_url", "online_video", "alpha_reg",
-                     "max_eval_samples"), "refused at parsing already"),
+    "world_size": "the number of ranks (deepspeed --num_gpus/--num_nodes) the saved optimizer "
+                  "shards and sampler position were written by",
+    **dict.fromkeys(("dist_url", "online_video", "alpha_reg", "max_eval_samples"),
+                    "refused at parsing already"),
 }
 
 

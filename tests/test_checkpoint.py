@@ -152,3 +152,39 @@ def test_run_killed_while_saving_resumes_from_the_previous_state(demo_root, tmp_
     assert losses == {(0, 0): [losses[0, 0][0]], (0, 1): [losses[0, 1][0]],
                       (1, 0): [losses[1, 0][0]] * 3, (1, 1): [losses[1, 1][0]] * 3,
                       (2, 0): [losses[2, 0][0]], (2, 1): [losses[2, 1][0]]}
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a tampered training state could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_tampered_training_state_is_refused_without_running_it(demo_root, tmp_path,
+                                                                  in_process_trainer):
+    import fine_tuning
+    import flags
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = ["--dataset", "Demo", "--data_root", demo_root, "--output_dir", str(out),
+            "--batch-size", "4", "--gradient-accumulation-steps", "1", "--num_workers", "0",
+            "--dtype", "fp32", "--epochs", "1", "--quick_break", "2", "--stgcn_channels",
+            "8,16", "--hidden_dim", "16", "--temporal_layers", "1", "--max_length", "32",
+            "--num_beams", "1", "--max_new_tokens", "4"]
+    fine_tuning.main(flags.parse_args("fine_tuning.py", argv))
+    states = out / "training_state" / "epoch0"
+    target = next(states.glob("mp_rank_*_model_states.pt"))
+    marker = tmp_path / "payload_ran"
+    saved = torch.load(target, weights_only=False)
+    saved["extra"] = Payload(marker)
+    torch.save(saved, target)
+    argv[argv.index("--epochs") + 1] = "2"
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.run_command_line(fine_tuning.main, flags.parse_args("fine_tuning.py", argv))
+    assert str(stop.value.code).startswith(f"error: {target}: refused to load")
+    assert "posix.system" in str(stop.value.code) or "os.system" in str(stop.value.code)
+    assert not marker.exists()

@@ -51,3 +51,14 @@ def test_changed_flags_are_listed_and_honoured_or_refused(demo_root, tmp_path, c
     assert [r["epoch"] for r in records] == [0, 1]
     assert records[0]["train_lr"] == pytest.approx(1e-3)
     assert records[1]["train_lr"] == pytest.approx(2e-3)
+
+
+def test_another_number_of_ranks_is_refused_with_the_reason():
+    args = flags.parse_args("fine_tuning.py", [])
+    args.world_size = 1
+    with pytest.raises(fine_tuning.config.ConfigError) as info:
+        resume_flags.check_changes({"world_size": 2, "zero_stage": 3}, args, "out/training_state/x")
+    message = str(info.value)
+    assert "--world_size 2 -> 1: the number of ranks" in message
+    assert f"--zero_stage 3 -> 2: {resume_flags.OPTIMIZER}" in message
+    assert "--overwrite" in message
