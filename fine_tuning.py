@@ -43,13 +43,13 @@ def resolve_run_paths(args, task):
     if task.needs_mt5:
         from models import check_mt5_folder
         check_mt5_folder(paths["mt5_path"])
+    if args.init_encoder and args.finetune:
+        raise config.ConfigError("--init_encoder and --finetune both set: --finetune already "
+                                 "loads the whole model, encoder included")
     if args.finetune:
         check_checkpoint_file(args.finetune, "--finetune")
     if args.init_encoder:
         check_checkpoint_file(args.init_encoder, "--init_encoder")
-    if args.init_encoder and args.finetune:
-        raise config.ConfigError("--init_encoder and --finetune both set: --finetune already "
-                                 "loads the whole model, encoder included")
     args.mt5_path = paths["mt5_path"]
     return paths
 
