@@ -33,6 +33,24 @@ class SaveError(OSError):
         return self.strerror
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # raised by writes only, never by reads
+
+
+def disk_full_error(output_dir, error):
+    """SaveError for a full disk met while writing anything else of the run (a log, the
+    predictions), naming the file when known and the last complete training state."""
+    written = f"{error.filename}" if error.filename else f"the run's files in {output_dir}"
+    return SaveError(error.errno, f"could not write {written} ({os.strerror(error.errno)}); "
+                                  f"{intact_state(output_dir)}")
+
+
+def intact_state(output_dir):
+    latest = latest_training_state(output_dir) if output_dir else None
+    return (f"the last complete training state, {output_dir}/training_state/{latest}, is "
+            "intact: free space and rerun with the same --output_dir to continue from it"
+            if latest else "no training state had been saved yet")
+
+
 @contextlib.contextmanager
 def reporting_save_errors(output_dir, what):
     """Turns a full disk (or a folder that stopped being writable) during a save into SaveError."""
@@ -42,12 +60,9 @@ def reporting_save_errors(output_dir, what):
         if isinstance(error, SaveError) or error.errno not in (
                 errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
             raise
-        latest = latest_training_state(output_dir)
-        kept = (f"the last complete training state, {output_dir}/training_state/{latest}, is "
-                "intact: free space and rerun with the same --output_dir to continue from it"
-                if latest else "no training state had been saved yet")
         raise SaveError(error.errno, f"could not save {what} in {output_dir} "
-                                     f"({os.strerror(error.errno)}); {kept}") from None
+                                     f"({os.strerror(error.errno)}); {intact_state(output_dir)}"
+                        ) from None
 
 
 def _atomic_write(path, mode, write):

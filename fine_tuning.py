@@ -26,7 +26,7 @@ import run_folder  # noqa: E402
 import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
-from pose_encoder import load_encoder_weights  # noqa: E402
+from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E402
 from sample_checks import merge_findings, scan_samples, split_overlaps, validate_samples  # noqa: E402
 from samplers import ResumableDistributedSampler  # noqa: E402
 from tasks import build_task  # noqa: E402
@@ -43,13 +43,13 @@ def resolve_run_paths(args, task):
     if task.needs_mt5:
         from models import check_mt5_folder
         check_mt5_folder(paths["mt5_path"])
-    if args.finetune and not os.path.isfile(args.finetune):
-        raise config.ConfigError(f"--finetune checkpoint {args.finetune} does not exist")
-    if args.init_encoder and not os.path.isfile(args.init_encoder):
-        raise config.ConfigError(f"--init_encoder checkpoint {args.init_encoder} does not exist")
     if args.init_encoder and args.finetune:
         raise config.ConfigError("--init_encoder and --finetune both set: --finetune already "
                                  "loads the whole model, encoder included")
+    if args.finetune:
+        check_checkpoint_file(args.finetune, "--finetune")
+    if args.init_encoder:
+        check_checkpoint_file(args.init_encoder, "--init_encoder")
     args.mt5_path = paths["mt5_path"]
     return paths
 
@@ -207,7 +207,7 @@ def client_state(args, hyp_optimizer, **fields):
 def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
     """Continues from the latest training state in --output_dir (--resume auto): the next epoch
     after a finished one, or the next unseen batch of an interrupted one."""
-    if args.resume == "none" or not args.output_dir:
+    if args.resume == "none" or args.overwrite or not args.output_dir:
         return 0, None
     tag = checkpoint.latest_training_state(args.output_dir)
     if tag is None:
@@ -229,8 +229,8 @@ def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
 def check_resume_changes(args):
     """Before anything is built: the flags that differ from those of the training state the run
     will resume from, each honoured or refused (resume_flags.py)."""
-    if args.resume == "none" or not args.output_dir or args.eval:
-        return {}
+    if args.resume == "none" or args.overwrite or not args.output_dir or args.eval:
+        return {}  # --overwrite starts afresh: rank 0 removes the states the other ranks see
     tag = checkpoint.latest_training_state(args.output_dir)
     saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
     if not saved:
@@ -401,6 +401,10 @@ def run_command_line(main_function, args):
     except (config.ConfigError, DataError, trainer.NonFiniteLossError,
             checkpoint.SaveError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        if error.errno not in checkpoint.DISK_FULL:
+            raise
+        sys.exit(f"error: {checkpoint.disk_full_error(args.output_dir, error)}")
     utils.close_distributed()
     return result
 

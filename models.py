@@ -19,6 +19,7 @@ forward computes exactly Uni-Sign's (or VAC's) loss. Their weights live under `r
 checkpoints without them load (the regularisers start fresh) and theirs load into a model
 without them.
 """
+import json
 import math
 import os
 
@@ -61,6 +62,21 @@ def check_mt5_folder(path, weights=True):
     if lacking:
         raise config.ConfigError(f"the mT5 folder {path} has no {', no '.join(lacking)}: "
                                  "download the whole model folder (e.g. google/mt5-base)")
+    check_mt5_config(os.path.join(path, "config.json"))
+
+
+def check_mt5_config(path):
+    """A config.json that is not a JSON object (cut short, or another file) stops here, before
+    transformers fails on it with a traceback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise config.ConfigError(f"{path} cannot be read as JSON ({error}): download the "
+                                 "model folder again") from None
+    if not isinstance(settings, dict) or "d_model" not in settings:
+        raise config.ConfigError(f"{path} is not an mT5 config (no d_model): download the "
+                                 "model folder again")
 
 
 def load_mt5(path):
@@ -76,7 +92,11 @@ def load_mt5(path):
 def load_tokenizer(path):
     """mT5's SentencePiece tokenizer from its folder (check_mt5_folder's rules)."""
     check_mt5_folder(path, weights=False)
-    return T5Tokenizer.from_pretrained(path, legacy=False)
+    try:
+        return T5Tokenizer.from_pretrained(path, legacy=False)
+    except Exception as error:  # sentencepiece and tokenizers raise many kinds for bad files
+        raise config.ConfigError(f"the tokenizer in the mT5 folder {path} cannot be loaded ("
+                                 f"{type(error).__name__}: {str(error).strip()[:200]})") from None
 
 
 def prompt_of(args):
@@ -393,15 +413,16 @@ def check_vocabulary(model, state, source):
                 "trained with")
 
 
-def load_checkpoint_weights(model, path_or_state_dict):
+def load_checkpoint_weights(model, path_or_state_dict, source=None):
     """Loads a Uni-Sign/Geo-Sign checkpoint ({'model': state_dict} or a bare state dict).
 
     RGB-branch keys and the weights of regularisers the model does not enable are dropped and
     reported; regularisers the checkpoint lacks keep their fresh weights; any other mismatch
     raises naming the source. Returns {'source', 'loaded_keys', 'dropped_rgb_keys',
-    'dropped_regularizer_keys', 'fresh_regularizer_keys'}.
+    'dropped_regularizer_keys', 'fresh_regularizer_keys'}; `source` names where a state dict
+    came from.
     """
-    source, state = read_checkpoint(path_or_state_dict)
+    source, state = read_checkpoint(path_or_state_dict, source)
     expected = model.state_dict()
     dropped = sorted(key for key in state if key.startswith(RGB_KEY_PREFIXES))
     dropped_regularizer = sorted(key for key in state

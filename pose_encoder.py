@@ -19,6 +19,7 @@ only; 'joint': one statistic for both hands, which is not Uni-Sign's model) and
 """
 import math
 import os
+import zipfile
 from collections import Counter
 
 import torch
@@ -198,27 +199,56 @@ SHAPE_FLAGS = ('stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kern
                'ctc_hidden', 'share_classifier', 'weight_norm', 'pose_positions', 'use_signcl', 'use_sst', 'sst_num', 'sst_dim', 'use_hyperbolic', 'hyp_dim')
 
 
+def check_checkpoint_file(path, flag):
+    """A cheap look at a checkpoint file before any data is read or model built: it must be a
+    file, and a zip-format torch file (what torch.save writes) must have its closing index,
+    which a truncated copy lacks. ConfigError naming `flag` and the file otherwise."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag} checkpoint {path} does not exist")
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+    except OSError as error:
+        raise ConfigError(f"{flag} {path} cannot be read: {error.strerror or error}") from None
+    if not head:
+        raise ConfigError(f"{flag} {path} is empty")
+    if head.startswith(b'PK') and not zipfile.is_zipfile(path):
+        raise ConfigError(f"{flag} {path} is truncated: its zip index is missing (copy the file "
+                          "again)")
+    if not head.startswith((b'PK', b'\x80')):  # zip, or torch's legacy pickle format
+        raise ConfigError(f"{flag} {path} is not a torch weight file (written by torch.save)")
+
+
+def first_sentence(error):
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    return text.split('. ')[0][:200]
+
+
 def load_checkpoint_file(path):
     """What a torch checkpoint file holds, loaded without running code from it; a missing,
     truncated or foreign file raises ConfigError naming it."""
+    if os.path.isdir(path):
+        raise ConfigError(f"checkpoint {path} is a folder, not a checkpoint file")
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path} does not exist") from None
     except Exception as error:  # torch raises several kinds for damaged or foreign files
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
         raise ConfigError(f"checkpoint {path} cannot be read: truncated, or not a torch weight "
-                          f"file ({type(error).__name__}: {reason})") from None
+                          f"file ({type(error).__name__}: {first_sentence(error)})") from None
 
 
-def read_checkpoint(path_or_state_dict):
-    """(source name, state dict) of a checkpoint file or state dict: `{'model': state}` or a
-    bare state dict, DataParallel's `module.` prefix removed."""
+def read_checkpoint(path_or_state_dict, source=None):
+    """(source name, state dict) of a checkpoint file or state dict (`source` names where that
+    came from): `{'model': state}` or a bare state dict, DataParallel's `module.` prefix
+    removed."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)
         state = load_checkpoint_file(source)
     else:
-        source, state = '<in-memory state dict>', path_or_state_dict
+        source, state = source or '<in-memory state dict>', path_or_state_dict
     if isinstance(state, dict) and isinstance(state.get('model'), dict):
         state = state['model']
     if not isinstance(state, dict) or not state or not all(
@@ -253,12 +283,12 @@ def key_list(keys, limit=20):
     return ', '.join(keys[:limit]) + more
 
 
-def load_encoder_weights(model, path_or_state_dict):
+def load_encoder_weights(model, path_or_state_dict, source=None):
     """Loads only the pose encoder (ENCODER_PREFIXES keys, BatchNorm statistics included) from
     a checkpoint of any head: a CTC recognizer, a translator, pretraining or Uni-Sign. Every
     encoder key must be there with the model's shape; the rest is left as it is. Returns
     {'source', 'loaded_keys', 'skipped'} (skipped: counts of other keys by first name)."""
-    source, state = read_checkpoint(path_or_state_dict)
+    source, state = read_checkpoint(path_or_state_dict, source)
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
     problems = [f"{k} {tuple(state[k].shape) if k in state else 'absent'} vs {tuple(v.shape)}"
                 for k, v in expected.items() if k not in state or state[k].shape != v.shape]

@@ -7,7 +7,8 @@ weight files, training states or a log of another run stops, unless --overwrite 
 that run's files are removed first (a resumable state included: the run starts afresh), so no
 pruning, resume or log mixes the two runs. The lock
 file `run.lock` names the process that holds the folder (host, pid, start); a second run stops
-at once, and a lock left by a process that no longer exists on this host is taken over. Only
+at once, and a lock left by a process that no longer exists on this host (its pid free, or
+reused by a process started later) is taken over. Only
 rank 0 (the launcher's RANK) checks and locks: the other ranks share its folder.
 """
 import datetime
@@ -93,13 +94,36 @@ def process_alive(pid):
     return True
 
 
+def process_start_ticks(pid):
+    """When process `pid` started, in clock ticks since boot (Linux /proc), or None where
+    unknown: with the pid it tells a lock's process from a later one given the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19])  # the 22nd field; the process name before ")" may hold spaces
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def holder_gone(holder):
+    """True when a lock written on this host names a process that no longer runs: its pid is
+    free, or now belongs to a process started at another time (a restarted container reuses
+    pids, even this process's own)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or not process_alive(pid):
+        return isinstance(pid, int)
+    recorded, now = holder.get("start_ticks"), process_start_ticks(pid)
+    return recorded is not None and now is not None and recorded != now
+
+
 class RunLock:
     """`run.lock` in the output folder, held from acquire() to release()."""
 
     def __init__(self, output_dir):
         self.path = os.path.join(output_dir, LOCK_NAME)
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(),
-                      "started": datetime.datetime.now().isoformat(timespec="seconds")}
+                      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                      "start_ticks": process_start_ticks(os.getpid())}
         self.held = False
 
     def acquire(self):
@@ -125,8 +149,7 @@ class RunLock:
     def take_over_if_stale(self):
         """Removes a lock whose process is gone (same host); ConfigError when it is alive."""
         holder = self.holder()
-        same_host = holder.get("host") == self.owner["host"]
-        if same_host and isinstance(holder.get("pid"), int) and not process_alive(holder["pid"]):
+        if holder.get("host") == self.owner["host"] and holder_gone(holder):
             print(f"taking over {self.path}: its process {holder['pid']} (started "
                   f"{holder.get('started')}) no longer runs")
             os.remove(self.path)
@@ -138,7 +161,7 @@ class RunLock:
             "another --output_dir; if that run is gone (another host), remove the lock file")
 
     def release(self):
-        if self.held and self.holder().get("pid") == self.owner["pid"]:
+        if self.held and self.holder() == self.owner:
             os.remove(self.path)
         self.held = False
 

@@ -93,6 +93,9 @@ def model_flags(stored, overrides):
 
 def load_from_checkpoint(path, mt5_path, overrides):
     from models import SignTranslator, load_checkpoint_file, load_checkpoint_weights
+    if os.path.isdir(path):
+        raise UsageError(f"--checkpoint {path} is a folder, not a weight file (a folder written "
+                         "by --export is read with --model)")
     if not os.path.isfile(path):
         raise UsageError(f"--checkpoint {path} does not exist")
     saved = load_checkpoint_file(path)
@@ -105,9 +108,23 @@ def load_from_checkpoint(path, mt5_path, overrides):
         raise UsageError(f"mT5 folder {flags.mt5_path!r} (tokenizer and config for {path}) not "
                          "found; pass --mt5_path")
     model = SignTranslator(flags)
-    load_checkpoint_weights(model, saved)
+    load_checkpoint_weights(model, saved, source=path)
     info = {k: v for k, v in saved.items() if k not in ('model', 'args')}
     return model, flags, info
+
+
+def read_export_description(path):
+    """The flags and information --export wrote; UsageError naming a damaged file."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            description = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"--model {path} cannot be read ({error}): write the folder again "
+                         "with --export") from None
+    if not isinstance(description, dict) or not isinstance(description.get('flags'), dict):
+        raise UsageError(f"--model {path} holds no 'flags' object: write the folder again "
+                         "with --export")
+    return description
 
 
 def load_exported(folder):
@@ -117,14 +134,13 @@ def load_exported(folder):
     for name in (EXPORT_WEIGHTS, EXPORT_FLAGS, 'config.json'):
         if not os.path.isfile(os.path.join(folder, name)):
             raise UsageError(f"--model {folder}: {name} not found (write the folder with --export)")
-    with open(os.path.join(folder, EXPORT_FLAGS), encoding='utf-8') as f:
-        description = json.load(f)
+    description = read_export_description(os.path.join(folder, EXPORT_FLAGS))
     flags = model_flags(description['flags'], {})
     flags.mt5_path = folder
+    tokenizer = load_tokenizer(folder)  # checks config.json too, before transformers reads it
     mt5 = MT5ForConditionalGeneration(MT5Config.from_pretrained(folder))
     if os.path.isfile(os.path.join(folder, 'generation_config.json')):
         mt5.generation_config = GenerationConfig.from_pretrained(folder)
-    tokenizer = load_tokenizer(folder)
     model = SignTranslator(flags, mt5_model=mt5, tokenizer=tokenizer)
     load_checkpoint_weights(model, os.path.join(folder, EXPORT_WEIGHTS))
     return model, flags, description.get('info', {})

@@ -12,6 +12,7 @@ Projections to the disk (curvature rescaled to 1, so the boundary is the unit ci
 import argparse
 import os
 import sys
+import zipfile
 
 import matplotlib
 
@@ -29,8 +30,26 @@ PART_STYLE = {"body": ("tab:blue", "o"), "left": ("tab:green", "<"),
 
 
 def load_groups(path):
-    """Point groups (name -> (N, D) array) and the curvature c from a dump_batch file."""
-    data = np.load(path)
+    """Point groups (name -> (N, D) array) and the curvature c from a dump_batch file;
+    ConfigError naming a file that is not one."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        groups, curvature = read_groups(data)
+    except (OSError, ValueError, TypeError, IndexError, EOFError, KeyError,
+            zipfile.BadZipFile) as error:
+        raise ConfigError(f"--input {path} is not a readable .npz of dump_batch ("
+                          f"{type(error).__name__}: {str(error).split('. ')[0][:200]})") from None
+    if not groups:
+        raise ConfigError(f"--input {path} holds no embeddings (expected arrays named "
+                          f"{', '.join([*PART_STYLE, 'mean', 'text'])})")
+    if any(points.ndim != 2 or not len(points) for points in groups.values()):
+        raise ConfigError(f"--input {path}: every embedding array must be (points, dimensions)")
+    return groups, curvature
+
+
+def read_groups(data):
+    if not hasattr(data, "files"):
+        raise ValueError("a single array, not an .npz archive")
     curvature = float(data["curvature"]) if "curvature" in data else 1.0
     groups = {name: data[name] for name in PART_STYLE if name in data}
     if "mean" in data:
@@ -92,9 +111,9 @@ def main(argv=None):
         parser.error(f"--input {args.input} does not exist")
     try:
         check_writable_file(args.out, "--out")
+        groups, curvature = load_groups(args.input)
     except ConfigError as error:
-        parser.error(str(error))
-    groups, curvature = load_groups(args.input)
+        sys.exit(f"plot_poincare.py: error: {error}")
     draw(to_disk(groups, curvature, args.projection), curvature, args.projection, args.out)
     print(f"wrote {args.out}")
 

@@ -559,3 +559,15 @@ def test_checkpoint_of_another_width_names_the_differing_flags(tiny_mt5_dir, tmp
     message = str(info.value)
     assert f'checkpoint {path} does not match the model; flags that differ:' in message
     assert '--hidden_dim 48 (checkpoint) vs 32 (this run)' in message
+
+
+@pytest.mark.parametrize('config_text, problem', [
+    ('{"d_model": 32', 'cannot be read as JSON'), ('[1, 2]', 'is not an mT5 config (no d_model)'),
+])
+def test_damaged_mt5_config_is_named(tiny_mt5_dir, tmp_path, config_text, problem):
+    import shutil
+    folder = tmp_path / 'mt5'
+    shutil.copytree(tiny_mt5_dir, folder)
+    (folder / 'config.json').write_text(config_text)
+    with pytest.raises(config.ConfigError, match=re.escape(f'{folder}/config.json {problem}')):
+        build(str(folder))

@@ -84,3 +84,20 @@ def test_render_pose_draws_a_strip_of_frames(demo_root, tmp_path, extension):
 
     proc = run_script('script/render_pose.py', str(tmp_path / 'absent.pkl'), '--out', str(out))
     assert proc.returncode != 0 and 'absent.pkl: pose file not found' in proc.stderr
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"not an archive", "is not a readable .npz of dump_batch"),
+    ("empty.npz", "holds no embeddings"),
+])
+def test_plot_poincare_names_an_input_that_is_no_dump(tmp_path, content, problem):
+    path = tmp_path / "batch.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.savez(path, unrelated=np.zeros(3))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "script", "plot_poincare.py"),
+                           "--input", str(path), "--out", str(tmp_path / "disk.png")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(f"plot_poincare.py: error: --input {path} {problem}")

@@ -54,3 +54,37 @@ def test_encoder_of_another_shape_is_refused_with_the_flags_to_check(tmp_path):
     wider = PoseEncoder(default_args(stgcn_channels=[8, 32], hidden_dim=32, temporal_layers=1))
     with pytest.raises(ConfigError, match="check --stgcn_channels"):
         load_encoder_weights(wider, str(tmp_path / "e.pth"))
+
+
+def bad_checkpoint(tmp_path, kind):
+    """A path that is no checkpoint: a folder, an empty file, a foreign file, a cut copy."""
+    path = tmp_path / f"{kind}.pth"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "foreign":
+        path.write_text("epoch,loss\n0,1.5\n")
+    else:
+        torch.save({"model": {"w": torch.zeros(64, 64)}}, path)
+        path.write_bytes(path.read_bytes()[:-200])
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--finetune", "--init_encoder"])
+@pytest.mark.parametrize("kind, problem", [
+    ("folder", "is a folder, not a checkpoint file"), ("empty", "is empty"),
+    ("foreign", "is not a torch weight file"), ("truncated", "is truncated"),
+])
+def test_a_bad_checkpoint_stops_the_trainer_before_data_is_read(
+        demo_root, tmp_path, monkeypatch, in_process_trainer, flag, kind, problem):
+    import fine_tuning
+    import flags
+    monkeypatch.setattr(fine_tuning.utils, "close_distributed", lambda: None)
+    monkeypatch.setattr(fine_tuning, "build_datasets", lambda *a: pytest.fail("data was read"))
+    path = bad_checkpoint(tmp_path, kind)
+    args = flags.parse_args("fine_tuning.py", ["--dataset", "Demo", "--data_root", demo_root,
+                                               flag, str(path)])
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.run_command_line(fine_tuning.main, args)
+    assert str(stop.value.code).startswith(f"error: {flag} {path} {problem}")

@@ -166,3 +166,66 @@ def test_output_files_in_missing_folders_are_refused(demo_root, tmp_path):
                         "--output", str(tmp_path / "nowhere" / "out.tsv")], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: --output" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_a_lock_naming_a_pid_now_used_by_a_later_process_is_taken_over(tmp_path, capsys):
+    """A restarted container gives the new run the pid of the one that left the lock (here: this
+    very process); the recorded start time tells them apart."""
+    out = tmp_path / "out"
+    write_lock(out, os.getpid())
+    lock = json.loads((out / run_folder.LOCK_NAME).read_text())
+    (out / run_folder.LOCK_NAME).write_text(json.dumps(
+        {**lock, "start_ticks": run_folder.process_start_ticks(os.getpid()) - 1}))
+    ran, message = run_guarded(parse("--output_dir", str(out)))
+    assert ran and message is None
+    assert f"its process {os.getpid()}" in capsys.readouterr().out
+    assert not (out / run_folder.LOCK_NAME).exists()
+
+
+def test_a_live_holder_started_when_its_lock_says_keeps_the_folder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path / "out", holder.pid)
+        path = tmp_path / "out" / run_folder.LOCK_NAME
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "start_ticks": run_folder.process_start_ticks(holder.pid)}))
+        ran, message = run_guarded(parse("--output_dir", str(tmp_path / "out")))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not ran and f"is in use by the run of process {holder.pid}" in message
+
+
+def test_overwrite_starts_afresh_even_with_flags_a_resume_would_refuse(
+        demo_root, tmp_path, capsys, in_process_trainer):
+    out = tmp_path / "run"
+    out.mkdir()
+    fine_tuning.main(train_args(demo_root, out, epochs=1))
+    changed = train_args(demo_root, out, epochs=1)
+    changed.batch_size, changed.overwrite = 2, True
+    capsys.readouterr()
+    fine_tuning.run_command_line(fine_tuning.main, changed)
+    printed = capsys.readouterr().out
+    assert "--overwrite: removing the earlier run" in printed and "resumed from" not in printed
+    with open(out / "log.txt") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [0]
+    saved = json.loads((out / "training_state" / "epoch0" / "flags.json").read_text())
+    assert saved["batch_size"] == 2
+
+
+def test_a_full_disk_while_writing_the_log_is_an_error_line(
+        demo_root, tmp_path, monkeypatch, in_process_trainer):
+    out = tmp_path / "run"
+    append = fine_tuning.utils.append_json_line
+
+    def no_space_for_the_epoch_log(path, record):
+        if os.path.basename(path) == "log.txt":  # written after the epoch's training state
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        append(path, record)
+    monkeypatch.setattr(fine_tuning.utils, "append_json_line", no_space_for_the_epoch_log)
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.run_command_line(fine_tuning.main, train_args(demo_root, out, epochs=1))
+    message = str(stop.value.code)
+    assert message.startswith(f"error: could not write the run's files in {out} (No space")
+    assert f"{out}/training_state/epoch0, is intact" in message
+    assert not (out / run_folder.LOCK_NAME).exists()

@@ -124,3 +124,29 @@ def test_pose_file_translates_like_its_pickle_and_bad_files_are_named(trained, t
     proc = run('translate.py', *map(str, checkpoint), str(tmp_path / 'missing.pkl'))
     assert proc.returncode != 0
     assert 'translate.py: error: ' in proc.stderr and 'missing.pkl: no such file' in proc.stderr
+
+
+def test_damaged_checkpoints_and_exported_folders_are_named(trained, tmp_path, capsys):
+    out, demo_root = trained
+    pkl = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_00000.pkl')
+    with pytest.raises(translate.UsageError, match=re.escape(
+            f'--checkpoint {out} is a folder, not a weight file')):
+        translate_here(capsys, '--checkpoint', out, pkl)
+    no_weights = tmp_path / 'epoch.pth'
+    torch.save({'epoch': 3, 'args': {}}, no_weights)
+    with pytest.raises(translate.ConfigError, match=re.escape(
+            f'checkpoint {no_weights} holds no model weights')):
+        translate_here(capsys, '--checkpoint', no_weights, '--mt5_path',
+                       os.path.join(demo_root, 'Demo', 'mt5'), pkl)
+
+    exported = tmp_path / 'exported'
+    translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--export', exported)
+    (exported / 'translator.json').write_text('{"flags": ')
+    with pytest.raises(translate.UsageError, match=re.escape(
+            f'--model {exported}/translator.json cannot be read')):
+        translate_here(capsys, '--model', exported, pkl)
+    translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--export', exported)
+    (exported / 'config.json').write_text('{"d_model": 3')
+    proc = run('translate.py', '--model', str(exported), pkl)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert f'translate.py: error: {exported}/config.json cannot be read as JSON' in proc.stderr
