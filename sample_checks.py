@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, clip_span
+from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, check_coordinates, clip_span
 
 # Below this many clips a worker pool costs more than it saves.
 MIN_PARALLEL_CLIPS = 2048
@@ -25,6 +25,7 @@ PROBLEM_PHRASES = (
     ("unreadable file", "unreadable"),
     ("bad label entry", ": entry "),
     ("non-finite values", "NaN or Inf"), ("extreme values", "coordinate bound"),
+    ("extreme values", "score bound"),
     ("too many frames", "--max_frames_per_clip"),
     ("zero-length clip", "zero-length clip"),
     ("bad clip window", "'start'"), ("bad clip window", "clip window"),
@@ -73,6 +74,8 @@ def check_clip(dataset, index):
     """(frames, None) for a usable clip of `dataset`, (None, problem message) otherwise."""
     try:
         pose = dataset.read_clip(index)
+        if dataset.store is not None:  # a store packed before the bound may hold such values
+            check_coordinates(clip_source(dataset, index), pose['keypoints'])
     except DataError as error:
         return None, str(error)
     problem = confidence_problem(pose)

@@ -37,6 +37,8 @@ def parse_args(argv=None):
                         help='frames the trainer keeps per clip (counts the longer clips)')
     add_flag(parser, '--max_frames_per_clip', type=cli.count, default=DEFAULT_MAX_FRAMES,
              help='refuse clips with more frames, as the trainer does')
+    add_flag(parser, '--pose_fps', type=cli.positive, default=None,
+             help='.pose inputs are resampled to this rate, as the trainer does with it')
     add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
                         help='reading processes (default: all cores)')
     add_flag(parser, '--report', default=None, help='also write the report to this JSON file')
@@ -47,7 +49,7 @@ def check_split(args, phase, label_path, pose_dir):
     """The report of one split: its samples, every problem and the clip lengths."""
     dataset = S2T_Dataset(label_path, pose_dir, phase, dataset_name=args.dataset,
                           max_length=args.max_length, defer_label_errors=True,
-                          max_frames=args.max_frames_per_clip)
+                          max_frames=args.max_frames_per_clip, pose_fps=args.pose_fps)
     durations, pose_problems = scan_samples(dataset, workers=args.workers)
     problems = [{'name': None, 'file': label_path, 'problem': message}
                 for message in dataset.label_problems]
