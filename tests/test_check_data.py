@@ -113,9 +113,10 @@ def expand(pose):
     return {"keypoints": [pose["keypoints"][0]] * 5000, "scores": [pose["scores"][0]] * 5000}
 
 
-def rename_with_line_break(labels):
-    entry = labels.pop("demo_train_00002")
-    labels["demo_train\n00002"] = dict(entry, name="demo_train\n00002")
+def renamed(old, new):
+    def rename(labels):
+        labels[new] = dict(labels.pop(old), name=new)
+    return rename
 
 
 def with_value(key, value, dtype=np.float64):
@@ -151,7 +152,10 @@ BAD_DATA = {
     "blank text": ("bad label entry", "'demo_train_00005'", lambda root: rewrite_label(
         root, "train", lambda labels: labels["demo_train_00005"].update(text=" \t ")), []),
     "line break in a name": ("bad label entry", "'demo_train\\n00002'", lambda root:
-        rewrite_label(root, "train", rename_with_line_break), []),
+        rewrite_label(root, "train", renamed("demo_train_00002", "demo_train\n00002")), []),
+    "name splitting a prediction line": ("bad label entry", "'demo_train_00009, prediction: '",
+        lambda root: rewrite_label(root, "train", renamed(
+            "demo_train_00009", "demo_train_00009, prediction: ")), []),
     "pose path leaving the pose folder": ("bad label entry", "'demo_train_00007'", lambda root:
         rewrite_label(root, "train", lambda labels: labels["demo_train_00007"].update(
             video_path="../../secret.mp4")), []),
