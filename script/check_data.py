@@ -23,7 +23,8 @@ from cli import add_flag  # noqa: E402
 from datasets import S2T_Dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from keypoints import DEFAULT_MAX_FRAMES  # noqa: E402
-from sample_checks import length_stats, problem_kind, scan_samples, split_overlaps  # noqa: E402
+from sample_checks import (clip_identities, length_stats, problem_kind, scan_samples,  # noqa: E402
+                           split_overlaps)
 
 
 def parse_args(argv=None):
@@ -64,7 +65,7 @@ def check_split(args, phase, label_path, pose_dir):
             'problems': problems, 'clip_frames': length_stats(lengths),
             'max_length': args.max_length,
             'longer_than_max_length': sum(n > args.max_length for n in lengths),
-            'entries': [{'name': e['name'], 'pose_file': e['pose_file']} for e in dataset.entries]}
+            'clips': clip_identities(dataset)}
 
 
 def check_dataset(args):
@@ -79,7 +80,7 @@ def check_dataset(args):
     config.validate_paths(paths, phases, need_mt5=False)
     splits = {phase: check_split(args, phase, paths['labels'][phase], paths['pose_dirs'][phase])
               for phase in phases if paths['labels'][phase] is not None}
-    overlaps = split_overlaps({phase: split.pop('entries') for phase, split in splits.items()})
+    overlaps = split_overlaps({phase: split.pop('clips') for phase, split in splits.items()})
     empty = [phase for phase, split in splits.items() if split['usable'] == 0]
     return {'dataset': args.dataset, 'splits': splits, 'overlaps': overlaps, 'empty': empty,
             'bad': sum(split['bad'] for split in splits.values())}

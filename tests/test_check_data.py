@@ -299,3 +299,31 @@ def test_clips_of_a_packed_store_are_held_to_the_same_checks(data_root, trainer_
     message = trainer_verdict(data_root, *extra)
     assert f"{len(refused)} of 48 samples are unusable" in message
     assert f"too many frames {len(too_long)}" in message and "extreme values 1" in message
+
+
+def test_clips_are_the_same_by_their_pose_file_wherever_the_split_keeps_it(tmp_path, data_root,
+                                                                           capsys):
+    """How2Sign keeps each split's poses in a folder of its own: equal file names there are
+    different clips. A path spelled another way to the same file is the same clip."""
+    from conftest import label, make_pose, write_labels, write_pickle
+    (tmp_path / "How2Sign").mkdir()
+    for phase in ("train", "test"):
+        poses = tmp_path / "poses" / "How2Sign" / "pose_format" / phase
+        poses.mkdir(parents=True)
+        entries = []
+        for index in range(3):
+            write_pickle(poses / f"clip_{index}.pkl", make_pose(12, seed=index))
+            entries.append(dict(label(f"{phase}_{index}", f"sentence {index}"),
+                                video_path=f"clip_{index}.mp4"))
+        write_labels(tmp_path / "How2Sign" / f"labels.{phase}", entries)
+    report_path = tmp_path / "report.json"
+    assert load_script().main(["--dataset", "How2Sign", "--data_root", str(tmp_path),
+                               "--pose_root", str(tmp_path / "poses"), "--report",
+                               str(report_path)]) == 0
+    assert json.loads(report_path.read_text())["overlaps"] == {}
+
+    rewrite_label(data_root, "test", lambda labels: labels["demo_test_00001"].update(
+        video_path="./demo_train_00004.mp4"))
+    assert load_script().main(["--dataset", "Demo", "--data_root", data_root, "--report",
+                               str(report_path)]) == 0
+    assert json.loads(report_path.read_text())["overlaps"] == {"train/test": 1}
