@@ -67,7 +67,10 @@ def checked_entry(path, entry):
         return DataError(f"{path}: entry {name!r} has no text (it is blank)")
     pose_file = entry["pose_file"]
     normal = os.path.normpath(pose_file)
-    if os.path.isabs(pose_file) or normal == ".." or normal.startswith(".." + os.sep):
+    if os.path.isabs(pose_file):
+        return DataError(f"{path}: entry {name!r} has an absolute pose path {pose_file!r}; "
+                         "pose paths are relative to the pose folder and may not leave it")
+    if normal == ".." or normal.startswith(".." + os.sep):
         return DataError(f"{path}: entry {name!r} has a pose path {pose_file!r} that leaves "
                          "the pose folder")
     glosses = [gloss.translate(LINE_BREAKS) for gloss in entry["gloss"]]

@@ -260,11 +260,25 @@ def test_clips_in_two_splits_are_counted_not_refused(data_root, tmp_path, capsys
         capsys.readouterr().out
 
 
-def test_an_empty_training_split_is_not_called_usable(data_root, capsys):
+def test_an_empty_training_split_is_not_called_usable(data_root, trainer_verdict, capsys):
     rewrite_label(data_root, "train", lambda labels: labels.clear())
     status = load_script().main(["--dataset", "Demo", "--data_root", data_root])
     assert status == 1
     assert "error: the train split has no usable sample" in capsys.readouterr().out
+    assert trainer_verdict(data_root).endswith("labels.train: the train split is empty")
+
+
+def test_a_split_of_bad_clips_only_is_not_called_usable(data_root, trainer_verdict, capsys):
+    for index in range(8):
+        os.remove(os.path.join(data_root, "Demo", "pose_format", f"demo_dev_{index:05d}.pkl"))
+    status = load_script().main(["--dataset", "Demo", "--data_root", data_root])
+    assert status == 1
+    out = capsys.readouterr().out
+    assert "dev: 0 of 8 samples usable" in out
+    assert "error: the dev split has no usable sample" in out
+    message = trainer_verdict(data_root, "--skip_bad_samples")
+    assert message.endswith("labels.dev: the dev split is empty once its 8 bad samples are "
+                            "skipped"), message
 
 
 def frame_count(path):
