@@ -243,7 +243,6 @@ def test_prediction_files_of_a_run_rescore_to_its_own_scores(data_root, tmp_path
     """References with line breaks of every kind str.splitlines() knows: the run writes one
     line per clip, and SLRT_metrics.py scores its files to the figures the run logged."""
     import gzip
-    import json
     import pickle
     import flags
     import SLRT_metrics
