@@ -16,7 +16,7 @@ import torch
 
 import config
 from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  # noqa: F401
-                       SCORE_THRESHOLD, DataError, clip_span)
+                       SCORE_THRESHOLD, DataError, check_frame_count, clip_span)
 from labels import load_labels, read_label_entries  # noqa: F401
 from pose_store import clip_name, open_packed_store
 from poses import (clip_parts, collate_clips, load_part_kp, pad_repeat_last, read_pose,  # noqa: F401
@@ -124,7 +124,10 @@ class S2T_Dataset(torch.utils.data.Dataset):
     def read_clip(self, index):
         """read_pose() of an entry's pose file; also remembers the clip's duration."""
         if self.store is not None:
-            pose = self.store.read(self.clip_name(index))
+            name = self.clip_name(index)
+            check_frame_count(f"{self.store.directory} (clip {name!r})", 'keypoints',
+                              self.store.length(name), self.max_frames)
+            pose = self.store.read(name)
         else:
             pose = read_pose(self.pose_path(index), fps=self.pose_fps, max_frames=self.max_frames)
         self._durations[index] = clip_span(pose)[1]

@@ -27,7 +27,8 @@ import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E402
-from sample_checks import merge_findings, scan_samples, split_overlaps, validate_samples  # noqa: E402
+from sample_checks import (clip_identities, merge_findings, scan_samples,  # noqa: E402
+                           split_overlaps, validate_samples)
 from samplers import ResumableDistributedSampler  # noqa: E402
 from tasks import build_task  # noqa: E402
 
@@ -76,7 +77,7 @@ def build_datasets(args, spec, paths, phases):
         dataset.skipped = prescan(args, dataset, phase, paths["labels"][phase])
         splits[phase] = dataset
         print(f"{phase}: {len(dataset)} clips from {paths['labels'][phase]}")
-    overlaps = split_overlaps({phase: ds.entries for phase, ds in splits.items()})
+    overlaps = split_overlaps({phase: clip_identities(ds) for phase, ds in splits.items()})
     if overlaps:
         counts = ", ".join(f"{pair} {n}" for pair, n in overlaps.items())
         print(f"warning: clips in two splits (same name or pose file): {counts}; "

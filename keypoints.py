@@ -121,8 +121,11 @@ def read_pose_pickle(path, max_frames=DEFAULT_MAX_FRAMES):
         if not finite.all():
             raise DataError(f"{path}: {key} contain NaN or Inf (first at frame "
                             f"{int(np.argmin(finite))})")
+    # checked in the file's own precision: beyond float32's range a value would read as Inf
     check_coordinates(path, keypoints)
-    clip = {'keypoints': keypoints, 'scores': scores}
+    check_coordinates(path, scores, 'scores')
+    clip = {key: np.ascontiguousarray(values, dtype=np.float32)
+            for key, values in (('keypoints', keypoints), ('scores', scores))}
     clip.update(_clip_window(pose, len(keypoints), path))
     return clip
 
@@ -133,17 +136,23 @@ def check_frame_count(path, key, frames, max_frames):
                         f"{max_frames} (raise it for clips this long)")
 
 
-def check_coordinates(path, keypoints):
-    """Finite coordinates beyond MAX_COORDINATE overflow in normalisation: the clip is refused."""
-    extreme = np.abs(keypoints).reshape(len(keypoints), -1).max(axis=1) > MAX_COORDINATE
+def check_coordinates(path, values, key='keypoints'):
+    """Finite coordinates beyond MAX_COORDINATE overflow in normalisation: the clip is refused.
+    Scores (confidences, normally within [0, 1]) are held to the same bound."""
+    if values.dtype.kind in 'iu':  # the most negative integer has no positive counterpart
+        values = values.astype(np.float64)
+    magnitude = np.abs(values).reshape(len(values), -1).max(axis=1)
+    extreme = magnitude > MAX_COORDINATE
     if extreme.any():
-        raise DataError(f"{path}: keypoints reach {float(np.abs(keypoints).max()):.3g}, beyond "
-                        f"the coordinate bound {MAX_COORDINATE:g} (first at frame "
+        bound = 'coordinate' if key == 'keypoints' else 'score'
+        raise DataError(f"{path}: {key} reach {float(magnitude.max()):.3g}, beyond the "
+                        f"{bound} bound {MAX_COORDINATE:g} (first at frame "
                         f"{int(np.argmax(extreme))}); they would overflow in normalisation")
 
 
 def _frames_array(value, path, key, joint_shape):
-    """Stacks per-frame arrays (N, *joint_shape) or checks a (T, N, *joint_shape) array."""
+    """Stacks per-frame arrays (N, *joint_shape) or checks a (T, N, *joint_shape) array; the
+    first person of each frame, in the file's dtype."""
     expected = f"(T, N, {', '.join(map(str, joint_shape))})"
     if isinstance(value, (list, tuple)):
         frames = []
@@ -165,7 +174,7 @@ def _frames_array(value, path, key, joint_shape):
         raise DataError(f"{path}: {key} is a {type(value).__name__}, expected an array {expected}")
     if array.dtype.kind not in 'fiu':
         raise DataError(f"{path}: {key} has non-numeric dtype {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return array
 
 
 def _clip_window(pose, num_frames, path):

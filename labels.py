@@ -45,25 +45,32 @@ def read_label_entries(path, label_format=None):
             for entry in READERS[label_format](path)]
 
 
+# Every character str.splitlines() splits at (SLRT_metrics.py reads prediction files with it),
+# and the tab.
 LINE_BREAKS = str.maketrans({"\r": " ", "\n": " ", "\t": " ", "\v": " ", "\f": " ",
-                             "\x85": " ", "\u2028": " ", "\u2029": " "})
+                             "\x1c": " ", "\x1d": " ", "\x1e": " ", "\x85": " ",
+                             "\u2028": " ", "\u2029": " "})
 
 
 def checked_entry(path, entry):
     """An entry as the prediction files can hold it, or its DataError: a blank text counts as
-    none; line breaks and tabs inside a text read as spaces (the files hold one text per line,
-    tab-separated from the name); a name with one is refused, as is a pose path that leaves the
-    pose folder (absolute, or climbing out with '..')."""
+    none; line breaks and tabs inside a text read as spaces (the files hold one text per line
+    after `sample: NAME, prediction: `); a name holding whitespace is refused (it would split
+    that line or the fields of the CSLR STM/CTM files), as is a pose path that leaves the pose
+    folder (absolute, or climbing out with '..')."""
     name = entry["name"]
-    if not isinstance(name, str) or not name.strip() or name.translate(LINE_BREAKS) != name:
-        return DataError(f"{path}: entry {name!r} has a name that is blank or holds a line "
-                         "break or tab, which the prediction files cannot hold")
+    if not isinstance(name, str) or name.split() != [name]:
+        return DataError(f"{path}: entry {name!r} has a name that is blank or holds whitespace "
+                         "(a line break, tab or space), which the prediction files cannot hold")
     text = entry["text"].translate(LINE_BREAKS) if isinstance(entry["text"], str) else ""
     if not text.strip():
         return DataError(f"{path}: entry {name!r} has no text (it is blank)")
     pose_file = entry["pose_file"]
     normal = os.path.normpath(pose_file)
-    if os.path.isabs(pose_file) or normal == ".." or normal.startswith(".." + os.sep):
+    if os.path.isabs(pose_file):
+        return DataError(f"{path}: entry {name!r} has an absolute pose path {pose_file!r}; "
+                         "pose paths are relative to the pose folder and may not leave it")
+    if normal == ".." or normal.startswith(".." + os.sep):
         return DataError(f"{path}: entry {name!r} has a pose path {pose_file!r} that leaves "
                          "the pose folder")
     glosses = [gloss.translate(LINE_BREAKS) for gloss in entry["gloss"]]

@@ -175,11 +175,15 @@ def _frame_size(pose, path):
     return width, height
 
 
-def read_pose_file(path, fps=None):
+def read_pose_file(path, fps=None, max_frames=None):
     """A `.pose` clip as poses.read_pose() returns pickles: 'keypoints' (T, 1, 133, 2) in
-    frame-size units and 'scores' (T, 1, 133), float32; resampled to `fps` when given."""
+    frame-size units and 'scores' (T, 1, 133), float32; resampled to `fps` when given. With
+    `max_frames`, a clip of more frames, as stored or once resampled, is refused before the
+    frames are built (a tiny frame rate in the header would expand a short file without end)."""
     path = os.fspath(path)
     pose = _load_pose(path)
+    if max_frames is not None:
+        _check_frame_counts(pose, path, fps, max_frames)
     sources = wholebody_sources(pose.header, path)
     coords, score = _first_person_arrays(pose, path)
     width, height = _frame_size(pose, path)
@@ -198,6 +202,22 @@ def read_pose_file(path, fps=None):
             'scores': scores[:, None].astype(np.float32)}
 
 
+def _check_frame_counts(pose, path, fps, max_frames):
+    stored = len(pose.body.data)
+    counts = [stored]
+    source_fps = float(pose.body.fps)
+    if fps is not None and source_fps > 0 and source_fps != fps:
+        counts.append(resampled_frame_count(stored, source_fps, fps))
+    if max(counts) > max_frames:
+        resampled = f" ({counts[-1]} once resampled to {fps} fps)" if len(counts) > 1 else ""
+        raise DataError(f"{path}: keypoints hold {stored} frames{resampled}, more than "
+                        f"--max_frames_per_clip {max_frames} (raise it for clips this long)")
+
+
+def resampled_frame_count(num_frames, source_fps, target_fps):
+    return max(1, int(round(num_frames * target_fps / source_fps)))
+
+
 def resample_frames(keypoints, scores, source_fps, target_fps, method='linear'):
     """Resamples (T, J, 2) keypoints and (T, J) scores from source_fps to target_fps.
 
@@ -212,7 +232,7 @@ def resample_frames(keypoints, scores, source_fps, target_fps, method='linear'):
     num_frames = len(keypoints)
     if source_fps == target_fps:
         return keypoints, scores
-    count = max(1, int(round(num_frames * target_fps / source_fps)))
+    count = resampled_frame_count(num_frames, source_fps, target_fps)
     position = np.minimum(np.arange(count) * (source_fps / target_fps), num_frames - 1)
     nearest = np.minimum(np.floor(position + 0.5).astype(np.int64), num_frames - 1)
     if method == 'nearest':

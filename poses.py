@@ -14,7 +14,7 @@ import torch
 
 import mediapipe_pose
 from keypoints import (DEFAULT_MAX_FRAMES, PART_JOINTS, PARTS, SCORE_THRESHOLD, check_coordinates,
-                       check_frame_count, clip_span, read_pose_pickle)
+                       clip_span, read_pose_pickle)
 
 # load_part_kp gathers every part joint into one array, parts side by side in PARTS order,
 # followed by the anchor joint of each relative joint: hands are taken relative to their wrist
@@ -38,8 +38,7 @@ def read_pose(path, fps=None, max_frames=DEFAULT_MAX_FRAMES):
     returned as stored.
     """
     if os.fspath(path).endswith('.pose'):
-        pose = mediapipe_pose.read_pose_file(path, fps=fps)
-        check_frame_count(path, 'keypoints', len(pose['keypoints']), max_frames)
+        pose = mediapipe_pose.read_pose_file(path, fps=fps, max_frames=max_frames)
         check_coordinates(path, pose['keypoints'])
         return pose
     return read_pose_pickle(path, max_frames)

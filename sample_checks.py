@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, clip_span
+from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, check_coordinates, clip_span
 
 # Below this many clips a worker pool costs more than it saves.
 MIN_PARALLEL_CLIPS = 2048
@@ -25,6 +25,7 @@ PROBLEM_PHRASES = (
     ("unreadable file", "unreadable"),
     ("bad label entry", ": entry "),
     ("non-finite values", "NaN or Inf"), ("extreme values", "coordinate bound"),
+    ("extreme values", "score bound"),
     ("too many frames", "--max_frames_per_clip"),
     ("zero-length clip", "zero-length clip"),
     ("bad clip window", "'start'"), ("bad clip window", "clip window"),
@@ -73,6 +74,8 @@ def check_clip(dataset, index):
     """(frames, None) for a usable clip of `dataset`, (None, problem message) otherwise."""
     try:
         pose = dataset.read_clip(index)
+        if dataset.store is not None:  # a store packed before the bound may hold such values
+            check_coordinates(clip_source(dataset, index), pose['keypoints'])
     except DataError as error:
         return None, str(error)
     problem = confidence_problem(pose)
@@ -128,20 +131,26 @@ def describe_problems(problems, total, shown=10):
             "script/check_data.py lists them all; --skip_bad_samples trains without them")
 
 
-def split_overlaps(entries_by_split):
-    """{'train/test': n, ...}: clips (same name or same pose file) in two splits. A clip of the
-    training split scored as dev or test inflates the scores; reported, not refused (some
-    corpora share a clip between dev and test on purpose)."""
-    keys = {phase: {e['name'] for e in entries} | {e['pose_file'] for e in entries}
-            for phase, entries in entries_by_split.items()}
-    phases = list(keys)
+def clip_identities(dataset):
+    """(name, absolute pose file) of every sample: what makes two samples the same clip."""
+    return [(entry['name'], os.path.abspath(dataset.pose_path(index)))
+            for index, entry in enumerate(dataset.entries)]
+
+
+def split_overlaps(clips_by_split):
+    """{'train/test': n, ...}: clips (same name or same pose file, per clip_identities) in two
+    splits. A clip of the training split scored as dev or test inflates the scores; reported,
+    not refused (some corpora share a clip between dev and test on purpose)."""
+    names = {phase: {name for name, _ in clips} for phase, clips in clips_by_split.items()}
+    files = {phase: {file for _, file in clips} for phase, clips in clips_by_split.items()}
+    phases = list(clips_by_split)
     overlaps = {}
     for i, first in enumerate(phases):
         for second in phases[i + 1:]:
-            shared = [e for e in entries_by_split[second]
-                      if e['name'] in keys[first] or e['pose_file'] in keys[first]]
+            shared = sum(name in names[first] or file in files[first]
+                         for name, file in clips_by_split[second])
             if shared:
-                overlaps[f"{first}/{second}"] = len(shared)
+                overlaps[f"{first}/{second}"] = shared
     return overlaps
 
 

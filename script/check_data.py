@@ -23,7 +23,8 @@ from cli import add_flag  # noqa: E402
 from datasets import S2T_Dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from keypoints import DEFAULT_MAX_FRAMES  # noqa: E402
-from sample_checks import length_stats, problem_kind, scan_samples, split_overlaps  # noqa: E402
+from sample_checks import (clip_identities, length_stats, problem_kind, scan_samples,  # noqa: E402
+                           split_overlaps)
 
 
 def parse_args(argv=None):
@@ -37,6 +38,8 @@ def parse_args(argv=None):
                         help='frames the trainer keeps per clip (counts the longer clips)')
     add_flag(parser, '--max_frames_per_clip', type=cli.count, default=DEFAULT_MAX_FRAMES,
              help='refuse clips with more frames, as the trainer does')
+    add_flag(parser, '--pose_fps', type=cli.positive, default=None,
+             help='.pose inputs are resampled to this rate, as the trainer does with it')
     add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
                         help='reading processes (default: all cores)')
     add_flag(parser, '--report', default=None, help='also write the report to this JSON file')
@@ -47,7 +50,7 @@ def check_split(args, phase, label_path, pose_dir):
     """The report of one split: its samples, every problem and the clip lengths."""
     dataset = S2T_Dataset(label_path, pose_dir, phase, dataset_name=args.dataset,
                           max_length=args.max_length, defer_label_errors=True,
-                          max_frames=args.max_frames_per_clip)
+                          max_frames=args.max_frames_per_clip, pose_fps=args.pose_fps)
     durations, pose_problems = scan_samples(dataset, workers=args.workers)
     problems = [{'name': None, 'file': label_path, 'problem': message}
                 for message in dataset.label_problems]
@@ -62,7 +65,7 @@ def check_split(args, phase, label_path, pose_dir):
             'problems': problems, 'clip_frames': length_stats(lengths),
             'max_length': args.max_length,
             'longer_than_max_length': sum(n > args.max_length for n in lengths),
-            'entries': [{'name': e['name'], 'pose_file': e['pose_file']} for e in dataset.entries]}
+            'clips': clip_identities(dataset)}
 
 
 def check_dataset(args):
@@ -77,7 +80,7 @@ def check_dataset(args):
     config.validate_paths(paths, phases, need_mt5=False)
     splits = {phase: check_split(args, phase, paths['labels'][phase], paths['pose_dirs'][phase])
               for phase in phases if paths['labels'][phase] is not None}
-    overlaps = split_overlaps({phase: split.pop('entries') for phase, split in splits.items()})
+    overlaps = split_overlaps({phase: split.pop('clips') for phase, split in splits.items()})
     empty = [phase for phase, split in splits.items() if split['usable'] == 0]
     return {'dataset': args.dataset, 'splits': splits, 'overlaps': overlaps, 'empty': empty,
             'bad': sum(split['bad'] for split in splits.values())}

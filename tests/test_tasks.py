@@ -236,3 +236,36 @@ def test_a_line_break_in_a_prediction_keeps_one_line_per_clip(tmp_path):
     lines = (tmp_path / "test_tmp_pres.txt").read_text(encoding="utf-8").splitlines()
     assert lines == ["sample: clip0, prediction: the cat sat down", "sample: clip1, prediction: a dog"]
     assert task.score(rows, "test")["bleu4"] == pytest.approx(100.0)
+
+
+def test_prediction_files_of_a_run_rescore_to_its_own_scores(data_root, tmp_path, monkeypatch,
+                                                             in_process_trainer):
+    """References with line breaks of every kind str.splitlines() knows: the run writes one
+    line per clip, and SLRT_metrics.py scores its files to the figures the run logged."""
+    import gzip
+    import pickle
+    import flags
+    import SLRT_metrics
+    from test_fine_tuning import read_log, train_args
+    monkeypatch.setattr(fine_tuning.utils, "close_distributed", lambda: None)
+    breaks = ["\n", "\r\n", "\x1e", "\u2028", "\x0b"]
+    for phase in ("dev", "test"):
+        path = os.path.join(data_root, "Demo", f"labels.{phase}")
+        with gzip.open(path, "rb") as f:
+            labels = pickle.load(f)
+        for entry, line_break in zip(labels.values(), breaks):
+            words = entry["text"].split()
+            entry["text"] = " ".join(words[:2]) + line_break + " ".join(words[2:])
+        with gzip.open(path, "wb") as f:
+            pickle.dump(labels, f)
+    out = tmp_path / "run"
+    fine_tuning.run_command_line(fine_tuning.main, flags.parse_args("fine_tuning.py", train_args(
+        data_root, out, "--epochs", "1", "--quick_break", "1")))
+    logged = read_log(out)[-1]
+    for phase in ("dev", "test"):
+        refs, hyps = out / f"{phase}_tmp_refs.txt", out / f"{phase}_tmp_pres.txt"
+        assert len(refs.read_text(encoding="utf-8").splitlines()) == 8
+        assert len(hyps.read_text(encoding="utf-8").splitlines()) == 8
+        rescored = SLRT_metrics.main(["--refs", str(refs), "--hyps", str(hyps)])
+        for metric in ("bleu1", "bleu4", "rouge"):
+            assert rescored[metric] == pytest.approx(logged[f"{phase}_{metric}"], abs=1e-9)
