@@ -9,6 +9,7 @@ import torch.distributed as dist
 import beam_search
 import utils
 from regularizers import dump_batch
+from preemption import Preempted
 from riemannian import optimizer_step
 from SLRT_metrics import islr_performance, translation_performance, wer_list
 
@@ -23,7 +24,7 @@ def move_to_device(batch, device):
 
 
 def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=None,
-                    hyp_optimizer=None):
+                    hyp_optimizer=None, stop=None):
     """Runs the epoch's remaining DeepSpeed micro-steps (a resumed epoch starts at the next
     unseen batch); `on_step(batches_done)` runs after each and `hyp_optimizer` (riemannian.py)
     steps the hyperbolic geometry beside DeepSpeed. A micro-batch whose loss is NaN or Inf on any
@@ -63,6 +64,8 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
         guard.stop_if_exhausted(start + step + 1)
         if on_step is not None:
             on_step(start + step + 1)
+        if stop is not None and window_ends and stop.agreed(args.device):
+            raise Preempted(stop.name(), start + step + 1)
     return {"loss": None, **sums.averages(), "lr": engine.get_lr()[0], "steps": steps,
             "optimizer_steps": updates, "nonfinite_steps": guard.skipped}
 

@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 import checkpoint  # noqa: E402
 import config  # noqa: E402
 import engine as trainer  # noqa: E402
+import preemption  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
@@ -133,6 +134,7 @@ def report_skipped_samples(args, splits):
 def make_loader(args, dataset, train):
     # Training workers are not persistent: each epoch's workers must see dataset.set_epoch().
     common = dict(collate_fn=dataset.collate_fn, num_workers=args.num_workers,
+                  worker_init_fn=preemption.ignore_in_worker if args.num_workers else None,
                   pin_memory=args.pin_mem and torch.cuda.is_available(),
                   persistent_workers=args.num_workers > 0 and not train)
     if not train:
@@ -302,28 +304,40 @@ def end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
     return best
 
 
-def train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run, hyp_optimizer):
-    """One training epoch; after --max_nonfinite non-finite losses in a row, saves a training
-    state at the batch reached (resumable with the same --output_dir) and re-raises."""
+def train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run, hyp_optimizer, stop):
+    """One training epoch; after --max_nonfinite non-finite losses in a row, or on a
+    preemption signal, saves a training state at the batch reached (resumable with the same
+    --output_dir) and re-raises."""
     sampler = loaders["train"].batch_sampler
     try:
-        return trainer.train_one_epoch(
+        stats = trainer.train_one_epoch(
             args, engine, loaders["train"], epoch, wandb_run,
-            step_saver(args, engine, sampler, epoch, best, hyp_optimizer), hyp_optimizer)
-    except trainer.NonFiniteLossError as error:
-        if args.output_dir:
-            tag = checkpoint.save_training_state(
-                engine, args.output_dir, f"epoch{epoch}-step{error.batches_done}",
-                client_state(args, hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
-                             sampler=sampler.state_dict(), stopped="non-finite loss"),
-                keep_last=args.keep_last)
-            print(f"saved the training state {args.output_dir}/training_state/{tag}; a run with "
-                  "the same --output_dir continues from it")
+            step_saver(args, engine, sampler, epoch, best, hyp_optimizer), hyp_optimizer, stop)
+        if stop is not None and stop.agreed(args.device):  # before the evaluation, which is long
+            raise preemption.Preempted(stop.name(), sampler.batches_done)
+        return stats
+    except (trainer.NonFiniteLossError, preemption.Preempted) as error:
+        why = "non-finite loss" if isinstance(error, trainer.NonFiniteLossError) else str(error)
+        save_stopped_state(args, engine, hyp_optimizer, sampler, epoch, best,
+                           error.batches_done, why)
         raise
 
 
-def train(args, engine, loaders, task, hyp_optimizer):
-    """The epochs from the resumed position on; returns (best dev metric, skipped steps)."""
+def save_stopped_state(args, engine, hyp_optimizer, sampler, epoch, best, batches_done, why):
+    """A mid-epoch training state at `batches_done` of a run that stops early."""
+    if not args.output_dir:
+        return
+    tag = checkpoint.save_training_state(
+        engine, args.output_dir, f"epoch{epoch}-step{batches_done}",
+        client_state(args, hyp_optimizer, epoch=epoch, best=best, epoch_complete=False,
+                     sampler=sampler.state_dict(), stopped=why), keep_last=args.keep_last)
+    print(f"{why}: saved the training state {args.output_dir}/training_state/{tag}; a run "
+          "with the same --output_dir continues from it")
+
+
+def train(args, engine, loaders, task, hyp_optimizer, stop=None):
+    """The epochs from the resumed position on; returns (best dev metric, skipped steps).
+    `stop`: a preemption.StopRequest that ends the run at a resumable point."""
     sampler = loaders["train"].batch_sampler
     start_epoch, best = resume_if_possible(args, engine, sampler, hyp_optimizer)
     wandb_run = init_wandb(args)
@@ -332,7 +346,7 @@ def train(args, engine, loaders, task, hyp_optimizer):
         sampler.set_epoch(epoch)
         loaders["train"].dataset.set_epoch(epoch)
         train_stats = train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run,
-                                          hyp_optimizer)
+                                          hyp_optimizer, stop)
         nonfinite += train_stats.get("nonfinite_steps", 0)
         best = end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
                             best, wandb_run)
@@ -379,7 +393,8 @@ def main(args):
             print(skipped)
         return results
     start = time.time()
-    best, nonfinite = train(args, engine, loaders, task, hyp_optimizer)
+    stop = preemption.StopRequest().install()
+    best, nonfinite = train(args, engine, loaders, task, hyp_optimizer, stop)
     print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")
     if nonfinite:
         print(f"skipped {nonfinite} updates with a non-finite loss (see log_steps.txt)")
@@ -406,6 +421,9 @@ def run_command_line(main_function, args):
         if error.errno not in checkpoint.DISK_FULL:
             raise
         sys.exit(f"error: {checkpoint.disk_full_error(args.output_dir, error)}")
+    except preemption.Preempted as stopped:
+        print(f"{stopped}: exiting with status {preemption.PREEMPTED_STATUS} (resumable)")
+        sys.exit(preemption.PREEMPTED_STATUS)
     utils.close_distributed()
     return result
 
