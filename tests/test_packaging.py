@@ -20,7 +20,7 @@ def test_env_yaml_pip_section_matches_requirements():
 
 def test_torch_is_bounded_and_no_cuda_only_companions():
     requirements = read_requirements()
-    assert "torch>=2.4,<2.14" in requirements
+    assert "torch>=2.5,<2.14" in requirements
     for name in ("torchvision", "torchaudio", "timm"):
         assert not any(r.startswith(name) for r in requirements)
 
