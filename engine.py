@@ -102,10 +102,11 @@ class NonFiniteGuard:
 
     A NaN or Inf loss is never passed to engine.backward: back-propagating even `loss * 0` would
     give NaN gradients (0 * NaN is NaN) and, through clipping and Adam, NaN weights. Skipping
-    backward and step on every rank leaves the weights, the optimizer moments and DeepSpeed's
-    accumulation counter untouched, so the accumulation window simply extends to the next finite
-    micro-batch. Skips are printed and recorded in log_steps.txt; after `max_consecutive` in a row
-    NonFiniteLossError stops training.
+    backward and step on every rank leaves the weights and the optimizer moments untouched: the
+    skipped micro-batch adds nothing to its accumulation window's mean (accumulation_window fixes
+    the windows by position), and when it was the one ending the window, the gradients gathered
+    so far are stepped with the next window's. Skips are printed and recorded in log_steps.txt;
+    after `max_consecutive` in a row NonFiniteLossError stops training.
     """
 
     def __init__(self, max_consecutive, output_dir, epoch):

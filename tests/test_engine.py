@@ -121,7 +121,29 @@ def test_an_epoch_shorter_than_one_window_still_steps(demo_root, tmp_path, capsy
 
 
 def test_a_short_last_window_is_stepped_too(demo_root, tmp_path, capsys, in_process_trainer):
-    run_trainer(demo_root, tmp_path / "run", "--gradient-accumulation-steps", "4")
-    assert "optimizer steps per epoch: 2 (6 micro-batches, accumulation 4)" in capsys.readouterr().out
+    """10 micro-batches at accumulation 4: windows of 4, 4 and 2, so DeepSpeed steps 3 times."""
+    run_trainer(demo_root, tmp_path / "run", "--gradient-accumulation-steps", "4",
+                "--quick_break", "10")
+    assert "optimizer steps per epoch: 3 (10 micro-batches, accumulation 4)" in capsys.readouterr().out
     with open(os.path.join(tmp_path / "run", "log.txt")) as f:
-        assert json.loads(f.readline())["train_optimizer_steps"] == 2
+        assert json.loads(f.readline())["train_optimizer_steps"] == 3
+    states = tmp_path / "run" / "training_state"
+    tag = (states / "latest").read_text().strip()
+    saved = torch.load(states / tag / "mp_rank_00_model_states.pt", weights_only=False)
+    assert saved["global_steps"] == 3
+
+
+def test_the_riemannian_step_follows_a_short_window(demo_root, tmp_path, in_process_trainer):
+    """The hyperbolic branch's curvature and ball points (stepped by RiemannianAdam, not DeepSpeed)
+    move in an epoch shorter than one window, as in a run accumulating exactly its length."""
+    hyperbolic = ("--use_hyperbolic", "--hyp_lr", "1e-2")
+    short = run_trainer(demo_root, tmp_path / "short", "--gradient-accumulation-steps", "8",
+                        *hyperbolic)
+    exact = run_trainer(demo_root, tmp_path / "exact", "--gradient-accumulation-steps", "6",
+                        *hyperbolic)
+    frozen = run_trainer(demo_root, tmp_path / "frozen", "--gradient-accumulation-steps", "8",
+                         "--lr", "1e-30", "--use_hyperbolic", "--hyp_lr", "1e-30")
+    geometry = [key for key in short if "manifold" in key or "key_bias" in key]
+    assert geometry and any(not torch.equal(short[key], frozen[key]) for key in geometry)
+    for key in geometry:
+        torch.testing.assert_close(short[key], exact[key], rtol=1e-4, atol=1e-5)
