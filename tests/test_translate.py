@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import translate
+from conftest import foreign_tokenizer_mt5
 from datasets import S2T_Dataset, load_labels, read_pose
 from mediapipe_pose import wholebody_to_holistic, write_pose
 
@@ -150,3 +151,23 @@ def test_damaged_checkpoints_and_exported_folders_are_named(trained, tmp_path, c
     proc = run('translate.py', '--model', str(exported), pkl)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert f'translate.py: error: {exported}/config.json cannot be read as JSON' in proc.stderr
+
+
+def test_a_tokenizer_that_cannot_read_the_prompt_stops_with_the_folder_named(trained, tmp_path,
+                                                                             capsys):
+    """--mt5_path to the Demo mT5 with a Greek tokenizer: the English prompt is mostly <unk>, so
+    translate.py names the folder and the rate instead of translating from <unk>; --max_unk_rate 1
+    lets it translate."""
+    out, demo_root = trained
+    mt5 = foreign_tokenizer_mt5(os.path.join(demo_root, 'Demo', 'mt5'), tmp_path / 'greek_mt5')
+    pkl = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_00000.pkl')
+    proc = run('translate.py', '--checkpoint', str(out / 'best_checkpoint.pth'), '--mt5_path',
+               mt5, pkl)
+    assert proc.returncode == 1 and proc.stdout == ''
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f'translate.py: error: the tokenizer in {mt5} maps ')
+    assert "of the prompt' tokens to <unk> (--max_unk_rate 0.05)" in error
+    assert 'Traceback' not in proc.stderr
+    stdout, _ = translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--mt5_path',
+                               mt5, '--max_unk_rate', '1', pkl)
+    assert stdout.startswith('demo_test_00000\t') and len(stdout.splitlines()) == 1
