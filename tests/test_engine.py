@@ -88,7 +88,7 @@ def test_accumulation_windows_end_with_a_short_one():
     assert accumulation_window(5, 6, 8) == (6, True)
 
 
-def run_trainer(demo_root, out_dir, *extra):
+def run_trainer(demo_root, out_dir, *extra, weights="checkpoint_0.pth"):
     import fine_tuning
     import flags
     argv = ["--dataset", "Demo", "--data_root", demo_root, "--output_dir", str(out_dir),
@@ -96,9 +96,9 @@ def run_trainer(demo_root, out_dir, *extra):
             "--stgcn_channels", "8,16", "--hidden_dim", "16", "--temporal_layers", "1",
             "--max_length", "32", "--num_beams", "1", "--max_new_tokens", "4",
             "--quick_break", "6", "--lr", "1e-2", "--sched", "constant", *extra]
-    os.makedirs(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
     fine_tuning.main(flags.parse_args("fine_tuning.py", argv))
-    return torch.load(os.path.join(out_dir, "checkpoint_0.pth"), weights_only=True)["model"]
+    return torch.load(os.path.join(out_dir, weights), weights_only=True)["model"]
 
 
 def test_an_epoch_shorter_than_one_window_still_steps(demo_root, tmp_path, capsys,
@@ -147,3 +147,28 @@ def test_the_riemannian_step_follows_a_short_window(demo_root, tmp_path, in_proc
     assert geometry and any(not torch.equal(short[key], frozen[key]) for key in geometry)
     for key in geometry:
         torch.testing.assert_close(short[key], exact[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_resumed_before_a_short_window_ends_as_the_whole_run(demo_root, tmp_path, capsys,
+                                                                   in_process_trainer):
+    """Mid-epoch states are saved at window ends only: resuming from batch 8 of the second epoch
+    (10 micro-batches, accumulation 4) steps the last window of 2 as the uninterrupted run did."""
+    import shutil
+    flags = ("--gradient-accumulation-steps", "4", "--quick_break", "10", "--epochs", "2",
+             "--save_every_steps", "2", "--keep_last", "9")
+    whole = run_trainer(demo_root, tmp_path / "whole", *flags, weights="checkpoint_1.pth")
+    states = tmp_path / "whole" / "training_state"
+    assert sorted(tag.name for tag in states.iterdir() if tag.name.startswith("epoch1-")) == [
+        "epoch1-step4", "epoch1-step8"]  # not after batches 2, 6 and 10: inside a window
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "whole", resumed_dir)
+    for name in ("epoch1", "latest"):
+        target = resumed_dir / "training_state" / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    (resumed_dir / "training_state" / "latest").write_text("epoch1-step8")
+    os.remove(resumed_dir / "checkpoint_1.pth")
+    capsys.readouterr()
+    resumed = run_trainer(demo_root, resumed_dir, *flags, weights="checkpoint_1.pth")
+    assert f"resumed from {resumed_dir}/training_state/epoch1-step8" in capsys.readouterr().out
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-6)
