@@ -172,3 +172,29 @@ def test_a_run_resumed_before_a_short_window_ends_as_the_whole_run(demo_root, tm
     assert f"resumed from {resumed_dir}/training_state/epoch1-step8" in capsys.readouterr().out
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
+def test_no_state_is_saved_while_gradients_wait_for_a_step(demo_root, tmp_path, monkeypatch,
+                                                           in_process_trainer):
+    """Accumulation 2, a state every 2 batches: a NaN loss on batch 3 (the end of the window
+    2-3) leaves batch 2's gradients to the next window's step, so no state is saved after
+    batch 4; the states after batches 2 and 6 are."""
+    import models
+    original, calls = models.Uni_Sign.forward, []
+
+    def forward(self, src_input, tgt_input):
+        out = original(self, src_input, tgt_input)
+        if self.training:
+            calls.append(len(calls))
+            if calls[-1] == 3:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+    monkeypatch.setattr(models.Uni_Sign, "forward", forward)
+    run_trainer(demo_root, tmp_path / "run", "--gradient-accumulation-steps", "2",
+                "--save_every_steps", "2", "--keep_last", "9")
+    states = sorted(tag.name for tag in (tmp_path / "run" / "training_state").iterdir()
+                    if tag.name.startswith("epoch0-"))
+    assert states == ["epoch0-step2", "epoch0-step6"]
+    with open(os.path.join(tmp_path / "run", "log.txt")) as f:
+        record = json.loads(f.readline())
+    assert record["train_optimizer_steps"] == 2 and record["train_nonfinite_steps"] == 1
