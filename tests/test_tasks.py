@@ -75,7 +75,8 @@ def test_vocabulary_of_the_finetune_checkpoint_is_reused(tmp_path, capsys):
 
 
 def test_gloss_labels_also_feed_the_generating_head(tmp_path, tiny_mt5_dir):
-    args = default_args(task="CSLR", head="generate", dataset="PHOENIX2014", mt5_path=tiny_mt5_dir)
+    args = default_args(task="CSLR", head="generate", dataset="PHOENIX2014", mt5_path=tiny_mt5_dir,
+                        max_unk_rate=1.0)  # the tiny tokenizer was trained on sentences
     task = build_task(args, config.DATASETS["PHOENIX2014"])
     assert isinstance(task, TextTask)
     stm, poses = write_gloss_set(tmp_path, [("a", ["X", "Y"], 20)])
@@ -224,8 +225,8 @@ def test_tokenizer_that_does_not_cover_the_targets_stops_before_training(
 def test_a_tokenizer_foreign_to_the_training_texts_stops_the_trainer(
         demo_root, tmp_path, capsys, in_process_trainer):
     """The Demo mT5 with a Greek tokenizer: half the English targets' tokens are <unk>. The
-    trainer stops with one error line naming the folder and the rate before building the model;
-    --max_unk_rate 1 lets the same run train."""
+    trainer stops with one error line naming the folder and the rate before building the model
+    (with --eval, measured on the dev references); --max_unk_rate 1 lets the same run train."""
     import flags
     mt5 = foreign_tokenizer_mt5(os.path.join(demo_root, "Demo", "mt5"), tmp_path / "greek_mt5")
 
@@ -244,6 +245,11 @@ def test_a_tokenizer_foreign_to_the_training_texts_stops_the_trainer(
     assert message.startswith(f"error: the tokenizer in {mt5} maps ")
     assert "of the training targets' tokens to <unk> (--max_unk_rate 0.05)" in message
     assert "\n" not in message and "parameters:" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # --eval: the references it would be scored on
+        fine_tuning.run_command_line(fine_tuning.main, flags.parse_args(
+            "fine_tuning.py", argv("evaluated", "--eval")))
+    assert str(stop.value.code).startswith(f"error: the tokenizer in {mt5} maps ")
+    assert "of the dev references' tokens to <unk>" in str(stop.value.code)
     # main, not run_command_line: that closes the process group the session's runs share.
     os.makedirs(tmp_path / "allowed")
     fine_tuning.main(flags.parse_args("fine_tuning.py", argv("allowed", "--max_unk_rate", "1")))
