@@ -223,3 +223,14 @@ def test_two_ranks_step_an_epoch_shorter_than_one_window(demo_root, tmp_path, ze
     for key in weights["short"]:
         torch.testing.assert_close(weights["short"][key], weights["exact"][key], rtol=1e-4,
                                    atol=1e-5)
+
+
+def test_the_schedule_counts_the_short_windows(demo_root, tmp_path, in_process_trainer):
+    """Cosine from 1e-2 to 1e-3 over 2 epochs of 10 micro-batches at accumulation 4: 3 steps
+    an epoch, so the first epoch ends half way down and the second at the floor."""
+    run_trainer(demo_root, tmp_path / "run", "--gradient-accumulation-steps", "4",
+                "--quick_break", "10", "--epochs", "2", "--sched", "cosine", "--warmup-epochs",
+                "0", "--min-lr", "1e-3", weights="checkpoint_1.pth")
+    with open(os.path.join(tmp_path / "run", "log.txt")) as f:
+        rates = [json.loads(line)["train_lr"] for line in f]
+    assert rates == pytest.approx([5.5e-3, 1e-3], rel=1e-6)
