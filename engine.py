@@ -66,7 +66,7 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
         guard.stop_if_exhausted(start + step + 1)
         if on_step is not None and not waiting:
             on_step(start + step + 1)
-        if stop is not None and window_ends and stop.agreed(args.device):
+        if stop is not None and window_ends and not waiting and stop.agreed(args.device):
             raise Preempted(stop.name(), start + step + 1)
     return {"loss": None, **sums.averages(), "lr": engine.get_lr()[0], "steps": steps,
             "optimizer_steps": updates, "nonfinite_steps": guard.skipped}
