@@ -26,7 +26,8 @@ def move_to_device(batch, device):
 def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=None,
                     hyp_optimizer=None, stop=None):
     """Runs the epoch's remaining DeepSpeed micro-steps (a resumed epoch starts at the next
-    unseen batch); `on_step(batches_done)` runs after each and `hyp_optimizer` (riemannian.py)
+    unseen batch); `on_step(batches_done)` runs after each that leaves no gradients waiting for
+    an optimizer step (a state saved there misses nothing) and `hyp_optimizer` (riemannian.py)
     steps the hyperbolic geometry beside DeepSpeed. A micro-batch whose loss is NaN or Inf on any
     rank is skipped by every rank (see NonFiniteGuard). Returns the epoch averages of the logged
     scalars."""
@@ -41,7 +42,7 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
     total_updates = utils.total_optimizer_steps(args, total)  # the learning-rate schedule's length
     sums = RunningMeans()
     guard = NonFiniteGuard(args.max_nonfinite, args.output_dir, epoch)
-    updates = 0
+    updates, waiting = 0, False  # waiting: gradients accumulated since the last step
     for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
         if step >= steps:
             break
@@ -54,6 +55,7 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
         if guard.check(out["loss"], start + step):
             optimizer_step(engine, out["loss"], hyp_optimizer, window)
             updates += window_ends
+            waiting = not window_ends
             scalars = step_scalars(out, hyp_optimizer)
             sums.add(scalars)
             # Read the values back only when printing (one copy of them all, not one per name).
@@ -62,9 +64,9 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
                          wandb_run)
         sampler.set_position(start + step + 1)
         guard.stop_if_exhausted(start + step + 1)
-        if on_step is not None:
+        if on_step is not None and not waiting:
             on_step(start + step + 1)
-        if stop is not None and window_ends and stop.agreed(args.device):
+        if stop is not None and window_ends and not waiting and stop.agreed(args.device):
             raise Preempted(stop.name(), start + step + 1)
     return {"loss": None, **sums.averages(), "lr": engine.get_lr()[0], "steps": steps,
             "optimizer_steps": updates, "nonfinite_steps": guard.skipped}
@@ -102,10 +104,11 @@ class NonFiniteGuard:
 
     A NaN or Inf loss is never passed to engine.backward: back-propagating even `loss * 0` would
     give NaN gradients (0 * NaN is NaN) and, through clipping and Adam, NaN weights. Skipping
-    backward and step on every rank leaves the weights, the optimizer moments and DeepSpeed's
-    accumulation counter untouched, so the accumulation window simply extends to the next finite
-    micro-batch. Skips are printed and recorded in log_steps.txt; after `max_consecutive` in a row
-    NonFiniteLossError stops training.
+    backward and step on every rank leaves the weights and the optimizer moments untouched: the
+    skipped micro-batch adds nothing to its accumulation window's mean (accumulation_window fixes
+    the windows by position), and when it was the one ending the window, the gradients gathered
+    so far are stepped with the next window's (no mid-epoch state is saved while they wait). Skips are printed and recorded in log_steps.txt;
+    after `max_consecutive` in a row NonFiniteLossError stops training.
     """
 
     def __init__(self, max_consecutive, output_dir, epoch):

@@ -377,8 +377,9 @@ def build_run(args):
     steps = len(loaders["train"]) if "train" in loaders else 1
     if args.quick_break:
         steps = min(steps, args.quick_break)
-    print(f"optimizer steps per epoch: {utils.optimizer_steps_per_epoch(args, steps)} "
-          f"({steps} micro-batches, accumulation {args.gradient_accumulation_steps})")
+    if "train" in loaders:
+        print(f"optimizer steps per epoch: {utils.optimizer_steps_per_epoch(args, steps)} "
+              f"({steps} micro-batches, accumulation {args.gradient_accumulation_steps})")
     engine = init_engine(args, model, steps)
     return task, loaders, engine, riemannian.build(args, engine.module), skipped
 

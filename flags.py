@@ -111,8 +111,9 @@ def add_data_flags(p):
          help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
     add_flag(p, "--max_tgt_len", type=target_length, default=50, help="target tokens kept")
     add_flag(p, "--max_unk_rate", type=float_range(0, 1), default=0.05,
-             help="stop before training when more of the training targets' tokens than this "
-                  "are <unk> under the mT5 tokenizer (1: never)")
+             help="stop before training when more of the training targets' tokens (with "
+                  "--eval: the dev references') than this are <unk> under the mT5 tokenizer "
+                  "(1: never)")
     add_flag(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
     add_flag(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
     add_flag(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")

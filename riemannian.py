@@ -3,8 +3,8 @@
 Those parameters are not registered in the module tree (hyperbolic.BallParameters), so DeepSpeed
 never casts, partitions (every ZeRO stage, 3 included) or steps them: each rank holds the same
 float32 copy. Gradients reach them through ordinary autograd and accumulate over the micro-batches
-of an optimizer step (engine.backward already divides each loss by the accumulation steps). At the
-accumulation boundary only:
+of an optimizer step (each loss is divided by the micro-batches of its accumulation window, an
+epoch's last window possibly short: engine.accumulation_window). At the accumulation boundary only:
 
 1. before engine.step(), `prepare`: the gradients are averaged over ranks (one all-reduce), divided
    by the factor engine.backward multiplied the loss by (the fp16 dynamic loss scale under ZeRO; 1

@@ -27,6 +27,11 @@ from pose_encoder import key_list, load_checkpoint_file
 from SLRT_metrics import normalize_for_scoring, official_wer, wer_list, write_ctm, write_stm
 
 
+# What check_unknown_rate names, by the split whose texts it measured.
+UNK_CHECKED_TEXTS = {"train": "training targets", "dev": "dev references",
+                     "test": "test references"}
+
+
 def build_task(args, spec):
     """The task object of the run's --task and --head on a registered dataset."""
     return GlossTask(args, spec) if args.head == "ctc" else TextTask(args, spec)
@@ -47,9 +52,11 @@ class TextTask:
         from models import load_tokenizer
         self.tokenizer = load_tokenizer(args.mt5_path)
         check_vocabulary(args.mt5_path, self.tokenizer)
-        if "train" in splits:
-            check_unknown_rate(args.mt5_path, self.tokenizer, splits["train"].target_texts(),
-                               args.max_unk_rate, "training targets")
+        # --eval loads no training split: its references show the tokenizer's coverage instead.
+        checked = next((phase for phase in ("train", "dev", "test") if phase in splits), None)
+        if checked is not None:
+            check_unknown_rate(args.mt5_path, self.tokenizer, splits[checked].target_texts(),
+                               args.max_unk_rate, UNK_CHECKED_TEXTS[checked])
         targets = TextTargets(self.tokenizer, self.spec.prompt, args.max_tgt_len)
         for dataset in splits.values():
             dataset.targets = targets

@@ -31,7 +31,7 @@ from config import ConfigError
 from keypoints import DataError
 from poses import clip_parts, collate_clips, read_pose
 from run_folder import check_writable_file, check_writable_folder
-from tasks import check_unknown_rate
+from tasks import check_unknown_rate, check_vocabulary
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
 EXPORT_WEIGHTS, EXPORT_FLAGS = 'translator.pth', 'translator.json'
@@ -60,6 +60,9 @@ def parse_args(argv=None):
     cli.add_flag(p, '--max_length', type=cli.count,
                     help="frames kept per clip (default: the checkpoint's)")
     cli.add_flag(p, '--fps', type=cli.positive, help='resample .pose clips to this frame rate')
+    cli.add_flag(p, '--max_unk_rate', type=cli.float_range(0, 1),
+                    help="stop when more of the prompt's tokens than this are <unk> under the "
+                         "mT5 tokenizer (default: the checkpoint's; 1: never)")
     cli.add_flag(p, '--format', choices=['tsv', 'jsonl'], default='tsv')
     cli.add_flag(p, '--output', help='output file (default: standard output)')
     cli.add_flag(p, '--skip_bad_samples', action='store_true',
@@ -275,8 +278,9 @@ def main(argv=None):
         model, flags, info = load_from_checkpoint(args.checkpoint, args.mt5_path, overrides)
     else:
         model, flags, info = load_exported(args.model)
-    check_unknown_rate(flags.mt5_path, model.mt5_tokenizer, [model.prompt], flags.max_unk_rate,
-                       "prompt")
+    check_vocabulary(flags.mt5_path, model.mt5_tokenizer)
+    max_unk_rate = flags.max_unk_rate if args.max_unk_rate is None else args.max_unk_rate
+    check_unknown_rate(flags.mt5_path, model.mt5_tokenizer, [model.prompt], max_unk_rate, "prompt")
     if args.export:
         export(model, flags, info, args.export)
         print(f"exported the translator to {args.export}", file=sys.stderr)

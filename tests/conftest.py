@@ -225,3 +225,26 @@ def run_command(cmd, tmp_path, timeout=600):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     (tmp_path / "stdout.txt").write_text(proc.stdout + proc.stderr)
     return proc
+
+
+# Greek only: under a tokenizer trained on it, English words (targets and prompt) are <unk>.
+GREEK_SENTENCES = ["ο δάσκαλος γράφει στον πίνακα", "το παιδί διαβάζει ένα βιβλίο",
+                   "η μητέρα μαγειρεύει ψωμί και φαγητό", "ξένος ζητά νερό ψηφίζει χθες"]
+
+
+def foreign_tokenizer_mt5(source, folder):
+    """A copy of the mT5 folder `source` whose tokenizer is a spiece.model trained on Greek only
+    (mT5's special ids kept, fewer tokens than the model's embeddings; no tokenizer.json)."""
+    import io
+    import shutil
+
+    import sentencepiece as spm
+    shutil.copytree(source, folder)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(GREEK_SENTENCES * 10), model_writer=model, vocab_size=48,
+        model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        hard_vocab_limit=False, minloglevel=2)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    return str(folder)

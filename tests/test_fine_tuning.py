@@ -71,6 +71,7 @@ def test_eval_only_from_checkpoint_single_process_zero3(demo_root, tmp_path):
                 str(out / "best_checkpoint.pth"),
                 *train_args(demo_root, evaluated, "--zero_stage", "3")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "optimizer steps per epoch" not in proc.stdout  # nothing is trained
     with open(evaluated / "eval_metrics.json") as f:
         metrics = json.load(f)
     assert set(metrics) == {"dev", "test"} and "bleu4" in metrics["test"]

@@ -26,18 +26,21 @@ class FakeEngine:
     def __init__(self, accumulation=1, scale=1.0, applied=True):
         self.accumulation, self.scale, self.applied = accumulation, scale, applied
         self.micro_steps = 0
+        self.boundary = None  # set_gradient_accumulation_boundary's override
         self.calls = []
         self.optimizer = ScaledZeroOptimizer(scale)
 
     def is_gradient_accumulation_boundary(self):
+        if self.boundary is not None:
+            return self.boundary
         return (self.micro_steps + 1) % self.accumulation == 0
 
     def fp16_enabled(self):
         return self.scale != 1.0
 
-    def backward(self, loss):
+    def backward(self, loss, scale_wrt_gas=True):
         self.calls.append("backward")
-        (loss * self.scale / self.accumulation).backward()
+        (loss * self.scale / (self.accumulation if scale_wrt_gas else 1)).backward()
 
     def step(self):
         self.calls.append("step")
@@ -60,6 +63,19 @@ def test_steps_only_at_accumulation_boundaries_with_unscaled_mean_gradients():
     assert torch.count_nonzero(param) == 0 and param.grad is not None  # accumulating
     riemannian.optimizer_step(engine, (param * torch.tensor([3.0, 2.0, 1.0])).sum(), optimizer)
     assert engine.calls == ["backward", "step", "backward", "step"]
+    assert optimizer.grad_norm.item() == pytest.approx(2.0 * 3 ** 0.5)  # mean gradient (2, 2, 2)
+    assert param.grad is None and torch.allclose(param.detach(), torch.full((3,), -0.1))
+
+
+def test_a_short_window_steps_on_its_own_mean_gradient():
+    """An epoch's last window of 2 micro-batches under accumulation 4 (engine.py sets the
+    boundary): the step follows the mean of the 2 gradients, unscaled."""
+    param, optimizer = one_parameter()
+    engine = FakeEngine(accumulation=4, scale=1024.0)
+    for boundary, weights in ((False, [1.0, 2.0, 3.0]), (True, [3.0, 2.0, 1.0])):
+        engine.boundary = boundary
+        riemannian.optimizer_step(engine, (param * torch.tensor(weights)).sum(), optimizer,
+                                  window=2)
     assert optimizer.grad_norm.item() == pytest.approx(2.0 * 3 ** 0.5)  # mean gradient (2, 2, 2)
     assert param.grad is None and torch.allclose(param.detach(), torch.full((3,), -0.1))
 

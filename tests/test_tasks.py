@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from conftest import ctc_args, default_args, write_gloss_set
+from conftest import ctc_args, default_args, foreign_tokenizer_mt5, write_gloss_set
 
 import config
 import engine
@@ -75,7 +75,8 @@ def test_vocabulary_of_the_finetune_checkpoint_is_reused(tmp_path, capsys):
 
 
 def test_gloss_labels_also_feed_the_generating_head(tmp_path, tiny_mt5_dir):
-    args = default_args(task="CSLR", head="generate", dataset="PHOENIX2014", mt5_path=tiny_mt5_dir)
+    args = default_args(task="CSLR", head="generate", dataset="PHOENIX2014", mt5_path=tiny_mt5_dir,
+                        max_unk_rate=1.0)  # the tiny tokenizer was trained on sentences
     task = build_task(args, config.DATASETS["PHOENIX2014"])
     assert isinstance(task, TextTask)
     stm, poses = write_gloss_set(tmp_path, [("a", ["X", "Y"], 20)])
@@ -219,6 +220,41 @@ def test_tokenizer_that_does_not_cover_the_targets_stops_before_training(
     args = flags.parse_args("fine_tuning.py", argv + ["--max_unk_rate", "1"])
     task.prepare(args, {"train": dataset})
     assert dataset.targets is not None
+
+
+def test_a_tokenizer_foreign_to_the_training_texts_stops_the_trainer(
+        demo_root, tmp_path, capsys, in_process_trainer):
+    """The Demo mT5 with a Greek tokenizer: half the English targets' tokens are <unk>. The
+    trainer stops with one error line naming the folder and the rate before building the model
+    (with --eval, measured on the dev references); --max_unk_rate 1 lets the same run train."""
+    import flags
+    mt5 = foreign_tokenizer_mt5(os.path.join(demo_root, "Demo", "mt5"), tmp_path / "greek_mt5")
+
+    def argv(out, *extra):
+        return ["--dataset", "Demo", "--data_root", demo_root, "--mt5_path", mt5,
+                "--output_dir", str(tmp_path / out), "--batch-size", "4", "--num_workers", "0",
+                "--dtype", "fp32", "--epochs", "1", "--quick_break", "2", "--stgcn_channels",
+                "8,16", "--hidden_dim", "16", "--temporal_layers", "1", "--max_length", "32",
+                "--num_beams", "1", "--max_new_tokens", "4", *extra]
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.run_command_line(fine_tuning.main, flags.parse_args("fine_tuning.py",
+                                                                        argv("refused")))
+    message = str(stop.value.code)
+    assert message.startswith(f"error: the tokenizer in {mt5} maps ")
+    assert "of the training targets' tokens to <unk> (--max_unk_rate 0.05)" in message
+    assert "\n" not in message and "parameters:" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # --eval: the references it would be scored on
+        fine_tuning.run_command_line(fine_tuning.main, flags.parse_args(
+            "fine_tuning.py", argv("evaluated", "--eval")))
+    assert str(stop.value.code).startswith(f"error: the tokenizer in {mt5} maps ")
+    assert "of the dev references' tokens to <unk>" in str(stop.value.code)
+    # main, not run_command_line: that closes the process group the session's runs share.
+    os.makedirs(tmp_path / "allowed")
+    fine_tuning.main(flags.parse_args("fine_tuning.py", argv("allowed", "--max_unk_rate", "1")))
+    assert "parameters:" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "allowed" / "checkpoint_0.pth")
 
 
 def test_max_unk_rate_is_refused_with_the_ctc_head(capsys):

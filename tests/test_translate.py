@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import translate
+from conftest import foreign_tokenizer_mt5
 from datasets import S2T_Dataset, load_labels, read_pose
 from mediapipe_pose import wholebody_to_holistic, write_pose
 
@@ -150,3 +151,52 @@ def test_damaged_checkpoints_and_exported_folders_are_named(trained, tmp_path, c
     proc = run('translate.py', '--model', str(exported), pkl)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert f'translate.py: error: {exported}/config.json cannot be read as JSON' in proc.stderr
+
+
+def test_a_tokenizer_that_cannot_read_the_prompt_stops_with_the_folder_named(trained, tmp_path,
+                                                                             capsys):
+    """--mt5_path to the Demo mT5 with a Greek tokenizer: the English prompt is mostly <unk>, so
+    translate.py names the folder and the rate instead of translating from <unk>; --max_unk_rate 1
+    lets it translate."""
+    out, demo_root = trained
+    mt5 = foreign_tokenizer_mt5(os.path.join(demo_root, 'Demo', 'mt5'), tmp_path / 'greek_mt5')
+    pkl = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_00000.pkl')
+    proc = run('translate.py', '--checkpoint', str(out / 'best_checkpoint.pth'), '--mt5_path',
+               mt5, pkl)
+    assert proc.returncode == 1 and proc.stdout == ''
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f'translate.py: error: the tokenizer in {mt5} maps ')
+    assert "of the prompt' tokens to <unk> (--max_unk_rate 0.05)" in error
+    assert 'Traceback' not in proc.stderr
+    stdout, _ = translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--mt5_path',
+                               mt5, '--max_unk_rate', '1', pkl)
+    assert stdout.startswith('demo_test_00000\t') and len(stdout.splitlines()) == 1
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(trained, tmp_path):
+    """A spiece.model with more pieces than the model has embeddings would feed ids past them."""
+    import io
+    import random
+    import shutil
+
+    import sentencepiece as spm
+    out, demo_root = trained
+    mt5 = tmp_path / 'wide_mt5'
+    shutil.copytree(os.path.join(demo_root, 'Demo', 'mt5'), mt5)
+    (mt5 / 'tokenizer.json').unlink(missing_ok=True)
+    rng = random.Random(0)
+    words = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 7)))
+             for _ in range(3000)]
+    sentences = [' '.join(words[i:i + 10]) for i in range(0, len(words), 10)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=600,
+        model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+        minloglevel=2)
+    (mt5 / 'spiece.model').write_bytes(model.getvalue())
+    pkl = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_00000.pkl')
+    proc = run('translate.py', '--checkpoint', str(out / 'best_checkpoint.pth'), '--mt5_path',
+               str(mt5), pkl)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert re.search(rf'translate.py: error: the tokenizer in {re.escape(str(mt5))} has \d+ tokens '
+                     r'but the mT5 model .*config.json has vocab_size \d+', proc.stderr)
