@@ -82,7 +82,7 @@ def build_datasets(args, spec, paths, phases):
     if overlaps:
         counts = ", ".join(f"{pair} {n}" for pair, n in overlaps.items())
         print(f"warning: clips in two splits (same name or pose file): {counts}; "
-              "script/check_data.py lists the splits' sizes")
+              "scores on a split that shares clips with training are inflated")
     if "dev" in phases and "dev" not in splits:
         print("no dev split for this dataset: the test split selects the best checkpoint")
         splits["dev"] = splits["test"]
@@ -394,8 +394,8 @@ def main(args):
             print(skipped)
         return results
     start = time.time()
-    stop = preemption.StopRequest().install()
-    best, nonfinite = train(args, engine, loaders, task, hyp_optimizer, stop)
+    with preemption.StopRequest() as stop:
+        best, nonfinite = train(args, engine, loaders, task, hyp_optimizer, stop)
     print(f"training time {datetime.timedelta(seconds=int(time.time() - start))}")
     if nonfinite:
         print(f"skipped {nonfinite} updates with a non-finite loss (see log_steps.txt)")
@@ -407,7 +407,7 @@ def main(args):
 def run_command_line(main_function, args):
     """Runs `main_function(args)` holding the output folder (run_folder.py); bad input, a
     failed save and a stop on non-finite losses end the process with the message and exit
-    status 1 instead of a traceback."""
+    status 1 instead of a traceback; a preemption signal with status 75 (preemption.py)."""
     try:
         lock = run_folder.prepare_output_dir(args)
         try:

@@ -28,15 +28,21 @@ class Preempted(Exception):
 
 
 class StopRequest:
-    """The signal received by this rank (None until one arrives)."""
+    """The signal received by this rank (None until one arrives), noted while training: as a
+    context manager it answers the signals inside its block only, and restores the handlers
+    before (processes forked later, a multiprocessing pool's, must stay killable)."""
 
     def __init__(self):
         self.received = None
+        self.previous = {}
 
-    def install(self):
-        for number in SIGNALS:
-            signal.signal(number, self.note)
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self.note) for number in SIGNALS}
         return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
     def note(self, number, frame):
         self.received = signal.Signals(number).name

@@ -20,11 +20,13 @@ SMALL = ["--batch-size", "4", "--gradient-accumulation-steps", "1", "--lr", "3e-
          "--max_new_tokens", "8"]
 
 
-def test_a_request_is_noted_and_agreed():
-    stop = preemption.StopRequest()
-    assert not stop.agreed()
-    stop.note(signal.SIGUSR1, None)
-    assert stop.agreed() and stop.name() == "SIGUSR1"
+def test_a_request_is_noted_and_agreed_inside_its_block_only():
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.StopRequest() as stop:
+        assert not stop.agreed()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.agreed() and stop.name() == "SIGUSR1"
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_workers_leave_the_signals_to_their_rank():
