@@ -23,7 +23,7 @@ def move_to_device(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=None,
+def train_one_epoch(args, engine, data_loader, epoch, tracker=None, on_step=None,
                     hyp_optimizer=None, stop=None):
     """Runs the epoch's remaining DeepSpeed micro-steps (a resumed epoch starts at the next
     unseen batch); `on_step(batches_done)` runs after each that leaves no gradients waiting for
@@ -61,7 +61,7 @@ def train_one_epoch(args, engine, data_loader, epoch, wandb_run=None, on_step=No
             # Read the values back only when printing (one copy of them all, not one per name).
             if step % args.print_freq == 0 or step == steps - 1:
                 log_step(args, engine, read_scalars(scalars), epoch, start + step, total, logger,
-                         wandb_run)
+                         tracker)
         sampler.set_position(start + step + 1)
         guard.stop_if_exhausted(start + step + 1)
         if on_step is not None and not waiting:
@@ -172,16 +172,16 @@ class RunningMeans:
         return read_scalars({name: total / self.counts[name] for name, total in self.sums.items()})
 
 
-def log_step(args, engine, values, epoch, step, total, logger, wandb_run):
-    """Prints and records one step's scalars (log_steps.txt on rank 0, and W&B)."""
+def log_step(args, engine, values, epoch, step, total, logger, tracker):
+    """Prints and records one step's scalars (log_steps.txt on rank 0, W&B, TensorBoard)."""
     lr = engine.get_lr()[0]
     logger.update(**values, lr=lr)
     if args.output_dir and utils.is_main_process():
         utils.append_json_line(os.path.join(args.output_dir, "log_steps.txt"),
                                {"epoch": epoch, "step": step, **values, "lr": lr})
-    if wandb_run is not None:
-        wandb_run.log({**{f"train/{name}": value for name, value in values.items()},
-                       "train/lr": lr, "epoch": epoch + step / total})
+    if tracker is not None:
+        tracker.log({**{f"train/{name}": value for name, value in values.items()},
+                     "train/lr": lr, "epoch": epoch + step / total}, engine.global_steps)
 
 
 class ShardedEvalSampler(torch.utils.data.Sampler):

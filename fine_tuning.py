@@ -24,6 +24,7 @@ import preemption  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
+import tracking  # noqa: E402
 import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
@@ -184,14 +185,6 @@ def init_engine(args, model, steps_per_epoch):
     return engine
 
 
-def init_wandb(args):
-    if not (args.wandb and utils.is_main_process()):
-        return None
-    import wandb
-    return wandb.init(project=args.wandb_project, name=args.wandb_run_name,
-                      config=checkpoint.plain_args(args), dir=args.output_dir or None)
-
-
 def is_better(best_metric, value, best):
     """Whether `value` beats `best` for a task's (metric name, higher is better)."""
     _, higher = best_metric
@@ -209,12 +202,13 @@ def client_state(args, hyp_optimizer, **fields):
 
 def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
     """Continues from the latest training state in --output_dir (--resume auto): the next epoch
-    after a finished one, or the next unseen batch of an interrupted one."""
+    after a finished one, or the next unseen batch of an interrupted one. Returns (first epoch,
+    best dev metric so far, whether a state was resumed)."""
     if args.resume == "none" or args.overwrite or not args.output_dir:
-        return 0, None
+        return 0, None, False
     tag = checkpoint.latest_training_state(args.output_dir)
     if tag is None:
-        return 0, None
+        return 0, None, False
     state = checkpoint.load_training_state(engine, args.output_dir, tag)
     if hyp_optimizer is not None and "riemannian" in state:
         hyp_optimizer.load_state_dict(state["riemannian"])
@@ -224,9 +218,9 @@ def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
                                   utils.optimizer_steps_per_epoch(args, total))
     print(f"resumed from {args.output_dir}/training_state/{tag}")
     if state["epoch_complete"]:
-        return state["epoch"] + 1, state.get("best")
+        return state["epoch"] + 1, state.get("best"), True
     sampler.load_state_dict(state["sampler"])
-    return state["epoch"], state.get("best")
+    return state["epoch"], state.get("best"), True
 
 
 def check_resume_changes(args):
@@ -261,6 +255,10 @@ def run_evaluation_only(args, engine, loaders, task):
             results[phase] = trainer.evaluate(args, engine, loaders[phase], task, phase)
     if utils.is_main_process() and args.output_dir:
         checkpoint.write_json(os.path.join(args.output_dir, "eval_metrics.json"), results)
+    tracker = tracking.open_tracker(args, job="eval")
+    tracker.log({f"{phase}/{name}": value for phase, stats in results.items()
+                 for name, value in stats.items()}, engine.global_steps)
+    tracker.finish()
     return results
 
 
@@ -273,7 +271,7 @@ def save_weights(args, engine, task, name, extra):
 
 
 def end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats, best,
-                 wandb_run):
+                 tracker):
     """Evaluates, logs and checkpoints one epoch; returns the updated best dev metric."""
     metric, _ = task.best_metric
     record = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
@@ -299,19 +297,29 @@ def end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
             keep_last=args.keep_last)
         if utils.is_main_process():
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
-    if wandb_run is not None:
-        wandb_run.log({k.replace("_", "/", 1): v for k, v in record.items() if v is not None})
+    tracker.log(tracked_names(record), engine.global_steps)
     return best
 
 
-def train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run, hyp_optimizer, stop):
+def tracked_names(record):
+    """An epoch's record under the trackers' names: `dev/bleu4`, `test/wer`, and the epoch's
+    training averages as `train_epoch/loss` (apart from the per-step `train/loss`)."""
+    names = {}
+    for key, value in record.items():
+        phase, _, name = key.partition("_")
+        names[f"train_epoch/{name}" if phase == "train" else
+              f"{phase}/{name}" if phase in ("dev", "test") else key] = value
+    return names
+
+
+def train_epoch_or_stop(args, engine, loaders, epoch, best, tracker, hyp_optimizer, stop):
     """One training epoch; after --max_nonfinite non-finite losses in a row, or on a
     preemption signal, saves a training state at the batch reached (resumable with the same
     --output_dir) and re-raises."""
     sampler = loaders["train"].batch_sampler
     try:
         stats = trainer.train_one_epoch(
-            args, engine, loaders["train"], epoch, wandb_run,
+            args, engine, loaders["train"], epoch, tracker,
             step_saver(args, engine, sampler, epoch, best, hyp_optimizer), hyp_optimizer, stop)
         if stop is not None and stop.agreed(args.device):  # before the evaluation, which is long
             raise preemption.Preempted(stop.name(), sampler.batches_done)
@@ -339,19 +347,20 @@ def train(args, engine, loaders, task, hyp_optimizer, stop=None):
     """The epochs from the resumed position on; returns (best dev metric, skipped steps).
     `stop`: a preemption.StopRequest that ends the run at a resumable point."""
     sampler = loaders["train"].batch_sampler
-    start_epoch, best = resume_if_possible(args, engine, sampler, hyp_optimizer)
-    wandb_run = init_wandb(args)
+    start_epoch, best, resumed = resume_if_possible(args, engine, sampler, hyp_optimizer)
+    tracker = tracking.open_tracker(args, resumed)
     nonfinite = 0
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        loaders["train"].dataset.set_epoch(epoch)
-        train_stats = train_epoch_or_stop(args, engine, loaders, epoch, best, wandb_run,
-                                          hyp_optimizer, stop)
-        nonfinite += train_stats.get("nonfinite_steps", 0)
-        best = end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
-                            best, wandb_run)
-    if wandb_run is not None:
-        wandb_run.finish()
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            loaders["train"].dataset.set_epoch(epoch)
+            train_stats = train_epoch_or_stop(args, engine, loaders, epoch, best, tracker,
+                                              hyp_optimizer, stop)
+            nonfinite += train_stats.get("nonfinite_steps", 0)
+            best = end_of_epoch(args, engine, hyp_optimizer, loaders, task, epoch, train_stats,
+                                best, tracker)
+    finally:
+        tracker.finish()
     return best, nonfinite
 
 

@@ -8,6 +8,7 @@ Defaults that depend on other flags are resolved where they act (Geo-Sign's --al
 --use_hyperbolic is set: regularizers.build_regularizers).
 """
 import argparse
+import importlib.util
 import sys
 
 import config
@@ -168,6 +169,8 @@ def add_tracking_flags(p):
     add_flag(p, "--wandb", action="store_true", help="log to Weights & Biases")
     add_flag(p, "--wandb_project", default="sign-pose-trainer")
     add_flag(p, "--wandb_run_name", default=None)
+    add_flag(p, "--tensorboard", action="store_true",
+             help="write TensorBoard events to OUTPUT_DIR/tensorboard")
     add_flag(p, "--skip_bad_samples", action="store_true",
          help="skip unreadable or invalid clips (counted and logged) instead of stopping")
     add_flag(p, "--max_nonfinite", type=non_negative_int, default=10,
@@ -336,10 +339,13 @@ def run_refusals(args, explicit):
                      for d in ("wandb_project", "wandb_run_name") if d in explicit]
     if not args.output_dir:
         problems += [f"{flag(d)} writes into the output folder: add --output_dir"
-                     for d in ("save_every_steps", "keep_last", "save_one_batch", "overwrite")
+                     for d in ("save_every_steps", "keep_last", "save_one_batch", "overwrite",
+                               "tensorboard")
                      if d in explicit]
     if "decode_pool" in explicit and args.num_beams < 2 and args.head != "ctc":
         problems.append("--decode_pool pools beam search; --num_beams 1 decodes greedily")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        problems.append("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.overwrite and args.eval:
         problems.append("--overwrite replaces a run in --output_dir; --eval trains none")
     if args.compute_fp32_loss and args.dtype == "fp32":

@@ -17,9 +17,9 @@ HONOURED = {
     "epochs", "lr", "min_lr", "warmup_epochs", "lr_steps", "eval_every", "print_freq",
     "save_every_steps", "keep_last", "skip_test_eval", "num_workers", "pin_mem",
     "max_nonfinite", "num_beams", "max_new_tokens", "decode_pool", "ctc_beam", "wandb",
-    "wandb_project", "wandb_run_name", "data_root", "pose_root", "mt5_path", "output_dir",
-    "resume", "overwrite", "local_rank", "compile_encoder", "keep_freed_memory", "graph_product",
-    "temporal_conv", "target_logits", "embed_once", "gradient_clipping", "clip_grad",
+    "wandb_project", "wandb_run_name", "tensorboard", "data_root", "pose_root", "mt5_path",
+    "output_dir", "resume", "overwrite", "local_rank", "compile_encoder", "keep_freed_memory",
+    "graph_product", "temporal_conv", "target_logits", "embed_once", "gradient_clipping", "clip_grad",
     "clip_grad_norm_euclid", "clip_grad_norm_hyp", "save_one_batch", "save_batch_name",
     "max_unk_rate", "eval",
 }
