@@ -148,15 +148,17 @@ def save_training_state(engine, output_dir, tag, client_state, keep_last=2):
 def _save_training_state(engine, output_dir, tag, client_state, keep_last):
     root = os.path.join(output_dir, "training_state")
     staging = os.path.join(root, ".staging")
-    if utils.is_main_process():
+    writer = writes_training_states(engine)
+    if writer:
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted save left
     utils.barrier()
     engine.save_checkpoint(staging, tag=tag, client_state=client_state, save_latest=False)
-    if utils.is_main_process() and "args" in client_state:  # readable before any model is built
+    if writer and "args" in client_state:  # readable before any model is built
         atomic_write_text(os.path.join(staging, tag, FLAGS_FILE), json.dumps(client_state["args"]))
     atomic_torch_save(capture_rng_state(), os.path.join(staging, tag, f"rng_rank{utils.get_rank()}.pt"))
     utils.barrier()
-    if utils.is_main_process():
+    final_tag = None
+    if writer:
         _fsync_tree(os.path.join(staging, tag))
         final_tag = _unused_tag(root, tag)
         final = os.path.join(root, final_tag)
@@ -165,10 +167,15 @@ def _save_training_state(engine, output_dir, tag, client_state, keep_last):
         _fsync_directory(root)
         atomic_write_text(os.path.join(root, "latest"), final_tag)
         prune_training_states(root, keep_last)
-    else:
-        final_tag = None
-    final_tag = utils.all_gather_objects(final_tag)[0]
-    return final_tag
+    return utils.all_gather_objects(final_tag)[0]
+
+
+def writes_training_states(engine):
+    """Whether this rank moves training states into place: rank 0, or with node-local storage
+    (--node_local_storage) the first rank of each node, in its node's own folder."""
+    if engine.use_node_local_storage():
+        return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return utils.is_main_process()
 
 
 def _unused_tag(root, tag):

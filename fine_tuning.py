@@ -228,11 +228,26 @@ def check_resume_changes(args):
     will resume from, each honoured or refused (resume_flags.py)."""
     if args.resume == "none" or args.overwrite or not args.output_dir or args.eval:
         return {}  # --overwrite starts afresh: rank 0 removes the states the other ranks see
-    tag = checkpoint.latest_training_state(args.output_dir)
+    tag = agreed_training_state(args)
     saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
     if not saved:
         return {}
     return resume_flags.check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")
+
+
+def agreed_training_state(args):
+    """The tag of the training state every rank resumes from (each reads `latest` in its own
+    node's folder); ConfigError when the ranks see different ones."""
+    tag = checkpoint.latest_training_state(args.output_dir)
+    tags = utils.all_gather_objects(tag)
+    if len(set(tags)) > 1:
+        seen = ", ".join(f"rank {rank}: {t or 'none'}" for rank, t in enumerate(tags))
+        raise config.ConfigError(
+            f"the ranks see different training states in --output_dir {args.output_dir} "
+            f"({seen}): with one folder per node (--node_local_storage) every node's folder "
+            "must hold the same states; copy the latest one over, or start afresh with "
+            "--overwrite")
+    return tag
 
 
 def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
@@ -372,6 +387,7 @@ def build_run(args):
     args.language = spec.language  # stored with the checkpoints: the prompt's language
     task = build_task(args, spec)
     paths = resolve_run_paths(args, task)
+    run_folder.check_sharing(args)
     check_resume_changes(args)
     utils.set_seed(args.seed)
     splits = build_datasets(args, spec, paths, ("dev", "test") if args.eval else config.PHASES)

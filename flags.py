@@ -67,6 +67,9 @@ def add_distributed_flags(p):
              help="refused: the launcher sets the process group (deepspeed --num_gpus/--num_nodes)")
     add_flag(p, "--dist_url", default=None, help="refused, as --world_size")
     add_flag(p, "--local_rank", type=non_negative_int, default=0, help="set by the deepspeed launcher")
+    add_flag(p, "--node_local_storage", action="store_true",
+             help="no shared filesystem: each node keeps its training states in its own "
+                  "--output_dir (several nodes only)")
     add_flag(p, "--offload", action="store_true", help="ZeRO offload of optimizer and parameters")
     add_flag(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
@@ -340,7 +343,7 @@ def run_refusals(args, explicit):
     if not args.output_dir:
         problems += [f"{flag(d)} writes into the output folder: add --output_dir"
                      for d in ("save_every_steps", "keep_last", "save_one_batch", "overwrite",
-                               "tensorboard")
+                               "tensorboard", "node_local_storage")
                      if d in explicit]
     if "decode_pool" in explicit and args.num_beams < 2 and args.head != "ctc":
         problems.append("--decode_pool pools beam search; --num_beams 1 decodes greedily")

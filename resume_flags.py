@@ -18,10 +18,10 @@ HONOURED = {
     "save_every_steps", "keep_last", "skip_test_eval", "num_workers", "pin_mem",
     "max_nonfinite", "num_beams", "max_new_tokens", "decode_pool", "ctc_beam", "wandb",
     "wandb_project", "wandb_run_name", "tensorboard", "data_root", "pose_root", "mt5_path",
-    "output_dir", "resume", "overwrite", "local_rank", "compile_encoder", "keep_freed_memory",
-    "graph_product", "temporal_conv", "target_logits", "embed_once", "gradient_clipping", "clip_grad",
-    "clip_grad_norm_euclid", "clip_grad_norm_hyp", "save_one_batch", "save_batch_name",
-    "max_unk_rate", "eval",
+    "output_dir", "resume", "overwrite", "local_rank", "node_local_storage", "compile_encoder",
+    "keep_freed_memory", "graph_product", "temporal_conv", "target_logits", "embed_once",
+    "gradient_clipping", "clip_grad", "clip_grad_norm_euclid", "clip_grad_norm_hyp",
+    "save_one_batch", "save_batch_name", "max_unk_rate", "eval",
 }
 MODEL = "the saved weights have the shape and meaning these flags gave them"
 DATA = "the saved sampler position counts batches of the saved data order"

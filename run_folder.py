@@ -10,6 +10,12 @@ file `run.lock` names the process that holds the folder (host, pid, start); a se
 at once, and a lock left by a process that no longer exists on this host (its pid free, or
 reused by a process started later) is taken over. Only
 rank 0 (the launcher's RANK) checks and locks: the other ranks share its folder.
+
+Several nodes share one output folder on a shared filesystem (the default; check_sharing stops
+the run when a node does not see rank 0's folder). Without one, --node_local_storage gives each
+node its own --output_dir: each node's first rank (LOCAL_RANK 0) checks and locks its folder and
+keeps there the training states its ranks resume from; weights, logs and predictions are
+written on rank 0's node only.
 """
 import datetime
 import glob
@@ -17,8 +23,10 @@ import json
 import os
 import shutil
 import socket
+import uuid
 
 import checkpoint
+import utils
 from config import ConfigError
 
 LOCK_NAME = "run.lock"
@@ -28,6 +36,14 @@ RUN_FILES = ("best_checkpoint.pth", "checkpoint_*.pth", "training_state", "log.t
 
 def is_rank_zero():
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_folder_leader(args):
+    """Whether this rank checks and locks the output folder: rank 0, and with
+    --node_local_storage the first rank of every node."""
+    if getattr(args, "node_local_storage", False):
+        return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return is_rank_zero()
 
 
 def check_writable_folder(path, flag="--output_dir"):
@@ -167,9 +183,9 @@ class RunLock:
 
 
 def prepare_output_dir(args):
-    """Rank 0: the folder writable, a fresh start allowed, the lock taken (returned, or None
-    without --output_dir or on other ranks)."""
-    if not args.output_dir or not is_rank_zero():
+    """The folder's leader (is_folder_leader): the folder writable, a fresh start allowed, the
+    lock taken (returned, or None without --output_dir or on other ranks)."""
+    if not args.output_dir or not is_folder_leader(args):
         return None
     check_writable_folder(args.output_dir)
     lock = RunLock(args.output_dir).acquire()
@@ -180,3 +196,46 @@ def prepare_output_dir(args):
         lock.release()
         raise
     return lock
+
+
+def check_sharing(args):
+    """After the process group starts: with several nodes, whether every node's first rank sees
+    the file rank 0 writes into --output_dir must match the declared storage (shared, or
+    --node_local_storage); ConfigError otherwise. Returns the number of nodes."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    nodes = sum(utils.all_gather_objects(local_rank == 0))
+    if nodes == 1 and args.node_local_storage:
+        raise ConfigError("--node_local_storage gives each node its own --output_dir, and this "
+                          "run has one node: leave it out")
+    if nodes == 1 or not args.output_dir:
+        return nodes
+    marker = os.path.join(args.output_dir, ".shared-folder-check")
+    token = uuid.uuid4().hex if utils.is_main_process() else None
+    token = utils.all_gather_objects(token)[0]
+    if utils.is_main_process():
+        checkpoint.atomic_write_text(marker, token)
+    utils.barrier()
+    seen = local_rank != 0 or _reads(marker) == token
+    sharing = utils.all_gather_objects(seen)
+    utils.barrier()
+    if utils.is_main_process():
+        os.remove(marker)
+    if not args.node_local_storage and not all(sharing):
+        blind = [rank for rank, saw in enumerate(sharing) if not saw]
+        raise ConfigError(f"--output_dir {args.output_dir} is not shared by the {nodes} nodes "
+                          f"(ranks {blind} do not see what rank 0 writes there): put it on a "
+                          "shared filesystem, or add --node_local_storage to keep one folder "
+                          "per node")
+    if args.node_local_storage and all(sharing):
+        raise ConfigError(f"--node_local_storage: --output_dir {args.output_dir} is shared by "
+                          f"the {nodes} nodes, which would write the same files: leave the "
+                          "flag out, or give each node a folder of its own")
+    return nodes
+
+
+def _reads(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None

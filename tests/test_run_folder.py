@@ -3,12 +3,13 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import run_command
+from conftest import PROCESS_GROUP_VARIABLES, ROOT, run_command
 
 import checkpoint
 import fine_tuning
@@ -229,3 +230,57 @@ def test_a_full_disk_while_writing_the_log_is_an_error_line(
     assert message.startswith(f"error: could not write the run's files in {out} (No space")
     assert f"{out}/training_state/epoch0, is intact" in message
     assert not (out / run_folder.LOCK_NAME).exists()
+
+
+def test_node_local_storage_on_one_node_is_refused(tmp_path):
+    args = parse("--output_dir", str(tmp_path / "out"), "--node_local_storage")
+    with pytest.raises(run_folder.ConfigError, match="one node"):
+        run_folder.check_sharing(args)
+
+
+def launch_two_nodes(demo_root, folders, *extra):
+    """Two simulated nodes of one rank each (torchrun, rendezvous on 127.0.0.1), node n writing
+    into folders[n]; returns their (exit status, output)."""
+    from conftest import free_port
+    from test_fine_tuning import train_args
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARIABLES},
+           "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+         "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port,
+         "fine_tuning.py", *train_args(demo_root, folder, "--zero_stage", "2", *extra)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for node, folder in enumerate(folders)]
+    return [(proc.wait(timeout=600), proc.stdout.read()) for proc in procs]
+
+
+def test_two_nodes_with_their_own_folders_train_save_and_resume(demo_root, tmp_path):
+    folders = [tmp_path / "node0", tmp_path / "node1"]
+    for epochs in ("1", "2"):
+        results = launch_two_nodes(demo_root, folders, "--epochs", epochs, "--quick_break", "3",
+                                   "--node_local_storage")
+        for status, output in results:
+            assert status == 0, output[-3000:]
+    assert "resumed from" in results[0][1]  # only rank 0 prints; the ranks agree on the state
+    node0, node1 = folders
+    assert json.loads((node0 / "log.txt").read_text().splitlines()[-1])["epoch"] == 1
+    assert (node0 / "best_checkpoint.pth").exists() and not (node1 / "log.txt").exists()
+    for node, folder in enumerate(folders):  # each node holds what its rank resumes from
+        tag = checkpoint.latest_training_state(folder)
+        assert tag == "epoch1"
+        state = folder / "training_state" / tag
+        assert (state / "mp_rank_00_model_states.pt").exists()
+        assert [p.name for p in state.glob("*optim_states.pt")] == [
+            f"zero_pp_rank_{node}_mp_rank_00_optim_states.pt"]
+    shutil.rmtree(node1 / "training_state")
+    (status, output), _ = launch_two_nodes(demo_root, folders, "--epochs", "3",
+                                           "--quick_break", "3", "--node_local_storage")
+    assert status != 0 and "the ranks see different training states" in output, output[-3000:]
+
+
+def test_two_nodes_that_do_not_share_the_output_folder_are_stopped(demo_root, tmp_path):
+    results = launch_two_nodes(demo_root, [tmp_path / "node0", tmp_path / "node1"],
+                               "--epochs", "1", "--quick_break", "2")
+    for status, output in results:
+        assert status != 0 and "is not shared by the 2 nodes" in output, output[-3000:]
