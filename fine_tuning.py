@@ -21,6 +21,7 @@ import checkpoint  # noqa: E402
 import config  # noqa: E402
 import engine as trainer  # noqa: E402
 import preemption  # noqa: E402
+import reshard  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
@@ -206,7 +207,7 @@ def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
     best dev metric so far, whether a state was resumed)."""
     if args.resume == "none" or args.overwrite or not args.output_dir:
         return 0, None, False
-    tag = checkpoint.latest_training_state(args.output_dir)
+    tag = getattr(args, "resume_tag", None) or checkpoint.latest_training_state(args.output_dir)
     if tag is None:
         return 0, None, False
     state = checkpoint.load_training_state(engine, args.output_dir, tag)
@@ -232,7 +233,10 @@ def check_resume_changes(args):
     saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
     if not saved:
         return {}
-    return resume_flags.check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")
+    changes = resume_flags.check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")
+    if getattr(args, "load_universal", False):
+        args.resume_tag = reshard.universal_tag(args.output_dir, tag)
+    return changes
 
 
 def agreed_training_state(args):

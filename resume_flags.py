@@ -9,7 +9,9 @@ checks every parser flag is in a table.
 """
 import bisect
 import collections
+import os
 
+import reshard
 from config import ConfigError
 
 # Read afresh by the resumed run.
@@ -61,9 +63,15 @@ def changed_flags(saved, args):
 
 def check_changes(saved, args, state_path):
     """Prints each changed flag with what happens to it; ConfigError naming the refused ones.
-    Returns the honoured changes."""
+    A changed ZeRO stage or number of ranks alone is not refused: it sets `args.load_universal`,
+    and the state is resumed through DeepSpeed's universal checkpoint (reshard.py). Returns the
+    honoured changes."""
     changes = changed_flags(saved, args)
     refused = {name: change for name, change in changes.items() if name in REFUSED}
+    how = "honoured"
+    if reshard.convertible(refused, os.path.basename(state_path)):
+        args.load_universal, refused = True, {}
+        how = "through DeepSpeed's universal checkpoint"
     if refused:
         lines = [f"--{name} {old} -> {new}: {REFUSED[name]}"
                  for name, (old, new) in refused.items()]
@@ -72,7 +80,8 @@ def check_changes(saved, args, state_path):
             + "\n  ".join(lines) + "\n  rerun with the saved values, use another --output_dir, "
             "or start afresh with --overwrite")
     for name, (old, new) in changes.items():
-        print(f"resume: --{name} {old} -> {new} (honoured)")
+        print(f"resume: --{name} {old} -> {new} "
+              f"({how if name in reshard.LAYOUT_FLAGS else 'honoured'})")
     return changes
 
 

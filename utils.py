@@ -164,7 +164,8 @@ def deepspeed_config(args):
             "stage3_prefetch_bucket_size": 3e7,
         },
         "wall_clock_breakdown": False,
-        "checkpoint": {"use_node_local_storage": args.node_local_storage},
+        "checkpoint": {"use_node_local_storage": args.node_local_storage,
+                       "load_universal": getattr(args, "load_universal", False)},
     }
     if args.dtype == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale_window": 100}

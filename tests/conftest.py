@@ -218,10 +218,11 @@ def free_port():
 
 
 def run_command(cmd, tmp_path, timeout=600):
-    """Runs a command from the repository root on CPU ranks without W&B; its output is kept in
-    tmp_path/stdout.txt."""
+    """Runs a command from the repository root on CPU ranks without W&B, outside the process
+    group of in-process trainings; its output is kept in tmp_path/stdout.txt."""
     import subprocess
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARIABLES},
+           "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     (tmp_path / "stdout.txt").write_text(proc.stdout + proc.stderr)
     return proc

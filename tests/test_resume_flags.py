@@ -53,12 +53,29 @@ def test_changed_flags_are_listed_and_honoured_or_refused(demo_root, tmp_path, c
     assert records[1]["train_lr"] == pytest.approx(2e-3)
 
 
-def test_another_number_of_ranks_is_refused_with_the_reason():
+def test_layout_changes_beside_a_refused_one_are_all_named():
     args = flags.parse_args("fine_tuning.py", [])
     args.world_size = 1
+    saved = {"world_size": 2, "zero_stage": 3, "hidden_dim": 64}
     with pytest.raises(fine_tuning.config.ConfigError) as info:
-        resume_flags.check_changes({"world_size": 2, "zero_stage": 3}, args, "out/training_state/x")
+        resume_flags.check_changes(saved, args, "out/training_state/epoch0")
     message = str(info.value)
     assert "--world_size 2 -> 1: the number of ranks" in message
     assert f"--zero_stage 3 -> 2: {resume_flags.OPTIMIZER}" in message
+    assert f"--hidden_dim 64 -> 256: {resume_flags.MODEL}" in message
     assert "--overwrite" in message
+
+
+def test_layout_changes_alone_go_through_the_universal_checkpoint(capsys):
+    args = flags.parse_args("fine_tuning.py", [])
+    args.world_size = 1
+    resume_flags.check_changes({"world_size": 2, "zero_stage": 3}, args, "out/training_state/epoch0")
+    assert args.load_universal
+    assert "--zero_stage 3 -> 2 (through DeepSpeed's universal checkpoint)" in capsys.readouterr().out
+
+
+def test_another_number_of_ranks_in_mid_epoch_is_refused_with_the_reason():
+    args = flags.parse_args("fine_tuning.py", [])
+    args.world_size = 1
+    with pytest.raises(fine_tuning.config.ConfigError, match="saved in mid-epoch by 2 ranks"):
+        resume_flags.check_changes({"world_size": 2}, args, "out/training_state/epoch0-step4")
