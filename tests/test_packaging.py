@@ -24,3 +24,16 @@ def test_torch_is_bounded_and_no_cuda_only_companions():
     for name in ("torchvision", "torchaudio", "timm"):
         assert not any(r.startswith(name) for r in requirements)
 
+
+
+def test_the_installed_versions_are_inside_the_bounded_ranges():
+    """The upper bounds are the versions the suite runs on: CI installs the newest inside each
+    range, so a release past a bound is taken only after the suite passed on it."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    bounded = [Requirement(r) for r in read_requirements() if "<" in r]
+    assert {r.name for r in bounded} >= {"torch", "deepspeed", "transformers"}
+    for requirement in bounded:
+        installed = version(requirement.name).split("+")[0]
+        assert requirement.specifier.contains(installed), (requirement, installed)
