@@ -43,7 +43,9 @@ def train_one_epoch(args, engine, data_loader, epoch, tracker=None, on_step=None
     sums = RunningMeans()
     guard = NonFiniteGuard(args.max_nonfinite, args.output_dir, epoch)
     updates, waiting = 0, False  # waiting: gradients accumulated since the last step
-    for step, (src_input, tgt_input) in enumerate(logger.log_every(data_loader, args.print_freq, steps)):
+    batches = logger.log_every(data_loader, args.print_freq, steps,
+                               per_item=args.batch_size * utils.get_world_size())
+    for step, (src_input, tgt_input) in enumerate(batches):
         if step >= steps:
             break
         if hasattr(engine.module, "progress"):  # drives the hyperbolic CE weight schedule

@@ -6,12 +6,13 @@ import math
 import os
 import random
 import socket
-import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+import progress
 
 from flags import get_args_parser, parse_args  # noqa: F401  (Uni-Sign's scripts import them from here)
 
@@ -259,16 +260,12 @@ class MetricLogger:
     def averages(self):
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
-    def log_every(self, iterable, print_freq, total=None):
+    def log_every(self, iterable, print_freq, total=None, per_item=None):
+        """The items of `iterable`, with progress (progress.track): a bar on a terminal, else
+        a line every `print_freq` items; `per_item`: clips per item, for the clips/s figure."""
         total = total or len(iterable)
-        start = time.time()
-        for i, item in enumerate(iterable):
-            yield item
-            if print_freq and (i % print_freq == 0 or i == total - 1):
-                elapsed = time.time() - start
-                stats = "  ".join(f"{k}: {v:.4g}" for k, v in self.last.items())
-                print(f"{self.header} [{i + 1}/{total}]  {stats}  ({elapsed / (i + 1):.3f} s/it)",
-                      flush=True)
+        return progress.track(iterable, total, self.header, print_freq, stats=lambda: self.last,
+                              per_item=per_item, show=is_main_process())
 
 
 def append_json_line(path, record):
