@@ -172,6 +172,7 @@ def write_run_files(args, config):
     if not (args.output_dir and utils.is_main_process()):
         return
     with checkpoint.reporting_save_errors(args.output_dir, "ds_config.json and args.json"):
+        os.makedirs(args.output_dir, exist_ok=True)
         checkpoint.write_json(os.path.join(args.output_dir, "ds_config.json"), config)
         checkpoint.write_json(os.path.join(args.output_dir, "args.json"),
                               checkpoint.plain_args(args))
