@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 GRAPH_PRODUCTS = ('matmul', 'einsum')
 TEMPORAL_CONVS = ('direct', 'winograd')
@@ -362,8 +362,10 @@ class STGCNChain(nn.Sequential):
             return super().forward(x)
         for block in self:
             recompute = functools.partial(recomputed_as_first_pass, block, part_groups(block))
-            x = checkpoint(block, x, use_reentrant=False,
-                           context_fn=lambda again=recompute: (contextlib.nullcontext(), again()))
+            # Recomputed to the end, so every module hook (ZeRO-3's gather and release) completes.
+            with set_checkpoint_early_stop(False):
+                x = checkpoint(block, x, use_reentrant=False, context_fn=lambda again=recompute: (
+                    contextlib.nullcontext(), again()))
         return x
 
 
