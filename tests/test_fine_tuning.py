@@ -242,3 +242,17 @@ def test_offload_with_the_hyperbolic_branch(demo_root, tmp_path, in_process_trai
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["hyp_loss"]) for r in steps.values())
     assert steps[(0, 3)]["hyp_curvature"] != pytest.approx(steps[(0, 0)]["hyp_curvature"],
                                                            abs=1e-7)
+
+
+@pytest.mark.parametrize("zero_stage", ["2", "3"])
+def test_gradient_checkpointing_trains_as_the_plain_run(demo_root, tmp_path, zero_stage,
+                                                        in_process_trainer):
+    common = ["--epochs", "1", "--zero_stage", zero_stage]
+    plain = train_in_process(demo_root, tmp_path / "plain", *common)
+    recomputed = train_in_process(demo_root, tmp_path / "recomputed", "--gradient_checkpointing",
+                                  *common)
+    assert sorted(recomputed) == sorted(plain) and len(plain) == 4
+    for key, record in plain.items():
+        assert recomputed[key]["loss"] == pytest.approx(record["loss"], rel=1e-5), key
+    assert json.loads((tmp_path / "recomputed" / "args.json").read_text())[
+        "gradient_checkpointing"]
