@@ -372,6 +372,9 @@ def deepspeed_refusals(args):
     if args.offload and args.zero_stage == 0:
         problems.append("--offload moves a ZeRO optimizer's states to CPU; --zero_stage 0 has "
                         "no ZeRO optimizer (use --zero_stage 1, 2 or 3)")
+    if args.gradient_checkpointing and args.eval:
+        problems.append("--gradient_checkpointing recomputes activations for the backward pass; "
+                        "--eval trains none")
     if args.offload and args.opt.lower() not in ("adam", "adamw"):
         problems.append(f"--offload steps with DeepSpeed's CPU Adam; --opt {args.opt} has no "
                         "CPU version (use --opt adamw or adam)")

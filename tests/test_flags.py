@@ -272,12 +272,13 @@ def test_values_at_their_limits_parse():
 @pytest.mark.parametrize("argv, reason", [
     (["--offload", "--zero_stage", "0"], "--zero_stage 0 has no ZeRO optimizer"),
     (["--offload", "--opt", "sgd"], "--opt sgd has no CPU version"),
+    (["--gradient_checkpointing", "--eval"], "--eval trains none"),
 ])
-def test_offload_is_refused_where_deepspeed_cannot_offload(argv, reason, capsys):
+def test_deepspeed_options_are_refused_where_they_cannot_act(argv, reason, capsys):
     with pytest.raises(SystemExit):
         flags.parse_args("fine_tuning.py", argv)
     err = capsys.readouterr().err
-    assert "error: --offload" in err and reason in err
+    assert f"error: {argv[0]}" in err and reason in err
 
 
 def test_offload_is_accepted_from_zero_stage_1():
