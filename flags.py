@@ -76,8 +76,8 @@ def add_distributed_flags(p):
     add_flag(p, "--deepspeed_config", default="",
              help="a DeepSpeed JSON merged over the generated config: the file wins key by key, "
                   "nested sections merged; keys that mirror a flag (micro-batch, accumulation, "
-                  "train_batch_size, gradient_clipping, ZeRO stage, offload device, fp16/bf16 "
-                  "enabled) must equal it or be \"auto\"; 'optimizer'/'scheduler' are refused")
+                  "train_batch_size, gradient_clipping, ZeRO stage, offload device, node-local "
+                  "storage, fp16/bf16 enabled) must equal it or be \"auto\"; 'optimizer'/'scheduler' are refused")
     add_flag(p, "--gradient_checkpointing", action="store_true",
              help="recompute activations in the backward pass (mT5 blocks and ST-GCN chains): "
                   "less memory, more time; same gradients")

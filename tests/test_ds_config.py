@@ -73,6 +73,8 @@ def test_flag_owned_keys_may_repeat_the_flag_or_say_auto(tmp_path):
      "fp16.enabled is true but the flags give --dtype fp32"),
     ({"gradient_clipping": "none"}, [], "gradient_clipping is \"none\" but the flags give "
                                         "--gradient-clipping 1"),
+    ({"checkpoint": {"use_node_local_storage": True}}, [],
+     "checkpoint.use_node_local_storage is true but the flags give no --node_local_storage"),
     ({"optimizer": {"type": "Adam"}}, [], "'optimizer': the trainer builds it from --opt"),
     ({"scheduler": {"type": "WarmupLR"}}, [], "'scheduler': the trainer builds it from --sched"),
 ])
