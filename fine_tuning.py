@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
+import ds_config  # noqa: E402
 import engine as trainer  # noqa: E402
 import preemption  # noqa: E402
 import reshard  # noqa: E402
@@ -170,9 +171,9 @@ def build_model(args, task):
     return model
 
 
-def init_engine(args, model, steps_per_epoch):
-    """The DeepSpeed engine over every registered parameter (the hyperbolic geometry, which it
-    never sees, has its own optimizer: riemannian.build)."""
+def init_engine(args, model, steps_per_epoch, config):
+    """The DeepSpeed engine of `config` (ds_config.build) over every registered parameter (the
+    hyperbolic geometry, which it never sees, has its own optimizer: riemannian.build)."""
     import deepspeed
     if args.dtype == "bf16" and args.device.type == "cpu":
         # DeepSpeed casts parameters only; CPU BatchNorm kernels also need the running
@@ -182,7 +183,7 @@ def init_engine(args, model, steps_per_epoch):
     scheduler = utils.create_scheduler(args, optimizer, steps_per_epoch)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=utils.deepspeed_config(args), dist_init_required=False)
+        config=config, dist_init_required=False)
     return engine
 
 
@@ -393,6 +394,8 @@ def build_run(args):
     paths = resolve_run_paths(args, task)
     run_folder.check_sharing(args)
     check_resume_changes(args)
+    deepspeed_config = ds_config.build(args)
+    ds_config.write_run_files(args, deepspeed_config)
     utils.set_seed(args.seed)
     splits = build_datasets(args, spec, paths, ("dev", "test") if args.eval else config.PHASES)
     check_training_batches(args, splits)
@@ -409,7 +412,7 @@ def build_run(args):
     if "train" in loaders:
         print(f"optimizer steps per epoch: {utils.optimizer_steps_per_epoch(args, steps)} "
               f"({steps} micro-batches, accumulation {args.gradient_accumulation_steps})")
-    engine = init_engine(args, model, steps)
+    engine = init_engine(args, model, steps, deepspeed_config)
     return task, loaders, engine, riemannian.build(args, engine.module), skipped
 
 

@@ -70,7 +70,17 @@ def add_distributed_flags(p):
     add_flag(p, "--node_local_storage", action="store_true",
              help="no shared filesystem: each node keeps its training states in its own "
                   "--output_dir (several nodes only)")
-    add_flag(p, "--offload", action="store_true", help="ZeRO offload of optimizer and parameters")
+    add_flag(p, "--offload", action="store_true",
+             help="ZeRO-Offload (stage 1-3): optimizer states, and under ZeRO-3 parameters, in "
+                  "CPU memory, stepped by DeepSpeed's CPU Adam (--opt adam/adamw)")
+    add_flag(p, "--deepspeed_config", default="",
+             help="a DeepSpeed JSON merged over the generated config: the file wins key by key, "
+                  "nested sections merged; keys that mirror a flag (micro-batch, accumulation, "
+                  "train_batch_size, gradient_clipping, ZeRO stage, offload device, node-local "
+                  "storage, fp16/bf16 enabled) must equal it or be \"auto\"; 'optimizer'/'scheduler' are refused")
+    add_flag(p, "--gradient_checkpointing", action="store_true",
+             help="recompute activations in the backward pass (mT5 blocks and ST-GCN chains): "
+                  "less memory, more time; same gradients")
     add_flag(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
     add_flag(p, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
@@ -351,8 +361,23 @@ def run_refusals(args, explicit):
         problems.append("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.overwrite and args.eval:
         problems.append("--overwrite replaces a run in --output_dir; --eval trains none")
+    problems += deepspeed_refusals(args)
     if args.compute_fp32_loss and args.dtype == "fp32":
         problems.append("--compute_fp32_loss: with --dtype fp32 the loss is float32 already")
+    return problems
+
+
+def deepspeed_refusals(args):
+    problems = []
+    if args.offload and args.zero_stage == 0:
+        problems.append("--offload moves a ZeRO optimizer's states to CPU; --zero_stage 0 has "
+                        "no ZeRO optimizer (use --zero_stage 1, 2 or 3)")
+    if args.gradient_checkpointing and args.eval:
+        problems.append("--gradient_checkpointing recomputes activations for the backward pass; "
+                        "--eval trains none")
+    if args.offload and args.opt.lower() not in ("adam", "adamw"):
+        problems.append(f"--offload steps with DeepSpeed's CPU Adam; --opt {args.opt} has no "
+                        "CPU version (use --opt adamw or adam)")
     return problems
 
 

@@ -132,6 +132,9 @@ class SignTranslator(PoseEncoder):
             tokenizer = load_tokenizer(args.mt5_path)
         self.mt5_model = mt5_model
         self.mt5_tokenizer = tokenizer
+        if getattr(args, 'gradient_checkpointing', False):
+            # Training calls mT5 with use_cache=False (run_mt5): no cache to drop.
+            mt5_model.gradient_checkpointing_enable({'use_reentrant': False})
         self.build_regularizers(args, self.hidden_dim, mt5_config.d_model)
 
     def build_regularizers(self, args, part_dim, d_model):

@@ -28,7 +28,7 @@ import torch.nn as nn
 from config import ConfigError
 from keypoints import PARTS
 from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
-                          set_graph_product, set_temporal_conv)
+                          set_checkpointing, set_graph_product, set_temporal_conv)
 
 # body joint whose spatial feature is added (detached) to each other part
 BODY_ANCHOR_JOINT = {'left': -2, 'right': -1, 'face_all': 0}
@@ -100,6 +100,7 @@ class PoseEncoder(nn.Module):
         self.hidden_dim = args.hidden_dim
         self.build_pose_encoder(channels, args.temporal_layers, args.temporal_kernel)
         self.set_speed(**speed_options(args))
+        set_checkpointing(self, getattr(args, 'gradient_checkpointing', False))
         self.part_para = nn.Parameter(torch.zeros(self.hidden_dim * len(PARTS)))
 
     @property

@@ -23,7 +23,7 @@ HONOURED = {
     "output_dir", "resume", "overwrite", "local_rank", "node_local_storage", "compile_encoder",
     "keep_freed_memory", "graph_product", "temporal_conv", "target_logits", "embed_once",
     "gradient_clipping", "clip_grad", "clip_grad_norm_euclid", "clip_grad_norm_hyp",
-    "save_one_batch", "save_batch_name", "max_unk_rate", "eval",
+    "save_one_batch", "save_batch_name", "max_unk_rate", "eval", "gradient_checkpointing",
 }
 MODEL = "the saved weights have the shape and meaning these flags gave them"
 DATA = "the saved sampler position counts batches of the saved data order"
@@ -41,8 +41,8 @@ REFUSED = {
                      "max_frames_per_clip",
                      "max_tgt_len"), DATA),
     **dict.fromkeys(("opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "sched",
-                     "zero_stage", "offload", "dtype", "hyp_lr", "hyp_stabilize",
-                     "manual_grad_clip"), OPTIMIZER),
+                     "zero_stage", "offload", "deepspeed_config", "dtype", "hyp_lr",
+                     "hyp_stabilize", "manual_grad_clip"), OPTIMIZER),
     **dict.fromkeys(("label_smoothing", "loss_weights", "signcl_weight", "signcl_max_distance",
                      "signcl_pos_samples", "signcl_neg_samples", "sst_weight",
                      "sst_temperature", "alpha", "label_smoothing_hyp", "compute_fp32_loss"),

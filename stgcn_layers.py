@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 GRAPH_PRODUCTS = ('matmul', 'einsum')
 TEMPORAL_CONVS = ('direct', 'winograd')
@@ -342,7 +343,10 @@ class STGCNBlock(nn.Module):
 
 
 class STGCNChain(nn.Sequential):
-    """Blocks `layer{i}_{j}` for each (width, depth) pair of `block_args`."""
+    """Blocks `layer{i}_{j}` for each (width, depth) pair of `block_args`; with `checkpointing`
+    each block's activations are recomputed in the backward pass instead of kept."""
+
+    checkpointing = False
 
     def __init__(self, in_dim, block_args, kernel_size, A, adaptive=True, graph_product='matmul'):
         super().__init__()
@@ -352,6 +356,46 @@ class STGCNChain(nn.Sequential):
                 self.add_module(f'layer{i}_{j}', STGCNBlock(
                     last_dim, width, kernel_size, A, adaptive, graph_product=graph_product))
                 last_dim = width
+
+    def forward(self, x):
+        if not (self.checkpointing and self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        for block in self:
+            recompute = functools.partial(recomputed_as_first_pass, block, part_groups(block))
+            # Recomputed to the end, so every module hook (ZeRO-3's gather and release) completes.
+            with set_checkpoint_early_stop(False):
+                x = checkpoint(block, x, use_reentrant=False, context_fn=lambda again=recompute: (
+                    contextlib.nullcontext(), again()))
+        return x
+
+
+def part_groups(module):
+    return [norm.groups for norm in module.modules() if isinstance(norm, PartBatchNorm2d)]
+
+
+@contextlib.contextmanager
+def recomputed_as_first_pass(block, groups):
+    """Around a checkpointed block's recomputation: its PartBatchNorm2d layers slice the batch
+    as in the first pass (batch_groups has ended by then), and their running buffers stay as
+    that pass left them, so the batch is not counted twice."""
+    norms = [norm for norm in block.modules() if isinstance(norm, PartBatchNorm2d)]
+    saved = [[buffer.clone() for buffer in norm.buffers()] for norm in norms]
+    for norm, group in zip(norms, groups):
+        norm.groups = group
+    try:
+        yield
+    finally:
+        for norm, buffers in zip(norms, saved):
+            norm.groups = 1
+            for buffer, value in zip(norm.buffers(), buffers):
+                buffer.copy_(value)
+
+
+def set_checkpointing(module, on):
+    """Turns activation checkpointing of every STGCNChain in `module` on or off."""
+    for chain in module.modules():
+        if isinstance(chain, STGCNChain):
+            chain.checkpointing = on
 
 
 def get_stgcn_chain(in_dim, level, kernel_size, A, adaptive=True, channels=(64, 128, 256),

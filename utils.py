@@ -1,4 +1,5 @@
-"""Distributed set-up, DeepSpeed configuration, optimizer and schedule, and logging helpers."""
+"""Distributed set-up, optimizer and schedule, and logging helpers (the DeepSpeed config:
+ds_config.py)."""
 import contextlib
 import datetime
 import json
@@ -147,34 +148,6 @@ def set_seed(seed):
 
 # ---------------------------------------------------------------- DeepSpeed
 
-def deepspeed_config(args):
-    """The DeepSpeed config dict for these flags (ZeRO stage, dtype, offload, accumulation)."""
-    offload = {"device": "cpu" if args.offload else "none"}
-    config = {
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "gradient_clipping": euclidean_clip_norm(args),
-        "steps_per_print": 10 ** 9,
-        "zero_allow_untested_optimizer": True,
-        "zero_optimization": {
-            "stage": args.zero_stage,
-            "offload_param": offload if args.zero_stage == 3 else {"device": "none"},
-            "offload_optimizer": offload,
-            "stage3_param_persistence_threshold": 1e4,
-            "stage3_max_live_parameters": 3e7,
-            "stage3_prefetch_bucket_size": 3e7,
-        },
-        "wall_clock_breakdown": False,
-        "checkpoint": {"use_node_local_storage": args.node_local_storage,
-                       "load_universal": getattr(args, "load_universal", False)},
-    }
-    if args.dtype == "fp16":
-        config["fp16"] = {"enabled": True, "loss_scale_window": 100}
-    elif args.dtype == "bf16":
-        config["bf16"] = {"enabled": True}
-    return config
-
-
 def euclidean_clip_norm(args):
     """Gradient-norm bound of the DeepSpeed-optimised parameters: --clip_grad_norm_euclid with
     Geo-Sign's --manual_grad_clip, --gradient-clipping otherwise."""
@@ -199,9 +172,16 @@ def param_groups(model, weight_decay):
 
 
 def create_optimizer(args, model):
+    """The optimizer of --opt over param_groups; under --offload (ZeRO-Offload), DeepSpeed's CPU
+    Adam with the same settings (DeepSpeed refuses torch's optimizers there; SGD is refused at
+    parsing). Its C++ extension is compiled on first use, then cached."""
     groups = param_groups(model, args.weight_decay)
     name = args.opt.lower()
     betas = tuple(args.opt_betas) if args.opt_betas else (0.9, 0.999)
+    if args.offload and name in ("adamw", "adam"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(groups, lr=args.lr, betas=betas, eps=args.opt_eps,
+                                adamw_mode=name == "adamw")
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=args.lr, eps=args.opt_eps, betas=betas)
     if name == "adam":

@@ -88,8 +88,9 @@ def make_tokenizer(directory, seed=0):
     return T5Tokenizer.from_pretrained(directory, extra_ids=0, legacy=False)
 
 
-def build_model(size, tokenizer, vocab_size=None, seed=0):
-    """The translator at `size` with random weights (mT5 built from a config, no download)."""
+def build_model(size, tokenizer, vocab_size=None, seed=0, **flags):
+    """The translator at `size` with random weights (mT5 built from a config, no download);
+    `flags` override the trainer's flags (Uni-Sign's speed switches by default)."""
     from transformers import MT5Config, MT5ForConditionalGeneration
     shape = dict(MT5_SHAPES[size])
     shape['vocab_size'] = vocab_size or shape['vocab_size']
@@ -99,7 +100,7 @@ def build_model(size, tokenizer, vocab_size=None, seed=0):
     channels = ENCODER_CHANNELS[size]
     args = get_args_parser().parse_args([])  # the trainer's defaults
     vars(args).update(dataset='CSL_Daily', stgcn_channels=channels, hidden_dim=channels[-1],
-                      **UNISIGN_SPEED)
+                      **{**UNISIGN_SPEED, **flags})
     return SignTranslator(args, mt5_model=MT5ForConditionalGeneration(mt5_config),
                           tokenizer=tokenizer)
 

@@ -1,4 +1,5 @@
-"""Smoke runs of bench/train_step.py and bench/eval_speed.py at the tiny size (no timing checks)."""
+"""Smoke runs of bench/train_step.py, bench/eval_speed.py and bench/gradient_checkpointing.py at
+the tiny size (no timing checks)."""
 import os
 import sys
 
@@ -50,3 +51,17 @@ def test_eval_speed_bench_generates_identical_ids(capsys):
     text = capsys.readouterr().out
     for row in eval_speed.ROWS:
         assert f'\n{row} ' in text and 'NO' not in text.split(row, 2)[-1].splitlines()[0]
+
+
+def test_gradient_checkpointing_bench_prints_ratios_against_the_plain_run(capsys):
+    import gradient_checkpointing
+    gradient_checkpointing.main(['--shape', 'tiny', '--steps', '1', '--batch_size', '1',
+                                 '--mean_frames', '16', '--rows', 'checkpointing',
+                                 '--device', 'cpu'])
+    text = capsys.readouterr().out
+    table = text.split('\nrow ')[1].splitlines()
+    assert 'rise MB' in table[0] and 'CPU s/step' in table[0]
+    assert table[1].startswith('plain') and table[1].count('1.00x') == 4
+    assert table[2].startswith('checkpointing') and len(table) == 3
+    with pytest.raises(SystemExit):
+        gradient_checkpointing.parse_options(['--rows', 'everything'])

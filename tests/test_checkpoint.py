@@ -60,6 +60,9 @@ class FakeEngine:
         os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
         torch.save(client_state, os.path.join(save_dir, tag, "model_states.pt"))
 
+    def use_node_local_storage(self):
+        return False
+
 
 def saved_value(out, tag):
     path = out / "training_state" / tag / "model_states.pt"

@@ -236,3 +236,21 @@ def test_init_encoder_conflicts_and_missing_files_stop_the_run(demo_root, tmp_pa
     proc = run_failing("--init_encoder", empty, "--finetune", empty)
     assert proc.returncode == 1 and "--init_encoder and --finetune both set" in proc.stderr, \
         proc.stderr
+
+
+def test_gradient_checkpointing_keeps_the_ctc_loss_gradients_and_statistics():
+    models = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = CTCRecognizer(ctc_args(gradient_checkpointing=checkpointing), num_classes=5)
+        src = hands_unlike_batch(batch=2, frames=32)
+        targets = {"gloss_ids": torch.tensor([1, 2, 3, 4]), "gloss_lengths": torch.tensor([2, 2])}
+        model.train()(src, targets)["loss"].backward()
+        models.append(model)
+    plain, recomputed = models
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), recomputed.buffers()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    assert any(getattr(chain, "checkpointing", False) for chain in recomputed.modules())

@@ -1,5 +1,6 @@
 """End to end: fine_tuning.py under the deepspeed launcher on CPU ranks, on a small Demo set."""
 import glob
+import math
 import json
 import os
 import subprocess
@@ -192,3 +193,66 @@ def test_a_damaged_training_state_is_named(demo_root, tmp_path, in_process_train
     with pytest.raises(SystemExit) as stop:
         fine_tuning.run_command_line(fine_tuning.main, flags.parse_args("fine_tuning.py", argv))
     assert str(stop.value.code).startswith(f"error: the training state {state} cannot be loaded")
+
+
+def train_in_process(demo_root, out, *extra):
+    """Runs fine_tuning.main on the small Demo set; returns read_step_records."""
+    import fine_tuning
+    import flags
+    fine_tuning.main(flags.parse_args("fine_tuning.py", train_args(
+        demo_root, out, "--quick_break", "4", "--print_freq", "1", "--eval_every", "5", *extra)))
+    return read_step_records(out)
+
+
+@pytest.mark.parametrize("zero_stage", ["2", "3"])
+def test_offload_steps_like_adamw_saves_and_resumes(demo_root, tmp_path, zero_stage,
+                                                    in_process_trainer):
+    common = ["--zero_stage", zero_stage, "--weight-decay", "0.05", "--opt-betas", "0.8",
+              "0.99"]
+    # Cosine schedule: DeepSpeed's CPU Adam takes the same lr, betas, eps, decay groups and
+    # schedule as torch's AdamW, so the losses agree up to float rounding.
+    plain = train_in_process(demo_root, tmp_path / "plain", "--epochs", "1", *common)
+    offloaded = train_in_process(demo_root, tmp_path / "offload", "--epochs", "1", "--offload",
+                                 *common)
+    assert sorted(offloaded) == sorted(plain) and len(plain) == 4
+    for key, record in plain.items():
+        assert offloaded[key]["loss"] == pytest.approx(record["loss"], rel=1e-5), key
+        assert offloaded[key]["lr"] == pytest.approx(record["lr"], rel=1e-9), key
+    lrs = [offloaded[(0, step)]["lr"] for step in range(4)]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] > lrs[-1]
+    assert offloaded[(0, 3)]["loss"] < offloaded[(0, 0)]["loss"]
+    assert (tmp_path / "offload" / "checkpoint_0.pth").exists()
+    assert (tmp_path / "offload" / "best_checkpoint.pth").exists()
+
+    # An offloaded run stopped after one epoch and resumed continues as an uninterrupted one
+    # (both evaluate every epoch: evaluation draws from the random state the next epoch uses).
+    constant = ["--sched", "constant", "--eval_every", "1", "--offload", *common]
+    whole = train_in_process(demo_root, tmp_path / "whole", "--epochs", "2", *constant)
+    train_in_process(demo_root, tmp_path / "resumed", "--epochs", "1", *constant)
+    resumed = train_in_process(demo_root, tmp_path / "resumed", "--epochs", "2", *constant)
+    assert sorted(resumed) == sorted(whole) and len(whole) == 8
+    for key, record in whole.items():
+        assert resumed[key]["loss"] == pytest.approx(record["loss"], rel=1e-6, abs=1e-6), key
+
+
+def test_offload_with_the_hyperbolic_branch(demo_root, tmp_path, in_process_trainer):
+    # DeepSpeed's CPU Adam steps the registered parameters; RiemannianAdam the geometry beside it.
+    steps = train_in_process(demo_root, tmp_path / "run", "--epochs", "1", "--offload",
+                             "--use_hyperbolic", "--hyp_dim", "8")
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["hyp_loss"]) for r in steps.values())
+    assert steps[(0, 3)]["hyp_curvature"] != pytest.approx(steps[(0, 0)]["hyp_curvature"],
+                                                           abs=1e-7)
+
+
+@pytest.mark.parametrize("zero_stage", ["2", "3"])
+def test_gradient_checkpointing_trains_as_the_plain_run(demo_root, tmp_path, zero_stage,
+                                                        in_process_trainer):
+    common = ["--epochs", "1", "--zero_stage", zero_stage]
+    plain = train_in_process(demo_root, tmp_path / "plain", *common)
+    recomputed = train_in_process(demo_root, tmp_path / "recomputed", "--gradient_checkpointing",
+                                  *common)
+    assert sorted(recomputed) == sorted(plain) and len(plain) == 4
+    for key, record in plain.items():
+        assert recomputed[key]["loss"] == pytest.approx(record["loss"], rel=1e-5), key
+    assert json.loads((tmp_path / "recomputed" / "args.json").read_text())[
+        "gradient_checkpointing"]

@@ -267,3 +267,20 @@ def test_values_at_their_limits_parse():
     args = flags.parse_args("t", ["--epochs", "2", "--warmup-epochs", "2", "--opt-betas", "0",
                                   "0.99", "--task", "CSLR", "--head", "ctc", "--max_length", "16"])
     assert args.opt_betas == [0.0, 0.99] and args.max_length == flags.CTC_MIN_FRAMES
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["--offload", "--zero_stage", "0"], "--zero_stage 0 has no ZeRO optimizer"),
+    (["--offload", "--opt", "sgd"], "--opt sgd has no CPU version"),
+    (["--gradient_checkpointing", "--eval"], "--eval trains none"),
+])
+def test_deepspeed_options_are_refused_where_they_cannot_act(argv, reason, capsys):
+    with pytest.raises(SystemExit):
+        flags.parse_args("fine_tuning.py", argv)
+    err = capsys.readouterr().err
+    assert f"error: {argv[0]}" in err and reason in err
+
+
+def test_offload_is_accepted_from_zero_stage_1():
+    for stage in ("1", "2", "3"):
+        assert flags.parse_args("fine_tuning.py", ["--offload", "--zero_stage", stage]).offload

@@ -571,3 +571,27 @@ def test_damaged_mt5_config_is_named(tiny_mt5_dir, tmp_path, config_text, proble
     (folder / 'config.json').write_text(config_text)
     with pytest.raises(config.ConfigError, match=re.escape(f'{folder}/config.json {problem}')):
         build(str(folder))
+
+
+def forward_counter(module):
+    calls = []
+    module.register_forward_pre_hook(lambda *_: calls.append(1))  # recomputations stop early
+    return calls
+
+
+@pytest.mark.parametrize('speed', ['unisign', 'all_on'])
+def test_gradient_checkpointing_keeps_loss_gradients_and_statistics(tiny_mt5_dir, speed):
+    reference = build(tiny_mt5_dir, **SPEEDS[speed]).train()
+    candidate = build(tiny_mt5_dir, **SPEEDS[speed], gradient_checkpointing=True).train()
+    # transformers checkpoints a block's forward: its hooks run once, its layers' twice
+    mt5_block = forward_counter(candidate.mt5_model.encoder.block[0].layer[0])
+    stgcn_block = forward_counter(candidate.gcn_modules['right'][0])
+    assert_same_training_step(reference, candidate, tokenised_batch(reference.mt5_tokenizer))
+    # Two training steps, each running every block again in its backward pass.
+    assert len(mt5_block) == 4 and len(stgcn_block) == 4 * (1 if speed == 'all_on' else 2)
+    candidate.eval()
+    with torch.no_grad():
+        candidate.generate(tokenised_batch(candidate.mt5_tokenizer)[0], max_new_tokens=3,
+                           num_beams=1)
+    assert len(stgcn_block) == 4 * (1 if speed == 'all_on' else 2) + (1 if speed == 'all_on'
+                                                                      else 2)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from stgcn_layers import (Graph, GraphConv, PartBatchNorm2d, STGCNBlock, TemporalConv2d,
-                          batch_groups, get_stgcn_chain, hop_distance, set_graph_product,
-                          set_temporal_conv, winograd_matrices)
+                          batch_groups, get_stgcn_chain, hop_distance, set_checkpointing,
+                          set_graph_product, set_temporal_conv, winograd_matrices)
 
 JOINTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
 EDGE_COUNTS = {'body': 8, 'left': 20, 'right': 20, 'face_all': 8 + 7 + 1 + 17}
@@ -270,3 +270,33 @@ def test_temporal_conv_choice():
         set_temporal_conv(conv, 'fft')
     block = STGCNBlock(4, 4, (5, 2), adjacency('body'))
     assert isinstance(block.tcn[0], TemporalConv2d) and 'tcn.0.weight' in block.state_dict()
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_checkpointed_chain_keeps_outputs_gradients_and_statistics(groups):
+    import copy
+    torch.manual_seed(0)
+    plain, _ = get_stgcn_chain(4, 'temporal', (3, 2), adjacency('body'), True, channels=(4, 8),
+                               temporal_layers=2)
+    checkpointed = copy.deepcopy(plain)
+    set_checkpointing(checkpointed, True)
+    calls = []
+    checkpointed.layer0_0.register_forward_pre_hook(lambda *_: calls.append(1))
+    x = torch.randn(4, 4, 7, 9) * 2 + 1
+    results = []
+    for chain in (plain, checkpointed):
+        leaf = x.clone().requires_grad_()
+        with batch_groups(chain, groups):
+            y = chain(leaf)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        results.append((y.detach(), leaf.grad))
+    assert len(calls) == 2  # the block ran again in the backward pass, outside batch_groups
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-7, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), name  # running statistics counted once
+    checkpointed.eval()
+    with torch.no_grad():
+        checkpointed(x)
+    assert len(calls) == 3  # evaluation runs each block once

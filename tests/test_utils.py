@@ -41,15 +41,27 @@ def test_rgb_support_is_refused_with_a_reason(capsys):
     assert "RGB" in capsys.readouterr().err
 
 
-def test_deepspeed_config_follows_flags():
-    args = utils.parse_args("t", ["--zero_stage", "3", "--dtype", "bf16", "--batch-size", "4",
-                                  "--gradient-accumulation-steps", "2", "--offload"])
-    cfg = utils.deepspeed_config(args)
-    assert cfg["zero_optimization"]["stage"] == 3 and cfg["bf16"]["enabled"]
-    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 2
-    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    fp32 = utils.deepspeed_config(utils.parse_args("t", ["--dtype", "fp32"]))
-    assert "bf16" not in fp32 and "fp16" not in fp32
+def test_offload_optimizer_is_cpu_adam_with_the_same_steps():
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    twin.load_state_dict(model.state_dict())
+    flags = ["--weight-decay", "0.1", "--opt-betas", "0.8", "0.95", "--opt-eps", "1e-6",
+             "--lr", "0.01"]
+    for opt in ("adamw", "adam"):
+        plain = utils.create_optimizer(utils.parse_args("t", [*flags, "--opt", opt]), model)
+        cpu = utils.create_optimizer(utils.parse_args("t", [*flags, "--opt", opt, "--offload"]),
+                                     twin)
+        assert isinstance(cpu, DeepSpeedCPUAdam) and not isinstance(plain, DeepSpeedCPUAdam)
+        assert [g["weight_decay"] for g in cpu.param_groups] == [0.1, 0.0]
+        for _ in range(3):
+            for net, optimizer in ((model, plain), (twin, cpu)):
+                optimizer.zero_grad()
+                net(torch.linspace(-1, 1, 12).view(2, 6)).pow(2).sum().backward()
+                optimizer.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_weight_decay_skips_biases_and_vectors():
