@@ -95,10 +95,15 @@ def load_mt5(path):
 def load_tokenizer(path):
     """mT5's SentencePiece tokenizer from its folder (check_mt5_folder's rules)."""
     check_mt5_folder(path, weights=False)
+    return read_tokenizer(path)
+
+
+def read_tokenizer(path):
+    """The tokenizer files of a folder; ConfigError naming it when they cannot be loaded."""
     try:
         return T5Tokenizer.from_pretrained(path, legacy=False)
     except Exception as error:  # sentencepiece and tokenizers raise many kinds for bad files
-        raise config.ConfigError(f"the tokenizer in the mT5 folder {path} cannot be loaded ("
+        raise config.ConfigError(f"the tokenizer in the folder {path} cannot be loaded ("
                                  f"{type(error).__name__}: {str(error).strip()[:200]})") from None
 
 
