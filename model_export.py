@@ -54,7 +54,7 @@ def unique_tensors(model):
     kept, seen = {}, set()
     for name, tensor in model.state_dict().items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
+        if tensor.numel() == 0 or key not in seen:  # empty tensors all have address 0
             seen.add(key)
             kept[name] = tensor.detach().cpu().contiguous()
     return kept
@@ -242,9 +242,9 @@ def load_weights(model, path):
         raise ConfigError(f"{path} cannot be read ({type(error).__name__}: "
                           f"{str(error).strip()[:200]}): write the folder again") from None
     if hasattr(model, 'mt5_model'):
-        # Untied while the aliases are filled in, so that a stored output layer is not taken
-        # for the embedding; load_checkpoint_weights then ties it if the two are equal.
-        mt5_layout.set_tied(model.mt5_model, False)
+        # `export` stores the output layer only when it is a tensor of its own; the aliases are
+        # filled in for that layout, and load_checkpoint_weights ties two equal tensors.
+        mt5_layout.set_tied(model.mt5_model, 'mt5_model.' + mt5_layout.OUTPUT_KEY not in state)
     aliases = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         aliases.setdefault(id(tensor), []).append(name)
