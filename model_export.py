@@ -76,6 +76,9 @@ def export(model, flags, info, folder):
         save_tokenizer(model.mt5_tokenizer, folder)
     checkpoint.write_json(os.path.join(folder, CONFIG), description)
     write_card(folder, description, model)
+    for name in (LEGACY_FLAGS, LEGACY_WEIGHTS):  # a first-format folder rewritten in place
+        if os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
 
 
 def plain_info(info):

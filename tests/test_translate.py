@@ -190,6 +190,9 @@ def test_first_format_folders_still_load_and_export_again(loud, tmp_path, capsys
     translate_here(capsys, '--model', old, '--export', tmp_path / 'new')
     assert translate_here(capsys, '--model', tmp_path / 'new', pkl)[0] == expected
     assert 'translator.pth' not in os.listdir(tmp_path / 'new')
+    translate_here(capsys, '--model', old, '--export', old)  # in place
+    assert not {'translator.pth', 'translator.json'} & set(os.listdir(old))
+    assert translate_here(capsys, '--model', old, pkl)[0] == expected
 
 
 def test_pose_file_translates_like_its_pickle_and_bad_files_are_named(trained, tmp_path, capsys):
