@@ -152,7 +152,7 @@ def test_export_keeps_the_untied_output_layer_token_for_token(loud, tmp_path, ca
     card = (exported / 'README.md').read_text(encoding='utf-8')
     assert card.startswith('---\n') and 'library_name: signpose' in card
     assert 'dataset: Demo' in card and '| dev_bleu4 |' in card and 'output layer untied' in card
-    assert f'translate.py --model exported' in card and '| --stgcn_channels | 8,16 |' in card
+    assert 'translate.py --model exported' in card and '| --stgcn_channels | 8,16 |' in card
 
 
 def demo_batch(demo_root, count=6):
