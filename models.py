@@ -7,7 +7,7 @@ state-dict keys as Uni-Sign, so its checkpoints load. `target_logits` 'real' app
 vocabulary projection and the cross-entropy to real target tokens only ('all': every padded
 position, as Uni-Sign); `embed_once` looks the prompt and the decoder inputs up in one embedding
 call whose gradient, when the table is tied to the output layer, is row-sparse and added into
-the output layer's.
+the output layer's (untied, as in google/mt5-base, one dense gradient instead of one per lookup).
 
 `CTCRecognizer` (VAC / SMKD): the pose features, edge-padded as VAC pads clips, go to
 ctc_head.CTCHead (temporal convolution, BiLSTM, gloss classifier; sequence CTC, convolution CTC
@@ -30,6 +30,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
 import beam_search
 import config
+import mt5_layout
 import regularizers
 from ctc_head import CTCHead, parse_loss_weights
 from keypoints import PARTS
@@ -80,22 +81,29 @@ def check_mt5_config(path):
 
 
 def load_mt5(path):
-    """mT5 from its folder; a damaged one raises ConfigError naming it."""
+    """mT5 from its folder, with the output-layer layout of its weights (mt5_layout.py); a
+    damaged folder raises ConfigError naming it."""
     check_mt5_folder(path)
     try:
-        return MT5ForConditionalGeneration.from_pretrained(path)
+        mt5 = MT5ForConditionalGeneration.from_pretrained(path)
     except Exception as error:  # transformers and safetensors raise many kinds for bad files
         raise config.ConfigError(f"the mT5 folder {path} cannot be loaded ("
                                  f"{type(error).__name__}: {str(error).strip()[:200]})") from None
+    return mt5_layout.set_tied(mt5, mt5_layout.is_tied(mt5))  # the config says what was loaded
 
 
 def load_tokenizer(path):
     """mT5's SentencePiece tokenizer from its folder (check_mt5_folder's rules)."""
     check_mt5_folder(path, weights=False)
+    return read_tokenizer(path)
+
+
+def read_tokenizer(path):
+    """The tokenizer files of a folder; ConfigError naming it when they cannot be loaded."""
     try:
         return T5Tokenizer.from_pretrained(path, legacy=False)
     except Exception as error:  # sentencepiece and tokenizers raise many kinds for bad files
-        raise config.ConfigError(f"the tokenizer in the mT5 folder {path} cannot be loaded ("
+        raise config.ConfigError(f"the tokenizer in the folder {path} cannot be loaded ("
                                  f"{type(error).__name__}: {str(error).strip()[:200]})") from None
 
 
@@ -199,9 +207,10 @@ class SignTranslator(PoseEncoder):
         prefix_ids, prefix_mask = self.prefix_tokens(src_input, len(pose_embeds), device)
         if self.embed_once == 'on':
             embedding = self.mt5_model.get_input_embeddings()
-            tied = embedding.weight is self.mt5_model.get_output_embeddings().weight
-            prefix_embeds, decoder_embeds = embed_together(embedding, prefix_ids,
-                                                           decoder_input_ids, sparse_grad=tied)
+            # Untied, the table's gradient is its own: it must be dense for the optimizer.
+            prefix_embeds, decoder_embeds = embed_together(
+                embedding, prefix_ids, decoder_input_ids,
+                sparse_grad=mt5_layout.is_tied(self.mt5_model))
         else:
             prefix_embeds, decoder_embeds = self.mt5_model.encoder.embed_tokens(prefix_ids), None
         inputs_embeds = torch.cat([prefix_embeds, pose_embeds], dim=1)
@@ -419,6 +428,8 @@ def check_vocabulary(model, state, source):
 def load_checkpoint_weights(model, path_or_state_dict, source=None):
     """Loads a Uni-Sign/Geo-Sign checkpoint ({'model': state_dict} or a bare state dict).
 
+    mT5's output layer takes the checkpoint's layout first (mt5_layout.match_state): untied
+    when its `mt5_model.shared` and `mt5_model.lm_head` weights differ, tied when they are equal.
     RGB-branch keys and the weights of regularisers the model does not enable are dropped and
     reported; regularisers the checkpoint lacks keep their fresh weights; any other mismatch
     raises naming the source. Returns {'source', 'loaded_keys', 'dropped_rgb_keys',
@@ -433,6 +444,7 @@ def load_checkpoint_weights(model, path_or_state_dict, source=None):
     for key in dropped + dropped_regularizer:
         del state[key]
     check_vocabulary(model, state, source)
+    mt5_layout.match_state(model, state)
     fresh = sorted(key for key in expected if key.startswith(REGULARIZER_PREFIX) and key not in state)
     missing = set(expected) - set(state) - set(fresh)
     unexpected = set(state) - set(expected)

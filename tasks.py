@@ -94,11 +94,13 @@ class TextTask:
         return {}
 
 
-def check_vocabulary(mt5_path, tokenizer):
+def check_vocabulary(mt5_path, tokenizer, model_vocab=None):
     """Stops when the tokenizer has ids the mT5 embeddings lack (a tokenizer and a model that do
-    not belong together); a larger model vocabulary, as google/mt5-base has, is fine."""
-    from transformers import AutoConfig
-    model_vocab = AutoConfig.from_pretrained(mt5_path).vocab_size
+    not belong together); a larger model vocabulary, as google/mt5-base has, is fine. The model's
+    vocabulary size is `model_vocab`, or read from mt5_path's config.json."""
+    if model_vocab is None:
+        from transformers import AutoConfig
+        model_vocab = AutoConfig.from_pretrained(mt5_path).vocab_size
     if len(tokenizer) > model_vocab:
         raise config.ConfigError(
             f"the tokenizer in {mt5_path} has {len(tokenizer)} tokens but the mT5 model "

@@ -1,13 +1,14 @@
-"""Translates pose files (.pkl or .pose) to text with a trained translator.
+"""Translates pose files (.pkl or .pose) to text with a trained translator, or to glosses with a
+CTC recognizer (--head ctc).
 
     python translate.py --checkpoint out/x/best_checkpoint.pth clips/ extra.pose 'more/*.pkl'
     python translate.py --checkpoint out/x/best_checkpoint.pth --export models/x   # one folder
     python translate.py --model models/x clips/ --format jsonl --output translations.jsonl
 
 A checkpoint written by fine_tuning.py holds the training flags; its mT5 directory (tokenizer
-and config) is the one it was trained with, or --mt5_path. An exported folder holds everything:
-translator.pth (weights, `{'model': state_dict}`, also usable with --finetune), translator.json
-(flags) and the mT5 config and tokenizer files. Inputs are files, globs or folders (searched
+and config) is the one it was trained with, or --mt5_path. An exported folder holds everything
+(model_export.py: model.safetensors, config.json with the flags, the tokenizer, a model card
+README.md) and translates exactly as its checkpoint. Inputs are files, globs or folders (searched
 recursively for .pkl and .pose); clips are named by their path below the folder, or by their
 file name, without extension. Output: `name<TAB>text` lines, or JSON lines with --format jsonl.
 Clips are batched in input order and padded as in training (with copies of their last frame,
@@ -15,26 +16,24 @@ which the temporal convolutions see), so a clip's translation can depend slightl
 the trainer's --batch-size and --num_beams reproduce its evaluation predictions exactly, and
 --batch_size 1 makes every translation independent of the others.
 """
-import argparse
 import glob
 import json
 import os
-import shutil
 import sys
 
 import torch
 
 import beam_search
 import cli
-import utils
+import model_export
 from config import ConfigError
+from ctc_head import GlossVocab
 from keypoints import DataError
 from poses import clip_parts, collate_clips, read_pose
 from run_folder import check_writable_file, check_writable_folder
-from tasks import check_unknown_rate, check_vocabulary
+from tasks import check_unknown_rate, check_vocabulary, decode_batch
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
-EXPORT_WEIGHTS, EXPORT_FLAGS = 'translator.pth', 'translator.json'
 # Flags of the model's shape that a checkpoint without stored flags can be given here.
 MODEL_FLAGS = ('dataset', 'stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel')
 
@@ -50,13 +49,16 @@ def parse_args(argv=None):
     cli.add_flag(source, '--checkpoint', help="fine_tuning.py weight file ({'model', 'args'})")
     cli.add_flag(source, '--model', help='folder written by --export')
     cli.add_flag(p, '--mt5_path', help='mT5 folder (tokenizer, config) for --checkpoint')
-    cli.add_flag(p, '--export', metavar='DIR', help='write weights, tokenizer and flags to DIR')
+    cli.add_flag(p, '--export', metavar='DIR',
+                    help='write the model as one folder (weights, config, tokenizer, card) to DIR')
     cli.add_flag(p, '--num_beams', type=cli.count, help="beam width (default: the checkpoint's)")
     cli.add_flag(p, '--batch_size', type=cli.count, default=8)
     cli.add_flag(p, '--max_new_tokens', type=cli.count, help="default: the checkpoint's")
-    cli.add_flag(p, '--decode_pool', type=cli.non_negative_int, default=64,
+    cli.add_flag(p, '--decode_pool', type=cli.non_negative_int,
                     help="beam rows of several batches decoded together, same output "
-                         "(0: batch by batch)")
+                         "(default 64; 0: batch by batch)")
+    cli.add_flag(p, '--ctc_beam', type=cli.count,
+                    help="CTC recognizer: prefix beam width, 1 greedy (default: the checkpoint's)")
     cli.add_flag(p, '--max_length', type=cli.count,
                     help="frames kept per clip (default: the checkpoint's)")
     cli.add_flag(p, '--fps', type=cli.positive, help='resample .pose clips to this frame rate')
@@ -83,92 +85,70 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- model
 
-def model_flags(stored, overrides):
-    """The trainer's defaults, updated with a checkpoint's stored flags and explicit overrides;
-    regularisers are off (they only shape the training loss)."""
-    flags = utils.get_args_parser().parse_args([])
-    vars(flags).update(stored or {})
-    vars(flags).update({k: v for k, v in overrides.items() if v is not None})
-    flags.use_signcl = flags.use_sst = flags.use_hyperbolic = False
-    flags.rgb_support = False
-    return flags
+MT5_ONLY = ('--num_beams', '--max_new_tokens', '--decode_pool', '--max_unk_rate', '--mt5_path')
 
 
-def load_from_checkpoint(path, mt5_path, overrides):
-    from models import SignTranslator, load_checkpoint_file, load_checkpoint_weights
+def refuse_flags(args, flags, source):
+    """Flags that cannot act on this model's head stop here, before it is built."""
+    head = model_export.head_of(flags)
+    given = {name for name in MT5_ONLY if getattr(args, name[2:]) is not None}
+    refused = sorted(given) if head == 'ctc' else (['--ctc_beam'] if args.ctc_beam else [])
+    if refused:
+        what = ("a CTC recognizer (--head ctc), which writes glosses without mT5" if head == 'ctc'
+                else "a translator, which has no CTC head")
+        raise UsageError(f"{', '.join(refused)} cannot act: {source} is {what}")
+
+
+def load_from_checkpoint(path, args, overrides):
+    from models import (CTCRecognizer, SignTranslator, load_checkpoint_file,
+                        load_checkpoint_weights)
     if os.path.isdir(path):
         raise UsageError(f"--checkpoint {path} is a folder, not a weight file (a folder written "
                          "by --export is read with --model)")
     if not os.path.isfile(path):
         raise UsageError(f"--checkpoint {path} does not exist")
     saved = load_checkpoint_file(path)
-    flags = model_flags(saved.get('args') if isinstance(saved, dict) else None, overrides)
-    if flags.head == 'ctc':
-        raise UsageError(f"--checkpoint {path} is a CTC recognizer (--head ctc), which writes "
-                         "glosses, not text: evaluate it with fine_tuning.py --eval --finetune")
-    flags.mt5_path = mt5_path or flags.mt5_path
-    if not flags.mt5_path or not os.path.isdir(flags.mt5_path):
-        raise UsageError(f"mT5 folder {flags.mt5_path!r} (tokenizer and config for {path}) not "
-                         "found; pass --mt5_path")
-    model = SignTranslator(flags)
+    flags = model_export.model_flags(saved.get('args') if isinstance(saved, dict) else None,
+                                     overrides)
+    refuse_flags(args, flags, f"--checkpoint {path}")
+    info = {k: v for k, v in saved.items() if k not in ('model', 'args')} \
+        if isinstance(saved, dict) else {}
+    if model_export.head_of(flags) == 'ctc':
+        if not isinstance(info.get('gloss_vocab'), dict):
+            raise UsageError(f"--checkpoint {path} is a CTC recognizer without its gloss "
+                             "vocabulary (gloss_vocab): use a checkpoint written by fine_tuning.py")
+        model = CTCRecognizer(flags, GlossVocab.from_state_dict(info['gloss_vocab']).num_classes)
+    else:
+        flags.mt5_path = args.mt5_path or flags.mt5_path
+        if not flags.mt5_path or not os.path.isdir(flags.mt5_path):
+            raise UsageError(f"mT5 folder {flags.mt5_path!r} (tokenizer and config for {path}) "
+                             "not found; pass --mt5_path")
+        model = SignTranslator(flags)
     load_checkpoint_weights(model, saved, source=path)
-    info = {k: v for k, v in saved.items() if k not in ('model', 'args')}
     return model, flags, info
 
 
-def read_export_description(path):
-    """The flags and information --export wrote; UsageError naming a damaged file."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            description = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UsageError(f"--model {path} cannot be read ({error}): write the folder again "
-                         "with --export") from None
-    if not isinstance(description, dict) or not isinstance(description.get('flags'), dict):
-        raise UsageError(f"--model {path} holds no 'flags' object: write the folder again "
-                         "with --export")
-    return description
-
-
-def load_exported(folder):
-    from transformers import GenerationConfig, MT5Config, MT5ForConditionalGeneration
-
-    from models import SignTranslator, load_checkpoint_weights, load_tokenizer
-    for name in (EXPORT_WEIGHTS, EXPORT_FLAGS, 'config.json'):
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise UsageError(f"--model {folder}: {name} not found (write the folder with --export)")
-    description = read_export_description(os.path.join(folder, EXPORT_FLAGS))
-    flags = model_flags(description['flags'], {})
-    flags.mt5_path = folder
-    tokenizer = load_tokenizer(folder)  # checks config.json too, before transformers reads it
-    mt5 = MT5ForConditionalGeneration(MT5Config.from_pretrained(folder))
-    if os.path.isfile(os.path.join(folder, 'generation_config.json')):
-        mt5.generation_config = GenerationConfig.from_pretrained(folder)
-    model = SignTranslator(flags, mt5_model=mt5, tokenizer=tokenizer)
-    load_checkpoint_weights(model, os.path.join(folder, EXPORT_WEIGHTS))
-    return model, flags, description.get('info', {})
-
-
-def export(model, flags, info, folder):
-    """Writes weights, flags, mT5 config and tokenizer into `folder`."""
-    import checkpoint
-    os.makedirs(folder, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    checkpoint.atomic_torch_save({'model': state, 'args': checkpoint.plain_args(flags)},
-                                 os.path.join(folder, EXPORT_WEIGHTS))
-    model.mt5_model.config.save_pretrained(folder)
-    model.mt5_model.generation_config.save_pretrained(folder)
-    model.mt5_tokenizer.save_pretrained(folder)
-    # Recent transformers write only tokenizer.json; the SentencePiece model keeps the folder
-    # loadable by older versions too.
-    spiece = getattr(model.mt5_tokenizer, 'vocab_file', None)
-    target = os.path.join(folder, 'spiece.model')
-    if spiece and os.path.isfile(spiece) and not os.path.exists(target):
-        shutil.copyfile(spiece, target)
-    stored = checkpoint.plain_args(flags)
-    stored.pop('mt5_path', None)
-    description = {'flags': stored, 'info': info}
-    checkpoint.write_json(os.path.join(folder, EXPORT_FLAGS), description)
+def load_model(args):
+    """(model, flags, info) from --checkpoint or --model, with the checks of its head."""
+    if args.checkpoint:
+        overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
+        overrides['ctc_beam'] = args.ctc_beam
+        model, flags, info = load_from_checkpoint(args.checkpoint, args, overrides)
+    else:
+        fixed = [f"--{name}" for name in (*MODEL_FLAGS, 'mt5_path') if getattr(args, name)]
+        if fixed:
+            raise UsageError(f"{', '.join(fixed)} cannot act on --model {args.model}: an "
+                             "exported folder holds its own flags, tokenizer and mT5 config")
+        flags = model_export.model_flags(model_export.read_flags(args.model))
+        refuse_flags(args, flags, f"--model {args.model}")
+        model, flags, info = model_export.load_exported(args.model)
+        flags.ctc_beam = args.ctc_beam or flags.ctc_beam
+    if model_export.head_of(flags) == 'translator':
+        check_vocabulary(flags.mt5_path, model.mt5_tokenizer, model.mt5_model.config.vocab_size)
+        max_unk_rate = flags.max_unk_rate if args.max_unk_rate is None else args.max_unk_rate
+        check_unknown_rate(flags.mt5_path, model.mt5_tokenizer, [model.prompt], max_unk_rate,
+                           "prompt")
+    return model, flags, info
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -226,43 +206,66 @@ def format_line(name, path, text, fmt):
 
 
 @torch.no_grad()
-def translate(model, clips, args, flags, out):
+def translate(model, clips, args, flags, info, out):
     """Writes one line per readable clip to `out`, in input order; returns (translated, skipped
-    messages). Beam search is pooled over batches (--decode_pool) where it reproduces generate."""
+    messages). Beam search is pooled over batches (--decode_pool) where it reproduces generate;
+    a CTC recognizer writes the glosses of its sequence output."""
     skipped, done = [], 0
-    beams = args.num_beams or flags.num_beams
-    max_new_tokens = args.max_new_tokens or flags.max_new_tokens
     max_length = args.max_length or flags.max_length
     batches = read_batches(clips, args.batch_size, max_length, args.fps, args.skip_bad_samples,
                            skipped)
-    pooled = args.decode_pool > 0 and not beam_search.unsupported_settings(
-        model.mt5_model.generation_config, beams)
-    for names, paths, ids in (pooled_ids if pooled else batch_ids)(
-            model, batches, args, beams, max_new_tokens):
-        texts = model.mt5_tokenizer.batch_decode(ids, skip_special_tokens=True)
+    if model_export.head_of(flags) == 'ctc':
+        results = gloss_texts(model, batches, args, flags, info)
+    else:
+        results = mt5_texts(model, batches, args, flags)
+    for names, paths, texts in results:
         out.writelines(format_line(n, p, t, args.format) for n, p, t in zip(names, paths, texts))
         out.flush()
         done += len(names)
     return done, skipped
 
 
-def batch_ids(model, batches, args, beams, max_new_tokens):
+def on_device(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def gloss_texts(model, batches, args, flags, info):
+    """(names, paths, gloss strings) per batch, decoded as the trainer's evaluation does."""
+    vocab = GlossVocab.from_state_dict(info['gloss_vocab'])
     for names, paths, batch in batches:
-        batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        yield names, paths, model.generate(batch, max_new_tokens=max_new_tokens, num_beams=beams)
+        out = model(on_device(batch, args.device))
+        hypotheses = decode_batch(out['seq_logits'], out['feat_len'].tolist(),
+                                  flags.ctc_beam)
+        yield names, paths, [' '.join(vocab.decode(ids)) for ids in hypotheses]
 
 
-def pooled_ids(model, batches, args, beams, max_new_tokens):
+def mt5_texts(model, batches, args, flags):
+    beams = args.num_beams or flags.num_beams
+    max_new_tokens = args.max_new_tokens or flags.max_new_tokens
+    pool = 64 if args.decode_pool is None else args.decode_pool
+    pooled = pool > 0 and not beam_search.unsupported_settings(
+        model.mt5_model.generation_config, beams)
+    for names, paths, ids in (pooled_ids if pooled else batch_ids)(
+            model, batches, args, beams, max_new_tokens, pool):
+        yield names, paths, model.mt5_tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def batch_ids(model, batches, args, beams, max_new_tokens, pool):
+    for names, paths, batch in batches:
+        yield names, paths, model.generate(on_device(batch, args.device),
+                                           max_new_tokens=max_new_tokens, num_beams=beams)
+
+
+def pooled_ids(model, batches, args, beams, max_new_tokens, pool):
     """(names, paths, ids) per batch in input order, each batch as soon as it and all batches
     before it are decoded."""
     def encoded():
         for names, paths, batch in batches:
-            states, mask = model.encode({k: v.to(args.device) if torch.is_tensor(v) else v
-                                         for k, v in batch.items()})
+            states, mask = model.encode(on_device(batch, args.device))
             yield (names, paths), states, mask
 
     for (names, paths), ids in beam_search.pooled_generate_in_order(
-            model.mt5_model, encoded(), beams, max_new_tokens, args.decode_pool):
+            model.mt5_model, encoded(), beams, max_new_tokens, pool):
         yield names, paths, ids
 
 
@@ -273,24 +276,17 @@ def main(argv=None):
     if args.export:
         check_writable_folder(args.export, "--export")
     clips = collect_inputs(args.inputs)
-    overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
-    if args.checkpoint:
-        model, flags, info = load_from_checkpoint(args.checkpoint, args.mt5_path, overrides)
-    else:
-        model, flags, info = load_exported(args.model)
-    check_vocabulary(flags.mt5_path, model.mt5_tokenizer)
-    max_unk_rate = flags.max_unk_rate if args.max_unk_rate is None else args.max_unk_rate
-    check_unknown_rate(flags.mt5_path, model.mt5_tokenizer, [model.prompt], max_unk_rate, "prompt")
+    model, flags, info = load_model(args)
     if args.export:
-        export(model, flags, info, args.export)
-        print(f"exported the translator to {args.export}", file=sys.stderr)
+        model_export.export(model, flags, info, args.export)
+        print(f"exported the model to {args.export}", file=sys.stderr)
     if not clips:
         return
     dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
     model.to(device=args.device, dtype=dtype).eval()
     out = open(args.output, 'w', encoding='utf-8') if args.output else sys.stdout
     try:
-        done, skipped = translate(model, clips, args, flags, out)
+        done, skipped = translate(model, clips, args, flags, info, out)
     finally:
         if args.output:
             out.close()

@@ -112,7 +112,8 @@ def run_row(opts, row):
     device = torch.device(opts.device)
     speed, mode, pretokenized = ROWS[row]
     tokenizer = T5Tokenizer.from_pretrained(opts.tokenizer_dir, extra_ids=0, legacy=False)
-    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed).to(device).eval()
+    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed,
+                        opts.tied_output).to(device).eval()
     model.set_speed(**speed)
     batches = make_batches(opts, tokenizer, pretokenized, device)
     reset_peak_memory(device)
@@ -133,6 +134,7 @@ def run_worker(opts, row, ids_file):
         command += [f'--{name}', str(getattr(opts, name))]
     if opts.vocab_size:
         command += ['--vocab_size', str(opts.vocab_size)]
+    command += ['--tied_output'] * opts.tied_output
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
     if done.returncode or not lines:
@@ -162,6 +164,8 @@ def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
     add_flag(p, '--vocab_size', type=cli.count, default=None)
+    add_flag(p, '--tied_output', action='store_true',
+             help="tie mT5's output layer to its input embedding (mt5-base keeps them apart)")
     add_flag(p, '--device', default='auto')
     add_flag(p, '--batch_size', type=cli.count, default=4)
     add_flag(p, '--steps', type=cli.count, default=8, help="batches evaluated per row")
@@ -185,7 +189,8 @@ def parse_options(argv=None):
 def summarise(opts, results, outputs):
     base = {clock: statistics.median(r['sentences'] / r[clock] for r in results['unisign'])
             for clock in ('seconds', 'cpu_seconds')}
-    lines = [f"\nsize {opts.size}, {results['unisign'][0]['sentences']} clips in batches of "
+    lines = [f"\nsize {opts.size} (output layer {'tied' if opts.tied_output else 'untied'}), "
+             f"{results['unisign'][0]['sentences']} clips in batches of "
              f"{opts.batch_size}, {opts.num_beams} beams, at most {opts.max_new_tokens} new "
              f"tokens, pool of {opts.pool_rows} beam rows, median of "
              f"{opts.repeats} round(s)",

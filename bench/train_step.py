@@ -88,21 +88,28 @@ def make_tokenizer(directory, seed=0):
     return T5Tokenizer.from_pretrained(directory, extra_ids=0, legacy=False)
 
 
-def build_model(size, tokenizer, vocab_size=None, seed=0, **flags):
-    """The translator at `size` with random weights (mT5 built from a config, no download);
+def build_model(size, tokenizer, vocab_size=None, seed=0, tie=False, **flags):
+    """The translator at `size` with random weights (mT5 built from a config, no download); its
+    output layer apart from the input embedding as in google/mt5-base, or tied with `tie`;
     `flags` override the trainer's flags (Uni-Sign's speed switches by default)."""
     from transformers import MT5Config, MT5ForConditionalGeneration
+
+    import mt5_layout
     shape = dict(MT5_SHAPES[size])
     shape['vocab_size'] = vocab_size or shape['vocab_size']
     mt5_config = MT5Config(num_decoder_layers=shape['num_layers'], feed_forward_proj='gated-gelu',
                            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **shape)
     torch.manual_seed(seed)
+    mt5 = MT5ForConditionalGeneration(mt5_config)
+    if not tie:
+        mt5_layout.set_tied(mt5, False)
+        with torch.no_grad():
+            mt5.lm_head.weight.normal_()  # mT5's initialisation of an untied output layer
     channels = ENCODER_CHANNELS[size]
     args = get_args_parser().parse_args([])  # the trainer's defaults
     vars(args).update(dataset='CSL_Daily', stgcn_channels=channels, hidden_dim=channels[-1],
                       **{**UNISIGN_SPEED, **flags})
-    return SignTranslator(args, mt5_model=MT5ForConditionalGeneration(mt5_config),
-                          tokenizer=tokenizer)
+    return SignTranslator(args, mt5_model=mt5, tokenizer=tokenizer)
 
 
 def clip_lengths(count, mean, cv, rng, max_frames=256):
@@ -198,7 +205,8 @@ def run_row(opts, row):
     keep_freed_memory(settings['malloc'])
     speed, pretokenized, bf16 = settings['speed'], settings['pretokenized'], settings['bf16']
     tokenizer = make_tokenizer(opts.tokenizer_dir)
-    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed).to(device).train()
+    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed,
+                        opts.tied_output).to(device).train()
     model.set_speed(**speed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5) if opts.optimizer else None
     lengths, sentences, bucket_batches, random_batches = make_pool(opts)
@@ -247,7 +255,8 @@ def check_loss(opts):
     device = torch.device(opts.device)
     torch.backends.cudnn.allow_tf32 = False  # compare the math, not TF32 rounding
     tokenizer = make_tokenizer(opts.tokenizer_dir)
-    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed).to(device).train()
+    model = build_model(opts.size, tokenizer, opts.vocab_size, opts.seed,
+                        opts.tied_output).to(device).train()
     lengths, sentences, _, random_batches = make_pool(opts)
     losses = {}
     for name, speed, pretokenized in (('baseline', UNISIGN_SPEED, False), ('all_on', ALL_ON, True)):
@@ -336,6 +345,7 @@ def worker_command(opts, mode, row=None):
     if opts.vocab_size:
         command += ['--vocab_size', str(opts.vocab_size)]
     command += ['--optimizer'] * opts.optimizer + ['--count_flops'] * opts.count_flops
+    command += ['--tied_output'] * opts.tied_output
     return command
 
 
@@ -394,6 +404,8 @@ def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
     add_flag(p, '--vocab_size', type=cli.count, default=None, help="override the mT5 vocabulary")
+    add_flag(p, '--tied_output', action='store_true',
+             help="tie mT5's output layer to its input embedding (mt5-base keeps them apart)")
     add_flag(p, '--device', default='auto', help="auto, cpu or cuda")
     add_flag(p, '--batch_size', type=cli.count, default=4)
     add_flag(p, '--steps', type=cli.count, default=6, help="batches timed per row")
@@ -444,8 +456,9 @@ def main(argv=None):
                       f"{results[row][-1]['samples'] / results[row][-1]['seconds']:.3f} samples/s",
                       flush=True)
         losses = run_worker(opts, 'check')
-    print(f"\nsize {opts.size}, batch {opts.batch_size}, {opts.steps} batches per row, "
-          f"median of {opts.repeats} round(s), device {device.type}; MFU vs dense bf16 peak")
+    print(f"\nsize {opts.size} (output layer {'tied' if opts.tied_output else 'untied'}), batch "
+          f"{opts.batch_size}, {opts.steps} batches per row, median of {opts.repeats} round(s), "
+          f"device {device.type}; MFU vs dense bf16 peak")
     print('\n'.join(summarise(results, device, gpu_peak(device, opts.peak_tflops))))
     rel = abs(losses['all_on'] - losses['baseline']) / abs(losses['baseline'])
     print(f"loss on one batch: baseline {losses['baseline']:.6f}, all on {losses['all_on']:.6f}, "

@@ -28,7 +28,9 @@ from cli import add_flag
 from demo.signing import LEXICON, synthesize_clip
 
 FORMAT_VERSION = 1
-DEFAULT_MT5 = dict(vocab_size=256, d_model=128, d_ff=256, num_layers=2, num_heads=4, d_kv=32)
+# tie=False: the output layer apart from the input embedding, as in google/mt5-base
+DEFAULT_MT5 = dict(vocab_size=256, d_model=128, d_ff=256, num_layers=2, num_heads=4, d_kv=32,
+                   tie=False)
 SPLITS = ('train', 'dev', 'test')
 
 # ---------------------------------------------------------------------------------- language
@@ -249,8 +251,10 @@ def main():
     for name, default in (('n_train', 2000), ('n_dev', 150), ('n_test', 150),
                           ('d_model', DEFAULT_MT5['d_model'])):
         add_flag(parser, '--' + name, type=cli.count, default=default)
+    add_flag(parser, '--tied_mt5', action='store_true',
+             help="tie the tiny mT5's output layer to its input embedding")
     args = parser.parse_args()
-    mt5_kwargs = {'d_model': args.d_model, 'd_ff': 2 * args.d_model}
+    mt5_kwargs = {'d_model': args.d_model, 'd_ff': 2 * args.d_model, 'tie': args.tied_mt5}
     paths = make_demo(args.out, args.seed, args.n_train, args.n_dev, args.n_test, mt5_kwargs,
                       args.overwrite)
     print(paths['root'])

@@ -2,7 +2,8 @@
 
 The result is an ordinary Hugging Face directory (config.json, weights, spiece.model), loaded
 with the same `from_pretrained` code as google/mt5-base, so the demo and the tests run with
-no download.
+no download. Its layout is mt5-base's: the output layer is a tensor of its own, stored beside the
+input embedding with other values (`--tied` ties them, as the demos before it did).
 
     python -m demo.tiny_mt5 --corpus sentences.txt --out pretrained_weight/tiny-mt5
 """
@@ -15,6 +16,7 @@ import torch
 from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
 import cli
+import mt5_layout
 from cli import add_flag
 
 PROMPT_WORDS = "Translate sign language video to English Chinese:"
@@ -37,8 +39,9 @@ def train_spiece(sentences, vocab_size):
 
 
 def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
-                   num_layers=2, num_heads=4, d_kv=32, seed=0):
-    """Writes tokenizer and random mT5 weights to `out_dir`; returns the directory."""
+                   num_layers=2, num_heads=4, d_kv=32, seed=0, tie=False):
+    """Writes tokenizer and random mT5 weights to `out_dir`; returns the directory. With `tie`
+    the output layer is the input embedding (one tensor), else a tensor of its own."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
         f.write(train_spiece(sentences, vocab_size))
@@ -52,11 +55,15 @@ def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
     )
     torch.manual_seed(seed)
     model = MT5ForConditionalGeneration(config)
-    # The output layer (tied to the embeddings) starts with std 1, which gave this demo a first
-    # cross-entropy near 60; scaling it by d_model**-0.5 starts near log(vocab), as a pretrained
-    # checkpoint would, so a from-scratch run does not spend its first epochs unlearning it.
+    # An output layer with std 1 gave this demo a first cross-entropy near 60; std d_model**-0.5
+    # starts near log(vocab), as a pretrained checkpoint would, so a from-scratch run does not
+    # spend its first epochs unlearning it. Tied, the embedding is scaled with it.
     with torch.no_grad():
-        model.lm_head.weight.mul_(d_model ** -0.5)
+        if tie:
+            model.lm_head.weight.mul_(d_model ** -0.5)
+        else:
+            mt5_layout.set_tied(model, False)
+            model.lm_head.weight.normal_(0.0, d_model ** -0.5)
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -68,11 +75,14 @@ def main():
     add_flag(parser, "--vocab_size", type=cli.count, default=256)
     add_flag(parser, "--d_model", type=cli.count, default=128)
     add_flag(parser, "--num_layers", type=cli.count, default=2)
+    add_flag(parser, "--tied", action="store_true",
+             help="tie the output layer to the input embedding (mt5-base keeps them apart)")
     args = parser.parse_args()
     with open(args.corpus, encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     build_tiny_mt5(args.out, sentences, vocab_size=args.vocab_size,
-                   d_model=args.d_model, d_ff=2 * args.d_model, num_layers=args.num_layers)
+                   d_model=args.d_model, d_ff=2 * args.d_model, num_layers=args.num_layers,
+                   tie=args.tied)
     print(args.out)
 
 

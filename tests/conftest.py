@@ -18,11 +18,22 @@ ENGLISH_CORPUS = [
 ] * 4
 
 
+TINY_MT5 = dict(vocab_size=96, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
+
+
 @pytest.fixture(scope="session")
 def tiny_mt5_dir(tmp_path_factory):
+    """A tiny mT5 with google/mt5-base's layout: the output layer apart from the embedding."""
     from demo.tiny_mt5 import build_tiny_mt5
-    return build_tiny_mt5(str(tmp_path_factory.mktemp("tiny_mt5")), ENGLISH_CORPUS,
-                          vocab_size=96, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
+    return build_tiny_mt5(str(tmp_path_factory.mktemp("tiny_mt5")), ENGLISH_CORPUS, **TINY_MT5)
+
+
+@pytest.fixture(scope="session")
+def tied_mt5_dir(tmp_path_factory):
+    """The same tiny mT5 with the output layer tied to the input embedding."""
+    from demo.tiny_mt5 import build_tiny_mt5
+    return build_tiny_mt5(str(tmp_path_factory.mktemp("tied_mt5")), ENGLISH_CORPUS, tie=True,
+                          **TINY_MT5)
 
 
 @pytest.fixture(scope="session")

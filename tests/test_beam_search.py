@@ -5,7 +5,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5For
 from transformers.modeling_outputs import BaseModelOutput
 
 import beam_search
-
+import mt5_layout
 
 
 class EosHead(torch.nn.Module):
@@ -25,7 +25,9 @@ class EosHead(torch.nn.Module):
         return logits
 
 
-def tiny_mt5(kind='mt5'):
+def tiny_mt5(kind='mt5', tie=False):
+    """A random model; untied (mt5-base's layout) unless `tie`, its output layer then drawn apart
+    from the decoder's input embedding."""
     torch.manual_seed(0)
     config_class, model_class = {'mt5': (MT5Config, MT5ForConditionalGeneration),
                                  't5': (T5Config, T5ForConditionalGeneration)}[kind]
@@ -33,6 +35,11 @@ def tiny_mt5(kind='mt5'):
                           num_layers=2, num_decoder_layers=2, decoder_start_token_id=0,
                           eos_token_id=1, pad_token_id=0)
     mt5 = model_class(config).eval()
+    if not tie:
+        mt5_layout.set_tied(mt5, False)
+        with torch.no_grad():
+            mt5.lm_head.weight.normal_()
+    assert mt5_layout.is_tied(mt5) == tie
     mt5.lm_head = EosHead(mt5.lm_head)
     return mt5
 
@@ -59,10 +66,11 @@ def generate_each(mt5, batches, num_beams, max_new_tokens):
                 for key, states, mask in batches}
 
 
+@pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("early_stopping", [False, True, "never"])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
-def test_pooled_equals_generate(early_stopping, length_penalty):
-    mt5 = tiny_mt5()
+def test_pooled_equals_generate(early_stopping, length_penalty, tie):
+    mt5 = tiny_mt5(tie=tie)
     mt5.generation_config.early_stopping = early_stopping
     mt5.generation_config.length_penalty = length_penalty
     batches = encoded_batches()

@@ -6,6 +6,7 @@ import torch
 from conftest import default_args
 
 import config
+import mt5_layout
 from models import (SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator, Uni_Sign,
                     get_requires_grad_dict, load_checkpoint_weights)
 
@@ -234,6 +235,31 @@ def test_checkpoint_round_trip_drops_rgb_keys(tiny_mt5_dir, tmp_path):
     assert load_checkpoint_weights(fresh, state)['dropped_rgb_keys'] == []  # bare state dict
 
 
+@pytest.mark.parametrize('saved, built', [('tiny_mt5_dir', 'tied_mt5_dir'),
+                                         ('tied_mt5_dir', 'tiny_mt5_dir')])
+def test_checkpoint_weights_bring_their_layout(request, tmp_path, saved, built):
+    """A checkpoint with differing mt5.shared / mt5.lm_head weights loads untied into a model
+    built tied, a tied one ties a model built untied; the loaded model computes the same loss,
+    gradients included, and a file saved from it keeps the layout."""
+    trained = build(request.getfixturevalue(saved), seed=1).train()
+    path = tmp_path / 'checkpoint.pth'
+    torch.save({'model': get_requires_grad_dict(trained)}, path)
+    fresh = build(request.getfixturevalue(built), seed=2).train()
+    assert mt5_layout.is_tied(fresh.mt5_model) != mt5_layout.is_tied(trained.mt5_model)
+    load_checkpoint_weights(fresh, str(path))
+    assert mt5_layout.is_tied(fresh.mt5_model) == mt5_layout.is_tied(trained.mt5_model)
+    assert fresh.mt5_model.config.tie_word_embeddings == mt5_layout.is_tied(trained.mt5_model)
+    assert len(list(fresh.parameters())) == len(list(trained.parameters()))
+    batch = tokenised_batch(trained.mt5_tokenizer)
+    expected, got = training_step(trained, batch), training_step(fresh, batch)
+    torch.testing.assert_close(got['loss'], expected['loss'], rtol=0, atol=0)
+    grads = dict(fresh.named_parameters())
+    for name, param in trained.named_parameters():
+        torch.testing.assert_close(grads[name].grad, param.grad, rtol=1e-6, atol=1e-7, msg=name)
+    assert mt5_layout.state_is_tied(get_requires_grad_dict(fresh)) == \
+        mt5_layout.is_tied(trained.mt5_model)
+
+
 def test_checkpoint_mismatches_raise(tiny_mt5_dir, tmp_path):
     model = build(tiny_mt5_dir)
     state = model.state_dict()
@@ -316,13 +342,36 @@ def test_speed_switches_with_regularizers_and_plain_batches(tiny_mt5_dir):
     assert_same_training_step(reference, candidate, plain_batch(frames=40))
 
 
-def test_untied_output_layer_keeps_dense_embedding_gradients(tiny_mt5_dir):
-    model = build(tiny_mt5_dir, **ALL_ON).train()
+@pytest.mark.parametrize('switch', ['embed_once', 'target_logits', 'all'])
+def test_mt5_switches_on_the_tied_layout(tied_mt5_dir, switch):
+    """The switches that touch mT5's embedding and output layer, also with one tensor for both
+    (tiny_mt5_dir, of the tests above, has mt5-base's untied layout)."""
+    reference = build(tied_mt5_dir, **UNISIGN_SPEED).train()
+    candidate = build(tied_mt5_dir, **UNISIGN_SPEED).train()
+    assert mt5_layout.is_tied(reference.mt5_model) and mt5_layout.is_tied(candidate.mt5_model)
+    candidate.set_speed(**(SWITCHES_ON if switch == 'all' else {switch: SWITCHES_ON[switch]}))
+    assert_same_training_step(reference, candidate, tokenised_batch(reference.mt5_tokenizer))
+
+
+@pytest.mark.parametrize('fixture', ['tiny_mt5_dir', 'tied_mt5_dir'])
+def test_embed_once_gradient_of_each_layout(request, fixture):
+    """Untied, the embedding's own gradient is dense; tied, the sparse lookup gradient is summed
+    into the output layer's dense one. Either way the optimizer sees a dense gradient."""
+    model = build(request.getfixturevalue(fixture), **ALL_ON).train()
     mt5 = model.mt5_model
-    mt5.lm_head.weight = torch.nn.Parameter(mt5.lm_head.weight.detach().clone())
-    assert mt5.get_output_embeddings().weight is not mt5.get_input_embeddings().weight
+    assert mt5_layout.is_tied(mt5) == (fixture == 'tied_mt5_dir')
     training_step(model, tokenised_batch(model.mt5_tokenizer))
     assert mt5.shared.weight.grad.layout == torch.strided and not mt5.shared.sparse
+    assert mt5.lm_head.weight.grad.layout == torch.strided
+
+
+def test_untied_layout_trains_two_tensors(tiny_mt5_dir):
+    model = build(tiny_mt5_dir).train()
+    mt5 = model.mt5_model
+    assert not mt5_layout.is_tied(mt5) and not torch.equal(mt5.shared.weight, mt5.lm_head.weight)
+    assert mt5.encoder.embed_tokens.weight is mt5.shared.weight is mt5.decoder.embed_tokens.weight
+    training_step(model, tokenised_batch(model.mt5_tokenizer))
+    assert not torch.equal(mt5.shared.weight.grad, mt5.lm_head.weight.grad)
 
 
 def test_generation_is_identical_with_speed_switches(tiny_mt5_dir):
@@ -338,6 +387,7 @@ def test_generation_is_identical_with_speed_switches(tiny_mt5_dir):
 
 def test_pooled_beam_search_equals_batch_by_batch(tiny_mt5_dir):
     model = build(tiny_mt5_dir).eval()
+    assert not mt5_layout.is_tied(model.mt5_model)
     batches = [plain_batch(batch=3, frames=10, seed=1)[0],
                plain_batch(batch=2, frames=6, seed=2)[0],
                plain_batch(batch=1, frames=8, seed=3)[0]]

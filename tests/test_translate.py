@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+import model_export
+import mt5_layout
 import translate
 from conftest import foreign_tokenizer_mt5
 from datasets import S2T_Dataset, load_labels, read_pose
@@ -89,8 +91,8 @@ def test_exported_folder_translates_alone_as_jsonl(trained, tmp_path, capsys):
     pose_dir = os.path.join(demo_root, 'Demo', 'pose_format')
     exported = tmp_path / 'exported'
     translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--export', exported)
-    assert {'translator.pth', 'translator.json', 'config.json', 'spiece.model'} <= set(
-        os.listdir(exported))
+    assert {'model.safetensors', 'config.json', 'README.md', 'spiece.model', 'tokenizer.json',
+            'tokenizer_config.json'} <= set(os.listdir(exported))
     common = [pose_dir, '--batch_size', '3', '--format', 'jsonl']
     stdout, _ = translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', *common)
     translate_here(capsys, '--model', exported, *common, '--output', tmp_path / 'out.jsonl')
@@ -98,6 +100,99 @@ def test_exported_folder_translates_alone_as_jsonl(trained, tmp_path, capsys):
     assert len(records) == 64 and all(set(r) == {'name', 'file', 'text'} for r in records)
     assert records == [json.loads(line) for line in open(tmp_path / 'out.jsonl', encoding='utf-8')]
     assert records[0]['name'] == sorted(os.listdir(pose_dir))[0][:-len('.pkl')]
+
+
+@pytest.fixture(scope='module')
+def loud(trained, tmp_path_factory):
+    """(checkpoint, demo root): the trained run's flags and file with a freshly built model whose
+    pose projection keeps only what differs between clips, louder, so that the clips get
+    different tokens (two steps of training give every clip the same text); the Demo mT5's
+    output layer is apart from its embedding, with other values."""
+    from models import SignTranslator, get_requires_grad_dict
+    out, demo_root = trained
+    saved = torch.load(out / 'best_checkpoint.pth', weights_only=True)
+    torch.manual_seed(0)
+    model = SignTranslator(model_export.model_flags(saved['args'])).eval()
+    with torch.no_grad():
+        common = model.encode_pose(demo_batch(demo_root)).mean((0, 1))
+        model.pose_proj.weight.mul_(100)
+        model.pose_proj.bias.copy_(-model.pose_proj.weight @ common)
+    path = tmp_path_factory.mktemp('loud') / 'loud.pth'
+    torch.save({**saved, 'model': get_requires_grad_dict(model)}, path)
+    return path, demo_root
+
+
+def test_export_keeps_the_untied_output_layer_token_for_token(loud, tmp_path, capsys):
+    """A checkpoint with mt5-base's layout (lm_head apart from shared, with other values): the
+    exported folder stores both, reloads untied, and generates the checkpoint's tokens; mT5 tied
+    from its config (the reload this replaces) would not."""
+    from safetensors import safe_open
+    path, demo_root = loud
+    saved = torch.load(path, weights_only=True)['model']
+    assert not torch.equal(saved['mt5_model.shared.weight'], saved['mt5_model.lm_head.weight'])
+    exported = tmp_path / 'exported'
+    translate_here(capsys, '--checkpoint', path, '--export', exported)
+    with safe_open(exported / 'model.safetensors', 'pt') as f:
+        for key in ('mt5_model.shared.weight', 'mt5_model.lm_head.weight'):
+            assert torch.equal(f.get_tensor(key), saved[key]), key
+    with open(exported / 'config.json', encoding='utf-8') as f:
+        description = json.load(f)
+    assert description['flags']['stgcn_channels'] == [8, 16] and description['head'] == 'translator'
+    assert description['mt5']['tie_word_embeddings'] is False
+    original, _, _ = translate.load_model(translate.parse_args(['--checkpoint', str(path), 'x']))
+    reloaded, _, info = model_export.load_exported(str(exported))
+    assert info['epoch'] == 0 and not mt5_layout.is_tied(reloaded.mt5_model)
+    batch = demo_batch(demo_root)
+    expected = original.eval().generate(batch, max_new_tokens=12, num_beams=2)
+    assert torch.equal(reloaded.eval().generate(batch, max_new_tokens=12, num_beams=2), expected)
+    assert len({tuple(row.tolist()) for row in expected}) > 1  # the clips get different tokens
+    mt5_layout.set_tied(reloaded.mt5_model, True)
+    tied = reloaded.generate(batch, max_new_tokens=12, num_beams=2)
+    assert tied.shape != expected.shape or not torch.equal(tied, expected)
+    card = (exported / 'README.md').read_text(encoding='utf-8')
+    assert card.startswith('---\n') and 'library_name: signpose' in card
+    assert 'dataset: Demo' in card and '| dev_bleu4 |' in card and 'output layer untied' in card
+    assert 'translate.py --model exported' in card and '| --stgcn_channels | 8,16 |' in card
+
+
+def demo_batch(demo_root, count=6):
+    demo = os.path.join(demo_root, 'Demo')
+    entries = load_labels(os.path.join(demo, 'labels.test'))[:count]
+    files = [(e['name'], os.path.join(demo, 'pose_format', e['pose_file'])) for e in entries]
+    (_, _, batch), = translate.read_batches(files, count, 32, None, False, [])
+    return batch
+
+
+def write_version_1(model, flags, info, folder, mt5_dir):
+    """A folder as the first export format wrote it: translator.pth, translator.json and mT5's
+    config, generation config and tokenizer."""
+    import shutil
+
+    import checkpoint
+    shutil.copytree(mt5_dir, folder)
+    os.remove(folder / 'model.safetensors')
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({'model': state, 'args': checkpoint.plain_args(flags)}, folder / 'translator.pth')
+    stored = {k: v for k, v in checkpoint.plain_args(flags).items() if k != 'mt5_path'}
+    (folder / 'translator.json').write_text(json.dumps({'flags': stored, 'info': info}))
+
+
+def test_first_format_folders_still_load_and_export_again(loud, tmp_path, capsys):
+    path, demo_root = loud
+    pkl = os.path.join(demo_root, 'Demo', 'pose_format')
+    model, flags, info = translate.load_model(translate.parse_args(['--checkpoint', str(path),
+                                                                    'x']))
+    old = tmp_path / 'old'
+    write_version_1(model, flags, info, old, os.path.join(demo_root, 'Demo', 'mt5'))
+    expected, _ = translate_here(capsys, '--checkpoint', path, pkl)
+    assert len(set(line.split('\t')[1] for line in expected.splitlines())) > 1
+    assert translate_here(capsys, '--model', old, pkl)[0] == expected
+    translate_here(capsys, '--model', old, '--export', tmp_path / 'new')
+    assert translate_here(capsys, '--model', tmp_path / 'new', pkl)[0] == expected
+    assert 'translator.pth' not in os.listdir(tmp_path / 'new')
+    translate_here(capsys, '--model', old, '--export', old)  # in place
+    assert not {'translator.pth', 'translator.json'} & set(os.listdir(old))
+    assert translate_here(capsys, '--model', old, pkl)[0] == expected
 
 
 def test_pose_file_translates_like_its_pickle_and_bad_files_are_named(trained, tmp_path, capsys):
@@ -142,15 +237,35 @@ def test_damaged_checkpoints_and_exported_folders_are_named(trained, tmp_path, c
 
     exported = tmp_path / 'exported'
     translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--export', exported)
-    (exported / 'translator.json').write_text('{"flags": ')
-    with pytest.raises(translate.UsageError, match=re.escape(
-            f'--model {exported}/translator.json cannot be read')):
-        translate_here(capsys, '--model', exported, pkl)
-    translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--export', exported)
-    (exported / 'config.json').write_text('{"d_model": 3')
+    config_json = (exported / 'config.json').read_text()
+    (exported / 'config.json').write_text('{"flags": ')
     proc = run('translate.py', '--model', str(exported), pkl)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    assert f'translate.py: error: {exported}/config.json cannot be read as JSON' in proc.stderr
+    assert f'translate.py: error: {exported}/config.json cannot be read' in proc.stderr
+    (exported / 'config.json').write_text(json.dumps({**json.loads(config_json), 'version': 9}))
+    with pytest.raises(translate.ConfigError, match='an export of version 9; this code reads '
+                                                    'versions up to 2'):
+        translate_here(capsys, '--model', exported, pkl)
+    (exported / 'config.json').write_text(json.dumps({'d_model': 3}))  # an mT5 folder's
+    with pytest.raises(translate.ConfigError, match='is not the config of a folder written by'):
+        translate_here(capsys, '--model', exported, pkl)
+    (exported / 'config.json').write_text(config_json)
+    (exported / 'model.safetensors').write_bytes(b'\0' * 40)
+    with pytest.raises(translate.ConfigError, match=re.escape(
+            f'{exported}/model.safetensors cannot be read')):
+        translate_here(capsys, '--model', exported, pkl)
+    with pytest.raises(translate.UsageError, match='--hidden_dim cannot act on --model'):
+        translate_here(capsys, '--model', exported, '--hidden_dim', '16', pkl)
+    with pytest.raises(translate.UsageError, match='--ctc_beam cannot act: .* is a translator'):
+        translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--ctc_beam', '2',
+                       pkl)
+
+    old = tmp_path / 'old'
+    old.mkdir()
+    (old / 'translator.json').write_text('{"flags": ')
+    with pytest.raises(translate.ConfigError, match=re.escape(
+            f'--model {old}/translator.json cannot be read')):
+        translate_here(capsys, '--model', old, pkl)
 
 
 def test_a_tokenizer_that_cannot_read_the_prompt_stops_with_the_folder_named(trained, tmp_path,
@@ -200,3 +315,68 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(trained, tmp_pa
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert re.search(rf'translate.py: error: the tokenizer in {re.escape(str(mt5))} has \d+ tokens '
                      r'but the mT5 model .*config.json has vocab_size \d+', proc.stderr)
+
+
+@pytest.fixture(scope='module')
+def ctc_checkpoint(tmp_path_factory):
+    """(checkpoint, pose folder): a CTC recognizer with random weights (its linear classifier
+    made to tell frames apart and never pick the blank), saved as fine_tuning.py saves one
+    (flags, gloss vocabulary, epoch, dev WER), and random clips of varied lengths."""
+    import pickle
+
+    import checkpoint
+    from conftest import ctc_args, random_clip
+    from ctc_head import GlossVocab
+    from models import CTCRecognizer, get_requires_grad_dict
+    folder = tmp_path_factory.mktemp('ctc')
+    vocab = GlossVocab([f'G{i}' for i in range(12)])
+    args = ctc_args(mt5_path=None, weight_norm=False)
+    poses = folder / 'poses'
+    poses.mkdir()
+    for index in range(7):
+        with open(poses / f'clip{index}.pkl', 'wb') as f:
+            pickle.dump(random_clip(24 + 9 * index, seed=index), f)
+    clips = translate.collect_inputs([str(poses)])
+    (_, _, batch), = translate.read_batches(clips, len(clips), args.max_length, None, False, [])
+    torch.manual_seed(0)
+    model = CTCRecognizer(args, vocab.num_classes).eval()
+    classifier = model.head.classifier
+    with torch.no_grad():  # only what differs between frames and clips picks the gloss
+        inputs = []
+        hook = classifier.register_forward_hook(lambda _, args, __: inputs.append(args[0]))
+        model(batch)
+        hook.remove()
+        classifier.weight.mul_(100)
+        classifier.bias.copy_(-classifier.weight @ inputs[-1].flatten(0, -2).mean(0))
+        classifier.bias[0] = -1e3  # never the blank
+    path = folder / 'best_checkpoint.pth'
+    torch.save({'model': get_requires_grad_dict(model), 'args': checkpoint.plain_args(args),
+                'gloss_vocab': vocab.state_dict(), 'epoch': 2, 'dev_wer': 87.5}, path)
+    return path, poses
+
+
+def test_ctc_recognizer_writes_glosses_and_exports(ctc_checkpoint, tmp_path, capsys):
+    path, poses = ctc_checkpoint
+    expected, stderr = translate_here(capsys, '--checkpoint', path, poses, '--batch_size', '3')
+    rows = [line.split('\t') for line in expected.splitlines()]
+    assert [name for name, _ in rows] == [f'clip{i}' for i in range(7)]
+    assert 'translated 7 of 7 clips' in stderr
+    glosses = [text.split() for _, text in rows]
+    assert all(g.startswith('G') for line in glosses for g in line)
+    assert len({tuple(line) for line in glosses}) > 1 and any(glosses)
+    exported = tmp_path / 'ctc_export'
+    translate_here(capsys, '--checkpoint', path, '--export', exported)
+    assert {'model.safetensors', 'config.json', 'README.md'} <= set(os.listdir(exported))
+    assert not {'spiece.model', 'tokenizer.json'} & set(os.listdir(exported))
+    with open(exported / 'config.json', encoding='utf-8') as f:
+        description = json.load(f)
+    assert description['head'] == 'ctc' and description['info']['gloss_vocab']['itos'][1] == 'G0'
+    card = (exported / 'README.md').read_text(encoding='utf-8')
+    assert 'CTC gloss recognizer' in card and '| dev_wer | 87.5 |' in card
+    assert translate_here(capsys, '--model', exported, poses, '--batch_size', '3')[0] == expected
+    beam, _ = translate_here(capsys, '--model', exported, poses, '--batch_size', '3',
+                             '--ctc_beam', '4')
+    assert [l.split('\t')[0] for l in beam.splitlines()] == [name for name, _ in rows]
+    for flag in ('--num_beams', '--decode_pool'):
+        with pytest.raises(translate.UsageError, match=f'{flag} cannot act: .* CTC recognizer'):
+            translate_here(capsys, '--model', exported, poses, flag, '2')
