@@ -12,13 +12,16 @@ working.
 import os
 import random
 
+import numpy as np
 import torch
 
 import config
+from clip_table import ClipTable
 from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  # noqa: F401
                        SCORE_THRESHOLD, DataError, check_frame_count, clip_span)
 from labels import load_labels, read_label_entries  # noqa: F401
-from pose_store import clip_name, open_packed_store
+from pose_store import clip_name, clip_names
+from store_parts import open_store
 from poses import (clip_parts, collate_clips, load_part_kp, pad_repeat_last, read_pose,  # noqa: F401
                    sample_frame_indices)
 from sample_checks import validate_samples  # noqa: F401
@@ -93,9 +96,11 @@ class S2T_Dataset(torch.utils.data.Dataset):
         problems = [entry for entry in entries if isinstance(entry, DataError)]
         if problems and not defer_label_errors:
             raise problems[0]
-        self.entries = [entry for entry in entries if not isinstance(entry, DataError)]
+        self.entries = ClipTable.from_entries(
+            entry for entry in entries if not isinstance(entry, DataError))
+        del entries  # the per-entry dicts: the table holds what training reads
         self.label_problems = [str(problem) for problem in problems]
-        self.store = open_packed_store(pose_dir, packed_dir)
+        self.store = open_store(pose_dir, packed_dir)
         self.pose_dir, self.phase, self.dataset_name = pose_dir, phase, dataset_name
         self.lang = self.spec.language
         self.max_length, self.task, self.seed, self.pose_fps = max_length, task, seed, pose_fps
@@ -104,7 +109,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.targets = targets
         self.max_frames = max_frames
         self.epoch = 0
-        self._durations = {}
+        self._frames = np.full(len(self.entries), -1, dtype=np.int32)  # -1: not read yet
 
     def __len__(self):
         return len(self.entries)
@@ -113,10 +118,14 @@ class S2T_Dataset(torch.utils.data.Dataset):
         return f'#total {len(self)}'
 
     def pose_path(self, index):
-        return os.path.join(self.pose_dir, self.entries[index]['pose_file'])
+        return os.path.join(self.pose_dir, self.entries.value('pose_file', index))
 
     def clip_name(self, index):
-        return clip_name(self.entries[index]['pose_file'])
+        return clip_name(self.entries.value('pose_file', index))
+
+    def clip_names(self):
+        """Store names of every entry's pose file, as a numpy bytes array."""
+        return clip_names(self.entries.columns['pose_file'])
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -130,7 +139,8 @@ class S2T_Dataset(torch.utils.data.Dataset):
             pose = self.store.read(name)
         else:
             pose = read_pose(self.pose_path(index), fps=self.pose_fps, max_frames=self.max_frames)
-        self._durations[index] = clip_span(pose)[1]
+        if self._frames[index] < 0:  # known after the pre-scan: workers then never write here
+            self._frames[index] = clip_span(pose)[1]
         return pose
 
     def __getitem__(self, index):
@@ -143,27 +153,29 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     def target_texts(self):
         """The strings mT5 is trained to write: sentences, or gloss strings for task CSLR."""
-        if self.task == 'CSLR':
-            return [' '.join(entry['gloss']) for entry in self.entries]
-        return [entry['text'] for entry in self.entries]
+        return self.entries.column('gloss' if self.task == 'CSLR' else 'text')
+
+    def set_frames(self, indices, frames):
+        """Records clip lengths found by the pre-scan."""
+        self._frames[np.asarray(indices, dtype=np.int64)] = frames
 
     def lengths(self):
-        """Clip lengths after sampling; reads (once) the pose files not yet seen."""
-        for index in range(len(self)):
-            if index in self._durations:
-                continue
-            if self.store is not None:  # the store's index knows every duration
-                self._durations[index] = self.store.span(self.clip_name(index))[1]
-            else:
+        """Clip lengths after sampling (a list); reads (once) the pose files not yet seen
+        (a packed store's index knows every length)."""
+        unknown = np.flatnonzero(self._frames < 0)
+        if len(unknown) and self.store is not None:
+            names = self.clip_names()[unknown]
+            self._frames[unknown] = self.store.spans(names)[:, 1]
+        else:
+            for index in unknown.tolist():
                 self.read_clip(index)
-        return [min(self._durations[i], self.max_length) for i in range(len(self))]
+        return np.minimum(self._frames, self.max_length).tolist()
 
     def keep(self, indices):
         """Restricts the dataset to the given entry indices (in that order)."""
-        durations = self._durations
-        self._durations = {new: durations[old] for new, old in enumerate(indices)
-                           if old in durations}
-        self.entries = [self.entries[i] for i in indices]
+        indices = np.asarray(indices, dtype=np.int64)
+        self._frames = self._frames[indices]
+        self.entries = self.entries.take(indices)
 
     def collate_fn(self, batch):
         names, clips, texts, glosses = zip(*batch)
