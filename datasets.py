@@ -21,7 +21,7 @@ from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  #
                        SCORE_THRESHOLD, DataError, check_frame_count, clip_span)
 from labels import load_labels, read_label_entries  # noqa: F401
 from pose_store import clip_name, clip_names
-from store_parts import open_store
+from store_parts import PartedStore, open_store, parts_of
 from poses import (clip_parts, collate_clips, load_part_kp, pad_repeat_last, read_pose,  # noqa: F401
                    sample_frame_indices)
 from sample_checks import validate_samples  # noqa: F401
@@ -126,6 +126,14 @@ class S2T_Dataset(torch.utils.data.Dataset):
     def clip_names(self):
         """Store names of every entry's pose file, as a numpy bytes array."""
         return clip_names(self.entries.columns['pose_file'])
+
+    def rank_share(self, rank, world):
+        """The sample indices rank `rank` of `world` checks and, from a parted store, trains on:
+        the clips of its parts (store_parts.py); otherwise every world-th sample from `rank`."""
+        if world > 1 and isinstance(self.store, PartedStore):
+            owners = parts_of(self.clip_names(), self.store.parts)
+            return np.flatnonzero(np.isin(owners, self.store.rank_parts(rank, world)))
+        return np.arange(rank, len(self), world, dtype=np.int64)
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -24,12 +24,12 @@ import preemption  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
+import scan_cache  # noqa: E402
 import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E402
-from sample_checks import (clip_identities, merge_findings, scan_samples,  # noqa: E402
-                           split_overlaps, validate_samples)
+from sample_checks import clip_identities, split_overlaps, validate_samples  # noqa: E402
 from samplers import ResumableDistributedSampler  # noqa: E402
 from tasks import build_task  # noqa: E402
 
@@ -90,12 +90,20 @@ def build_datasets(args, spec, paths, phases):
 
 
 def prescan(args, dataset, phase, label_path):
-    """Reads and checks every clip of a split: each rank its share, in --num_workers processes.
-    Bad samples stop the run with a message naming their files and problems, or with
-    --skip_bad_samples are dropped and returned (their messages)."""
+    """Reads and checks every clip of a split: each rank its share, in --num_workers processes,
+    reusing the findings cached in --output_dir for unchanged clips (scan_cache.py). Bad samples
+    stop the run with a message naming their files and problems, or with --skip_bad_samples are
+    dropped and returned (their messages)."""
     rank, world = utils.get_rank(), utils.get_world_size()
-    local = scan_samples(dataset, range(rank, len(dataset), world), args.num_workers)
-    findings = merge_findings(utils.all_gather_objects(local))
+    path = scan_cache.cache_path(args.output_dir, phase) if args.output_dir else None
+    title = f"pre-scan {phase}" + (f" (rank {rank})" if world > 1 else "")
+    frames, problems, read = scan_cache.scan_split(
+        dataset, dataset.rank_share(rank, world), path, args.num_workers, title,
+        utils.all_gather_objects, write=utils.is_main_process())
+    if path:
+        print(f"pre-scan {phase}: {read} of {len(dataset)} clips read, the others' findings "
+              f"from {path}")
+    findings = frames, problems
     try:
         _, problems = validate_samples(dataset, args.skip_bad_samples, findings=findings)
     except DataError as error:
