@@ -36,7 +36,8 @@ def write_npy(path, arrays, dtype, shape):
     np.lib.format.write_array_header_1_0(header, {
         'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)), 'fortran_order': False,
         'shape': tuple(shape)})
-    body = (memoryview(np.ascontiguousarray(a, dtype=dtype)).cast('B') for a in arrays)
+    body = (memoryview(np.ascontiguousarray(a, dtype=dtype)).cast('B') for a in arrays
+            if np.size(a))  # an empty array has no bytes (and no byte view)
     return write_chunks_atomic(path, [header.getvalue(), *body])
 
 

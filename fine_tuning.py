@@ -31,6 +31,7 @@ from keypoints import DataError  # noqa: E402
 from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E402
 from sample_checks import clip_identities, split_overlaps, validate_samples  # noqa: E402
 from samplers import ResumableDistributedSampler  # noqa: E402
+from store_parts import PartedStore  # noqa: E402
 from tasks import build_task  # noqa: E402
 
 
@@ -139,6 +140,22 @@ def report_skipped_samples(args, splits):
     return summary
 
 
+def rank_share(args, dataset):
+    """From a parted store, each rank trains on the clips of its parts (store_parts.py), every
+    rank as many batches as the smallest share fills; otherwise on its share of the epoch's
+    global order (no arguments)."""
+    rank, world = utils.get_rank(), utils.get_world_size()
+    if world == 1 or not isinstance(dataset.store, PartedStore):
+        return {}
+    share = dataset.rank_share(rank, world)
+    smallest = min(utils.all_gather_objects(len(share)))
+    if smallest < args.batch_size:
+        raise config.ConfigError(
+            f"{dataset.store.directory}: a rank's parts hold {smallest} training clips, fewer "
+            f"than one batch of --batch-size {args.batch_size}: lower --batch-size")
+    return {'share': share, 'num_batches': smallest // args.batch_size}
+
+
 def make_loader(args, dataset, train):
     # Training workers are not persistent: each epoch's workers must see dataset.set_epoch().
     common = dict(collate_fn=dataset.collate_fn, num_workers=args.num_workers,
@@ -152,7 +169,7 @@ def make_loader(args, dataset, train):
     batches = ResumableDistributedSampler(
         len(dataset), utils.get_world_size(), utils.get_rank(), shuffle=True, seed=args.seed,
         drop_last=True, batch_size=args.batch_size, bucket_by_length=args.bucket_by_length,
-        lengths=dataset.lengths() if args.bucket_by_length else None)
+        lengths=dataset.lengths() if args.bucket_by_length else None, **rank_share(args, dataset))
     # A private generator: starting an iterator must not draw from the global torch RNG, whose
     # state a resumed run restores exactly.
     generator = torch.Generator().manual_seed(args.seed)
