@@ -453,7 +453,7 @@ class PackedPoseStore:
             except OSError:
                 stamp = 'missing'
             digest.update(f'{file}:{checksum}:{stamp};'.encode('utf-8'))
-        return int.from_bytes(digest.digest()[:8], 'little', signed=True) & ~(1 << 63)
+        return int.from_bytes(digest.digest()[:8], 'little') & ((1 << 63) - 1)  # >= 0
 
     def grid(self, name):
         """(offsets, steps) float32 of the clip's x, y and score grids: a stored value is
