@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import config
-from clip_table import ClipTable
+import label_cache
 from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  # noqa: F401
                        SCORE_THRESHOLD, DataError, check_frame_count, clip_span)
 from labels import load_labels, read_label_entries  # noqa: F401
@@ -81,25 +81,22 @@ class S2T_Dataset(torch.utils.data.Dataset):
     same frames; the trainer calls set_epoch() before each epoch's DataLoader iterator starts.
     Clips come from a packed pose store when pose_dir holds one or packed_dir names one. An
     unusable label entry stops construction, or with defer_label_errors is left out and its
-    message kept in `label_problems` for validate_samples to report.
+    message kept in `label_problems` for validate_samples to report. The entries are a
+    ClipTable (compact arrays, clip_table.py), kept in cache_dir for the next start
+    (label_cache.py).
     """
     pose_fps = None  # `.pose` inputs are resampled to this rate when set
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
                  tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None,
                  defer_label_errors=False, pose_fps=None, targets=None, spec=None,
-                 max_frames=DEFAULT_MAX_FRAMES):
+                 max_frames=DEFAULT_MAX_FRAMES, cache_dir=None, write_cache=True):
         self.spec = spec or config.get_dataset(dataset_name)
-        entries = read_label_entries(label_path, self.spec.label_format)
-        if self.spec.held_out:  # split first, so a bad entry does not move the boundary
-            entries = held_out_split(entries, phase, self.spec.held_out)
-        problems = [entry for entry in entries if isinstance(entry, DataError)]
-        if problems and not defer_label_errors:
-            raise problems[0]
-        self.entries = ClipTable.from_entries(
-            entry for entry in entries if not isinstance(entry, DataError))
-        del entries  # the per-entry dicts: the table holds what training reads
-        self.label_problems = [str(problem) for problem in problems]
+        self.entries, self.label_problems = label_cache.split_entries(
+            label_path, self.spec.label_format, phase, self.spec.held_out, cache_dir,
+            write=write_cache)
+        if self.label_problems and not defer_label_errors:
+            raise DataError(self.label_problems[0])
         self.store = open_store(pose_dir, packed_dir)
         self.pose_dir, self.phase, self.dataset_name = pose_dir, phase, dataset_name
         self.lang = self.spec.language
@@ -110,6 +107,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.max_frames = max_frames
         self.epoch = 0
         self._frames = np.full(len(self.entries), -1, dtype=np.int32)  # -1: not read yet
+        self._clip_names = None
 
     def __len__(self):
         return len(self.entries)
@@ -125,7 +123,9 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     def clip_names(self):
         """Store names of every entry's pose file, as a numpy bytes array."""
-        return clip_names(self.entries.columns['pose_file'])
+        if self._clip_names is None or len(self._clip_names) != len(self):
+            self._clip_names = clip_names(self.entries.columns['pose_file'])
+        return self._clip_names
 
     def rank_share(self, rank, world):
         """The sample indices rank `rank` of `world` checks and, from a parted store, trains on:
@@ -184,6 +184,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         self._frames = self._frames[indices]
         self.entries = self.entries.take(indices)
+        self._clip_names = None
 
     def collate_fn(self, batch):
         names, clips, texts, glosses = zip(*batch)
@@ -194,12 +195,14 @@ class S2T_Dataset(torch.utils.data.Dataset):
         return src_input, tgt_input
 
 
-def build_dataset(args, spec, paths, phase, targets=None):
-    """The `phase` split of a registered dataset for the run's flags (None if it has none)."""
+def build_dataset(args, spec, paths, phase, targets=None, cache_dir=None, write_cache=True):
+    """The `phase` split of a registered dataset for the run's flags (None if it has none);
+    its label entries are kept in cache_dir (written with write_cache)."""
     label_path = paths['labels'][phase]
     if label_path is None:
         return None
     return S2T_Dataset(label_path, paths['pose_dirs'][phase], phase, dataset_name=args.dataset,
                        max_length=args.max_length, task=args.task, seed=args.seed,
                        defer_label_errors=True, pose_fps=args.pose_fps, targets=targets,
-                       spec=spec, max_frames=args.max_frames_per_clip)
+                       spec=spec, max_frames=args.max_frames_per_clip, cache_dir=cache_dir,
+                       write_cache=write_cache)

@@ -52,3 +52,33 @@ def sha256_file(path, block=1 << 22):
         while chunk := f.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _arrays_digest(arrays):
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f'{name}:{array.dtype.str}:{array.shape};'.encode('utf-8'))
+        digest.update(memoryview(array).cast('B') if array.size else b'')
+    return digest.hexdigest()
+
+
+def write_checked_npz(path, arrays, meta):
+    """Writes numpy arrays and a JSON-ready `meta` atomically as one .npz that carries the
+    SHA-256 of the arrays (read_checked_npz verifies it)."""
+    record = json.dumps({'meta': meta, 'sha256': _arrays_digest(arrays)})
+    buffer = io.BytesIO()
+    np.savez(buffer, __record__=np.array(record), **arrays)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_chunks_atomic(path, [buffer.getbuffer()])
+
+
+def read_checked_npz(path):
+    """(arrays, meta) of a write_checked_npz file; raises ValueError (or numpy's, zip's or the
+    OS's error) when it does not load or its arrays do not match their checksum."""
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files if name != '__record__'}
+        record = json.loads(str(stored['__record__']))
+    if record.get('sha256') != _arrays_digest(arrays):
+        raise ValueError("its checksum does not match its content")
+    return arrays, record.get('meta')

@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 import checkpoint  # noqa: E402
 import config  # noqa: E402
 import engine as trainer  # noqa: E402
+import label_cache  # noqa: E402
 import preemption  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
@@ -73,12 +74,14 @@ def build_datasets(args, spec, paths, phases):
     """The splits, every clip checked before any model is built (see prescan)."""
     splits = {}
     for phase in phases:
-        dataset = build_dataset(args, spec, paths, phase)
+        dataset = build_dataset(args, spec, paths, phase, cache_dir=scan_cache.cache_dir(
+            args.output_dir), write_cache=utils.is_main_process())
         if dataset is None:
             continue
         dataset.skipped = prescan(args, dataset, phase, paths["labels"][phase])
         splits[phase] = dataset
         print(f"{phase}: {len(dataset)} clips from {paths['labels'][phase]}")
+    label_cache.forget()
     overlaps = split_overlaps({phase: clip_identities(ds) for phase, ds in splits.items()})
     if overlaps:
         counts = ", ".join(f"{pair} {n}" for pair, n in overlaps.items())

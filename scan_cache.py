@@ -18,14 +18,13 @@ other settings is set aside. The file carries the SHA-256 of its arrays: a file 
 load or does not match is reported and rebuilt, never trusted.
 """
 import hashlib
-import io
 import json
 import os
 
 import numpy as np
 
 from clip_table import StringColumn
-from durable import write_chunks_atomic
+from durable import read_checked_npz, write_checked_npz, write_json_atomic
 from sample_checks import scan_clips
 
 CACHE_VERSION = 1
@@ -33,8 +32,56 @@ CACHE_DIR = 'scan_cache'
 _ARRAYS = ('keys', 'signatures', 'frames', 'problem_rows', 'problem_data', 'problem_ends')
 
 
+def cache_dir(output_dir):
+    """The run's cache folder, or None without an output folder."""
+    return os.path.join(output_dir, CACHE_DIR) if output_dir else None
+
+
 def cache_path(output_dir, phase):
     return os.path.join(output_dir, CACHE_DIR, f'{phase}.npz')
+
+
+def _fingerprint(inputs):
+    """SHA-256 of the inputs: strings, lists of strings, and folders (the name, size and
+    modification time of each file in them)."""
+    digest = hashlib.sha256()
+    for item in inputs:
+        if isinstance(item, str) and os.path.isdir(item):
+            for file in sorted(os.listdir(item)):
+                stat = os.stat(os.path.join(item, file))
+                digest.update(f'{file}:{stat.st_size}:{stat.st_mtime_ns};'.encode('utf-8'))
+        elif isinstance(item, str):
+            digest.update(item.encode('utf-8'))
+        else:
+            digest.update('\0'.join(item).encode('utf-8'))
+        digest.update(b'\1')
+    return digest.hexdigest()
+
+
+def cached_value(folder, name, inputs, compute, write=True):
+    """compute(), kept under `name` in folder/values.json (written with `write`) for the same
+    inputs (see _fingerprint); computed every time when folder is None."""
+    if folder is None:
+        return compute()
+    path, key = os.path.join(folder, 'values.json'), _fingerprint(inputs)
+    values = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding='utf-8') as f:
+                values = json.load(f)
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            print(f"warning: cache {path} is corrupt ({error}); computing its values again")
+            values = {}
+    if isinstance(values.get(name), dict) and values[name].get('key') == key:
+        return values[name]['value']
+    value = compute()
+    if write:
+        values[name] = {'key': key, 'value': value}
+        os.makedirs(folder, exist_ok=True)
+        write_json_atomic(path, values)
+    return value
 
 
 def scan_settings(dataset):
@@ -58,15 +105,6 @@ def clip_signatures(dataset, keys, indices):
             continue
         rows[row] = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     return rows
-
-
-def _digest(arrays):
-    digest = hashlib.sha256()
-    for name in _ARRAYS:
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f'{name}:{array.dtype.str}:{array.shape};'.encode('utf-8'))
-        digest.update(memoryview(array).cast('B'))
-    return digest.hexdigest()
 
 
 class ScanCache:
@@ -93,18 +131,15 @@ class ScanCache:
         if not os.path.isfile(path):
             return cls()
         try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {name: stored[name] for name in _ARRAYS}
-                meta = json.loads(str(stored['meta']))
-            if meta.get('sha256') != _digest(arrays):
-                raise ValueError("its checksum does not match its content")
+            arrays, meta = read_checked_npz(path)
+            arrays = {name: arrays[name] for name in _ARRAYS}
         except Exception as error:  # a damaged file can fail in any of numpy's or zip's ways
             print(f"warning: pre-scan cache {path} is corrupt ({type(error).__name__}: {error}); "
                   "reading every clip again and rebuilding it")
             return cls()
-        if meta.get('settings') != settings:
+        if meta != settings:
             print(f"pre-scan cache {path} was made with other settings "
-                  f"({meta.get('settings')} vs {settings}); reading every clip again")
+                  f"({meta} vs {settings}); reading every clip again")
             return cls()
         return cls(arrays)
 
@@ -153,11 +188,7 @@ def save(path, settings, keys, signatures, frames, problems):
               'frames': np.ascontiguousarray(frames[first], dtype=np.int32),
               'problem_rows': np.array([row for row, _ in bad], dtype=np.int64),
               'problem_data': messages.data, 'problem_ends': messages.ends}
-    meta = json.dumps({'settings': settings, 'sha256': _digest(arrays)})
-    buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(meta), **arrays)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_chunks_atomic(path, [buffer.getbuffer()])
+    write_checked_npz(path, arrays, settings)
 
 
 def cached_scan(dataset, indices, keys, cache, workers=0, progress=None):
