@@ -59,7 +59,16 @@ _XY_STEPS = _XY_OFFSETS + 3
 
 def clip_name(pose_file):
     """Store name of a pose file given relative to the pose folder: the path without extension."""
+    if is_plain_path(pose_file):  # the usual case, a million times at start-up: no normpath
+        dot = pose_file.rfind('.')
+        return pose_file[:dot] if dot > pose_file.rfind('/') + 1 else pose_file
     return os.path.splitext(os.path.normpath(pose_file))[0].replace(os.sep, '/')
+
+
+def is_plain_path(path):
+    """Whether a relative path is its own os.path.normpath (no '.', '..' or empty parts)."""
+    return os.sep == '/' and path and path[0] not in './' and path[-1] != '/' and \
+        '//' not in path and '/.' not in path
 
 
 def clip_names(pose_files):

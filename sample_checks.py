@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, check_coordinates, clip_span
+from pose_store import is_plain_path
 
 # Below this many clips a worker pool costs more than it saves.
 MIN_PARALLEL_CLIPS = 2048
@@ -206,9 +207,9 @@ def describe_problems(problems, total, shown=10):
 def clip_identities(dataset):
     """(name, absolute pose file) of every sample: what makes two samples the same clip."""
     pose_dir = os.path.abspath(dataset.pose_dir)
-    return list(zip(dataset.entries.column('name'),
-                    (os.path.normpath(os.path.join(pose_dir, file))
-                     for file in dataset.entries.column('pose_file'))))
+    return list(zip(dataset.entries.column('name'), (
+        pose_dir + '/' + file if is_plain_path(file) else os.path.normpath(
+            os.path.join(pose_dir, file)) for file in dataset.entries.column('pose_file'))))
 
 
 def split_overlaps(clips_by_split):
