@@ -21,7 +21,11 @@ class StringColumn:
 
     @classmethod
     def from_strings(cls, strings):
-        encoded = [text.encode('utf-8') for text in strings]
+        return cls.from_encoded([text.encode('utf-8') for text in strings])
+
+    @classmethod
+    def from_encoded(cls, encoded):
+        """The column of a list of UTF-8 bytes strings."""
         ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
         data = np.frombuffer(b''.join(encoded), dtype=np.uint8).copy()
         return cls(data, ends.astype(np.int64))
@@ -72,14 +76,14 @@ class ClipTable:
 
     @classmethod
     def from_entries(cls, entries):
-        values = {field: [] for field in FIELDS}
+        values = {field: [] for field in FIELDS}  # UTF-8 bytes: the entries' dicts can go
         for entry in entries:
-            values['name'].append(entry['name'])
-            values['text'].append(entry['text'])
-            values['gloss'].append(' '.join(entry['gloss']))
-            values['pose_file'].append(entry['pose_file'])
-            values['signer'].append(entry.get('signer', DEFAULT_SIGNER))
-        return cls({field: StringColumn.from_strings(values.pop(field)) for field in FIELDS})
+            values['name'].append(entry['name'].encode('utf-8'))
+            values['text'].append(entry['text'].encode('utf-8'))
+            values['gloss'].append(' '.join(entry['gloss']).encode('utf-8'))
+            values['pose_file'].append(entry['pose_file'].encode('utf-8'))
+            values['signer'].append(entry.get('signer', DEFAULT_SIGNER).encode('utf-8'))
+        return cls({field: StringColumn.from_encoded(values.pop(field)) for field in FIELDS})
 
     def __len__(self):
         return len(self.columns['name'])

@@ -16,7 +16,7 @@ import numpy as np
 from clip_table import FIELDS, ClipTable, StringColumn
 from durable import read_checked_npz, write_checked_npz
 from keypoints import DataError, require_file
-from labels import read_label_entries
+from labels import iter_label_entries
 
 LABELS_VERSION = 1
 _parsed = {}  # the last label file parsed: key -> (table, positions, problems, entries)
@@ -33,12 +33,19 @@ def parse(path, label_format):
     key = (os.path.abspath(path), tuple(file_stamp(path)), label_format)
     if key not in _parsed:
         _parsed.clear()  # one file at a time: the splits of a corpus are read one after another
-        entries = read_label_entries(path, label_format)
-        good = [i for i, entry in enumerate(entries) if not isinstance(entry, DataError)]
-        problems = [(i, str(entry)) for i, entry in enumerate(entries)
-                    if isinstance(entry, DataError)]
-        table = ClipTable.from_entries(entries[i] for i in good)
-        _parsed[key] = (table, np.array(good, dtype=np.int64), problems, len(entries))
+        good, problems = [], []
+
+        def usable():  # entries go into the table's columns as they are read
+            for position, entry in enumerate(iter_label_entries(path, label_format)):
+                if isinstance(entry, DataError):
+                    problems.append((position, str(entry)))
+                else:
+                    good.append(position)
+                    yield entry
+
+        table = ClipTable.from_entries(usable())
+        _parsed[key] = (table, np.array(good, dtype=np.int64), problems,
+                        len(good) + len(problems))
     return _parsed[key]
 
 

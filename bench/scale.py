@@ -253,7 +253,12 @@ def summarize(args, run, store_dir):
             part = os.path.relpath(os.path.dirname(file), store_dir)
             per_part[part] = per_part.get(part, 0) + rss
         touched[rank] = {part: round(rss / mib, 1) for part, rss in sorted(per_part.items())}
-    return {'first_step_s': round(run['first_step_s'], 1),
+    prescan = {}
+    for line in run['output']:
+        if line.startswith('pre-scan ') and ' clips read' in line:
+            phase, counts = line[len('pre-scan '):].split(':', 1)
+            prescan[phase] = counts.split(' clips read')[0].strip()
+    return {'first_step_s': round(run['first_step_s'], 1), 'prescan_read': prescan,
             'startup_marks_s': {k: round(v, 1) for k, v in run['marks'].items()},
             'steps': run['steps'],
             'rank_peak_rss_mib': [round(v / mib, 1) for v in watch.rank_peak.values()],
@@ -267,6 +272,8 @@ def print_run(name, figures):
           f"({figures['steps']} steps trained)")
     for mark, seconds in figures['startup_marks_s'].items():
         print(f"  {seconds:8.1f} s  {mark.strip()}")
+    for phase, counts in figures['prescan_read'].items():
+        print(f"  pre-scan {phase}: {counts} clips read (the others from the cache)")
     print(f"  peak RSS per rank: {', '.join(f'{v:.0f} MiB' for v in figures['rank_peak_rss_mib'])}")
     for worker in figures['workers']:
         print(f"  DataLoader worker of rank pid {worker['rank_pid']}: USS "

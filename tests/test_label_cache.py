@@ -22,13 +22,13 @@ def news_file(tmp_path):
 @pytest.fixture
 def counted_parses(monkeypatch):
     calls = []
-    read = label_cache.read_label_entries
+    read = label_cache.iter_label_entries
 
     def counting(path, label_format=None):
         calls.append(path)
         return read(path, label_format)
 
-    monkeypatch.setattr(label_cache, 'read_label_entries', counting)
+    monkeypatch.setattr(label_cache, 'iter_label_entries', counting)
     label_cache.forget()
     yield calls
     label_cache.forget()
