@@ -15,8 +15,11 @@ fine_tuning.py (CSL_News, SLT, a tiny model, --bucket_by_length), twice with one
 Measured from outside the trainer, by watching its processes every --poll seconds (psutil):
 seconds from the command to each start-up line and to the first training step (log_steps.txt),
 peak RSS of each rank's main process, RSS and USS (private memory) of each DataLoader worker
-at its first and last sample, and the bytes of the store each rank touched (the resident size
-of its and its workers' maps of the store's files, per part). The size of the sampler state is
+at its first and last sample (private dirty: pages a forked worker wrote or copied from the
+rank, e.g. by touching its Python objects), and the bytes of the store each rank touched (the
+resident size of its and its workers' maps of the store's files, per part; between the largest
+over its processes and their sum). Run first and resumed runs on an otherwise idle machine for
+timings. The size of the sampler state is
 read from the saved training state. --ranks 2 runs under the deepspeed launcher; --parts K
 packs the store in K parts (store_parts.py), which ranks open independently.
 
@@ -43,7 +46,8 @@ import cli  # noqa: E402
 import scale_data  # noqa: E402
 from cli import add_flag  # noqa: E402
 
-STARTUP_LINES = ('train: ', 'dev: ', 'test: ', 'optimizer steps per epoch')
+STARTUP_LINES = ('pre-scan train', 'train: ', 'pre-scan dev', 'dev: ', 'test: ',
+                 'optimizer steps per epoch')
 TINY_MODEL = ['--stgcn_channels', '8,16', '--hidden_dim', '16', '--temporal_layers', '1',
               '--num_beams', '1', '--max_new_tokens', '8', '--dtype', 'fp32']
 
@@ -96,6 +100,21 @@ def trainer_command(args, where, output_dir):
 
 # ----------------------------------------------------------------------------- watching a run
 
+def private_memory(pid):
+    """{'rss', 'private_dirty', 'anonymous'} in bytes from /proc/PID/smaps_rollup. Private
+    dirty pages are those the process wrote or copied from its parent (a forked worker that
+    touches the parent's Python objects copies their pages); clean file pages of the store's
+    maps are not among them."""
+    fields = {}
+    with open(f'/proc/{pid}/smaps_rollup', encoding='ascii') as f:
+        for line in f:
+            name, _, value = line.partition(':')
+            if value.strip().endswith('kB'):
+                fields[name] = int(value.split()[0]) * 1024
+    return {'rss': fields['Rss'], 'private_dirty': fields['Private_Dirty'],
+            'anonymous': fields['Anonymous']}
+
+
 def store_maps(process, store_dir):
     """{file: resident bytes} of the process's maps of the store's files."""
     try:
@@ -138,20 +157,21 @@ class Watch:
 
     def _sample_worker(self, rank, worker):
         try:
-            memory = worker.memory_full_info()
-        except psutil.Error:
+            memory = private_memory(worker.pid)
+        except (OSError, KeyError):
             return
         record = self.workers.setdefault(worker.pid, {'rank': rank, 'first': memory,
                                                       'peak_rss': 0})
         record['last'] = memory
-        record['peak_rss'] = max(record['peak_rss'], memory.rss)
+        record['peak_rss'] = max(record['peak_rss'], memory['rss'])
 
     def touched_per_rank(self):
-        """{rank pid: {file: bytes}}, summed over the rank's processes."""
+        """{rank pid: {file: (largest, summed)}} over the rank's processes: the pages of a file
+        the rank's processes touched number at least the largest and at most the sum."""
         out = {}
         for (rank, _, file), rss in self.touched.items():
-            out.setdefault(rank, {})
-            out[rank][file] = out[rank].get(file, 0) + rss
+            low, high = out.setdefault(rank, {}).get(file, (0, 0))
+            out[rank][file] = (max(low, rss), high + rss)
         return out
 
 
@@ -215,8 +235,8 @@ def _lines(path):
 def _read_lines(process, start, lines, marks):
     for line in process.stdout:
         lines.append(line)
-        for mark in STARTUP_LINES + ('pre-scan train:', 'resumed from'):
-            if mark in line and mark not in marks:
+        for mark in STARTUP_LINES + ('resumed from',):
+            if line.startswith(mark) and mark not in marks:
                 marks[mark] = time.monotonic() - start
 
 
@@ -242,17 +262,19 @@ def summarize(args, run, store_dir):
     """The figures of one run as a JSON-ready dict."""
     watch = run['watch']
     mib = 2 ** 20
-    workers = [{'rank_pid': w['rank'], 'rss_start_mib': w['first'].rss / mib,
-                'rss_end_mib': w['last'].rss / mib, 'uss_start_mib': w['first'].uss / mib,
-                'uss_end_mib': w['last'].uss / mib, 'peak_rss_mib': w['peak_rss'] / mib}
-               for w in watch.workers.values()]
+    workers = [{'rank_pid': w['rank'], 'private_start_mib': w['first']['private_dirty'] / mib,
+                'private_end_mib': w['last']['private_dirty'] / mib,
+                'rss_start_mib': w['first']['rss'] / mib, 'rss_end_mib': w['last']['rss'] / mib,
+                'peak_rss_mib': w['peak_rss'] / mib} for w in watch.workers.values()]
     touched = {}
     for rank, files in sorted(watch.touched_per_rank().items()):
         per_part = {}
-        for file, rss in files.items():
+        for file, (low, high) in files.items():
             part = os.path.relpath(os.path.dirname(file), store_dir)
-            per_part[part] = per_part.get(part, 0) + rss
-        touched[rank] = {part: round(rss / mib, 1) for part, rss in sorted(per_part.items())}
+            total = per_part.get(part, (0, 0))
+            per_part[part] = (total[0] + low, total[1] + high)
+        touched[rank] = {part: [round(low / mib, 1), round(high / mib, 1)]
+                         for part, (low, high) in sorted(per_part.items())}
     prescan = {}
     for line in run['output']:
         if line.startswith('pre-scan ') and ' clips read' in line:
@@ -276,13 +298,14 @@ def print_run(name, figures):
         print(f"  pre-scan {phase}: {counts} clips read (the others from the cache)")
     print(f"  peak RSS per rank: {', '.join(f'{v:.0f} MiB' for v in figures['rank_peak_rss_mib'])}")
     for worker in figures['workers']:
-        print(f"  DataLoader worker of rank pid {worker['rank_pid']}: USS "
-              f"{worker['uss_start_mib']:.1f} -> {worker['uss_end_mib']:.1f} MiB, RSS "
+        print(f"  DataLoader worker of rank pid {worker['rank_pid']}: private dirty "
+              f"{worker['private_start_mib']:.1f} -> {worker['private_end_mib']:.1f} MiB, RSS "
               f"{worker['rss_start_mib']:.1f} -> {worker['rss_end_mib']:.1f} MiB (peak "
               f"{worker['peak_rss_mib']:.1f})")
     for rank, parts in enumerate(figures['store_touched_mib_per_rank']):
-        listed = ', '.join(f"{part}: {mib} MiB" for part, mib in parts.items())
-        print(f"  store bytes touched by rank {rank} (its processes' resident maps): {listed}")
+        listed = ', '.join(f"{part}: {low}-{high} MiB" for part, (low, high) in parts.items())
+        print(f"  store pages touched by rank {rank} (resident in its processes' maps of the "
+              f"store; at least the largest, at most the sum over processes): {listed}")
 
 
 def main(argv=None):
