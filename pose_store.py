@@ -437,32 +437,9 @@ class PackedPoseStore:
         first = np.where(windowed, rows[:, 3], 0)
         return np.stack([first, np.where(windowed, rows[:, 4] - rows[:, 3], rows[:, 2])], 1)
 
-    def signatures(self, names):
-        """int64 (n, 8) per clip: what its stored frames depend on (its shard's recorded
-        checksums with the files' sizes and modification times, its index row and grid);
-        all -1 for a clip the store lacks. Equal signatures: the clip reads the same."""
-        positions = self.positions(names)
-        found = positions >= 0
-        rows = self._array(INDEX_FILES[1])[positions[found]]
-        grids = np.ascontiguousarray(self._array(INDEX_FILES[2])[positions[found]])
-        shards = np.array([self._shard_signature(shard) for shard in range(
-            int(rows[:, 0].max()) + 1 if len(rows) else 0)], dtype=np.int64)
-        out = np.full((len(positions), 8), -1, dtype=np.int64)
-        out[found] = np.concatenate([shards[rows[:, 0]][:, None], rows[:, 1:],
-                                     grids.view(np.int64).reshape(len(rows), 3)], 1)
-        return out
-
-    def _shard_signature(self, shard):
-        records = {record['id']: record for record in self.manifest['shards']}
-        digest = hashlib.sha256()
-        for file, checksum in sorted(records.get(shard, {'files': {}})['files'].items()):
-            try:
-                stat = os.stat(os.path.join(self.directory, file))
-                stamp = f'{stat.st_size}:{stat.st_mtime_ns}'
-            except OSError:
-                stamp = 'missing'
-            digest.update(f'{file}:{checksum}:{stamp};'.encode('utf-8'))
-        return int.from_bytes(digest.digest()[:8], 'little') & ((1 << 63) - 1)  # >= 0
+    def index(self):
+        """The memory-mapped clip index: names, rows (shard, offset, length, start, end), grids."""
+        return tuple(self._array(file) for file in INDEX_FILES)
 
     def grid(self, name):
         """(offsets, steps) float32 of the clip's x, y and score grids: a stored value is

@@ -26,6 +26,7 @@ import numpy as np
 from clip_table import StringColumn
 from durable import read_checked_npz, write_checked_npz, write_json_atomic
 from sample_checks import scan_clips
+from store_parts import parts_of
 
 CACHE_VERSION = 1
 CACHE_DIR = 'scan_cache'
@@ -93,10 +94,46 @@ def scan_settings(dataset):
             'pose_fps': None if dataset.pose_fps is None else float(dataset.pose_fps)}
 
 
+def store_signatures(store, names):
+    """int64 (n, 8) per clip of a packed store: what its frames depend on (its shard's recorded
+    checksums with the files' sizes and modification times, its index row and grid); all -1
+    for a clip the store lacks. A parted store's clips are looked up in their parts."""
+    names = np.asarray(names, dtype=bytes)
+    out = np.full((len(names), 8), -1, dtype=np.int64)
+    if hasattr(store, 'parts'):  # store_parts.PartedStore
+        owners = parts_of(names, store.parts)
+        for part in np.unique(owners).tolist():
+            out[owners == part] = store_signatures(store.part(part), names[owners == part])
+        return out
+    positions = store.positions(names)
+    found = positions >= 0
+    _, rows, grids = store.index()
+    rows, grids = rows[positions[found]], np.ascontiguousarray(grids[positions[found]])
+    records = {record['id']: record['files'] for record in store.manifest['shards']}
+    shards = np.array([_shard_signature(store.directory, records.get(shard, {}))
+                       for shard in range(int(rows[:, 0].max()) + 1 if len(rows) else 0)],
+                      dtype=np.int64)
+    out[found] = np.concatenate([shards[rows[:, 0]][:, None], rows[:, 1:],
+                                 grids.view(np.int64).reshape(len(rows), 3)], 1)
+    return out
+
+
+def _shard_signature(directory, files):
+    digest = hashlib.sha256()
+    for file, checksum in sorted(files.items()):
+        try:
+            stat = os.stat(os.path.join(directory, file))
+            stamp = f'{stat.st_size}:{stat.st_mtime_ns}'
+        except OSError:
+            stamp = 'missing'
+        digest.update(f'{file}:{checksum}:{stamp};'.encode('utf-8'))
+    return int.from_bytes(digest.digest()[:8], 'little') & ((1 << 63) - 1)  # >= 0
+
+
 def clip_signatures(dataset, keys, indices):
     """int64 signature rows of the clips at `indices` (keys: every sample's clip key)."""
     if dataset.store is not None:
-        return dataset.store.signatures(keys[indices])
+        return store_signatures(dataset.store, keys[indices])
     rows = np.full((len(indices), 4), -1, dtype=np.int64)
     for row, index in enumerate(np.asarray(indices).tolist()):
         try:

@@ -140,8 +140,5 @@ class PartedStore:
     def spans(self, names):
         return self._per_part(names, 'spans', 2)
 
-    def signatures(self, names):
-        return self._per_part(names, 'signatures', 8)
-
     def grid(self, name):
         return self._store_of(name).grid(name)
