@@ -217,7 +217,8 @@ def run_trainer(args, command, output_dir, store_dir):
         time.sleep(args.poll)
     process.wait()
     reader.join()
-    if first_step is None or process.returncode not in (0, 75, 1):
+    # 75: the trainer's preemption status; the deepspeed launcher, signalled too, ends 1 or -15
+    if first_step is None or process.returncode not in (0, 75, 1, -signal.SIGTERM):
         sys.stdout.write(''.join(lines[-40:]))
         raise SystemExit(f"error: the trainer stopped (status {process.returncode}) before "
                          f"{args.batches} steps")
