@@ -12,13 +12,16 @@ working.
 import os
 import random
 
+import numpy as np
 import torch
 
 import config
+import label_cache
 from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  # noqa: F401
                        SCORE_THRESHOLD, DataError, check_frame_count, clip_span)
 from labels import load_labels, read_label_entries  # noqa: F401
-from pose_store import clip_name, open_packed_store
+from pose_store import clip_name, clip_names
+from store_parts import PartedStore, open_store, parts_of
 from poses import (clip_parts, collate_clips, load_part_kp, pad_repeat_last, read_pose,  # noqa: F401
                    sample_frame_indices)
 from sample_checks import validate_samples  # noqa: F401
@@ -78,24 +81,23 @@ class S2T_Dataset(torch.utils.data.Dataset):
     same frames; the trainer calls set_epoch() before each epoch's DataLoader iterator starts.
     Clips come from a packed pose store when pose_dir holds one or packed_dir names one. An
     unusable label entry stops construction, or with defer_label_errors is left out and its
-    message kept in `label_problems` for validate_samples to report.
+    message kept in `label_problems` for validate_samples to report. The entries are a
+    ClipTable (compact arrays, clip_table.py), kept in cache_dir for the next start
+    (label_cache.py).
     """
     pose_fps = None  # `.pose` inputs are resampled to this rate when set
 
     def __init__(self, label_path, pose_dir, phase, dataset_name='CSL_Daily', max_length=256,
                  tokenizer=None, task='SLT', max_tgt_len=50, seed=0, packed_dir=None,
                  defer_label_errors=False, pose_fps=None, targets=None, spec=None,
-                 max_frames=DEFAULT_MAX_FRAMES):
+                 max_frames=DEFAULT_MAX_FRAMES, cache_dir=None, write_cache=True):
         self.spec = spec or config.get_dataset(dataset_name)
-        entries = read_label_entries(label_path, self.spec.label_format)
-        if self.spec.held_out:  # split first, so a bad entry does not move the boundary
-            entries = held_out_split(entries, phase, self.spec.held_out)
-        problems = [entry for entry in entries if isinstance(entry, DataError)]
-        if problems and not defer_label_errors:
-            raise problems[0]
-        self.entries = [entry for entry in entries if not isinstance(entry, DataError)]
-        self.label_problems = [str(problem) for problem in problems]
-        self.store = open_packed_store(pose_dir, packed_dir)
+        self.entries, self.label_problems = label_cache.split_entries(
+            label_path, self.spec.label_format, phase, self.spec.held_out, cache_dir,
+            write=write_cache)
+        if self.label_problems and not defer_label_errors:
+            raise DataError(self.label_problems[0])
+        self.store = open_store(pose_dir, packed_dir)
         self.pose_dir, self.phase, self.dataset_name = pose_dir, phase, dataset_name
         self.lang = self.spec.language
         self.max_length, self.task, self.seed, self.pose_fps = max_length, task, seed, pose_fps
@@ -104,7 +106,8 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.targets = targets
         self.max_frames = max_frames
         self.epoch = 0
-        self._durations = {}
+        self._frames = np.full(len(self.entries), -1, dtype=np.int32)  # -1: not read yet
+        self._clip_names = None
 
     def __len__(self):
         return len(self.entries)
@@ -113,10 +116,24 @@ class S2T_Dataset(torch.utils.data.Dataset):
         return f'#total {len(self)}'
 
     def pose_path(self, index):
-        return os.path.join(self.pose_dir, self.entries[index]['pose_file'])
+        return os.path.join(self.pose_dir, self.entries.value('pose_file', index))
 
     def clip_name(self, index):
-        return clip_name(self.entries[index]['pose_file'])
+        return clip_name(self.entries.value('pose_file', index))
+
+    def clip_names(self):
+        """Store names of every entry's pose file, as a numpy bytes array."""
+        if self._clip_names is None or len(self._clip_names) != len(self):
+            self._clip_names = clip_names(self.entries.columns['pose_file'])
+        return self._clip_names
+
+    def rank_share(self, rank, world):
+        """The sample indices rank `rank` of `world` checks and, from a parted store, trains on:
+        the clips of its parts (store_parts.py); otherwise every world-th sample from `rank`."""
+        if world > 1 and isinstance(self.store, PartedStore):
+            owners = parts_of(self.clip_names(), self.store.parts)
+            return np.flatnonzero(np.isin(owners, self.store.rank_parts(rank, world)))
+        return np.arange(rank, len(self), world, dtype=np.int64)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -130,7 +147,8 @@ class S2T_Dataset(torch.utils.data.Dataset):
             pose = self.store.read(name)
         else:
             pose = read_pose(self.pose_path(index), fps=self.pose_fps, max_frames=self.max_frames)
-        self._durations[index] = clip_span(pose)[1]
+        if self._frames[index] < 0:  # known after the pre-scan: workers then never write here
+            self._frames[index] = clip_span(pose)[1]
         return pose
 
     def __getitem__(self, index):
@@ -143,27 +161,30 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
     def target_texts(self):
         """The strings mT5 is trained to write: sentences, or gloss strings for task CSLR."""
-        if self.task == 'CSLR':
-            return [' '.join(entry['gloss']) for entry in self.entries]
-        return [entry['text'] for entry in self.entries]
+        return self.entries.column('gloss' if self.task == 'CSLR' else 'text')
+
+    def set_frames(self, indices, frames):
+        """Records clip lengths found by the pre-scan."""
+        self._frames[np.asarray(indices, dtype=np.int64)] = frames
 
     def lengths(self):
-        """Clip lengths after sampling; reads (once) the pose files not yet seen."""
-        for index in range(len(self)):
-            if index in self._durations:
-                continue
-            if self.store is not None:  # the store's index knows every duration
-                self._durations[index] = self.store.span(self.clip_name(index))[1]
-            else:
+        """Clip lengths after sampling (a list); reads (once) the pose files not yet seen
+        (a packed store's index knows every length)."""
+        unknown = np.flatnonzero(self._frames < 0)
+        if len(unknown) and self.store is not None:
+            names = self.clip_names()[unknown]
+            self._frames[unknown] = self.store.spans(names)[:, 1]
+        else:
+            for index in unknown.tolist():
                 self.read_clip(index)
-        return [min(self._durations[i], self.max_length) for i in range(len(self))]
+        return np.minimum(self._frames, self.max_length).tolist()
 
     def keep(self, indices):
         """Restricts the dataset to the given entry indices (in that order)."""
-        durations = self._durations
-        self._durations = {new: durations[old] for new, old in enumerate(indices)
-                           if old in durations}
-        self.entries = [self.entries[i] for i in indices]
+        indices = np.asarray(indices, dtype=np.int64)
+        self._frames = self._frames[indices]
+        self.entries = self.entries.take(indices)
+        self._clip_names = None
 
     def collate_fn(self, batch):
         names, clips, texts, glosses = zip(*batch)
@@ -174,12 +195,14 @@ class S2T_Dataset(torch.utils.data.Dataset):
         return src_input, tgt_input
 
 
-def build_dataset(args, spec, paths, phase, targets=None):
-    """The `phase` split of a registered dataset for the run's flags (None if it has none)."""
+def build_dataset(args, spec, paths, phase, targets=None, cache_dir=None, write_cache=True):
+    """The `phase` split of a registered dataset for the run's flags (None if it has none);
+    its label entries are kept in cache_dir (written with write_cache)."""
     label_path = paths['labels'][phase]
     if label_path is None:
         return None
     return S2T_Dataset(label_path, paths['pose_dirs'][phase], phase, dataset_name=args.dataset,
                        max_length=args.max_length, task=args.task, seed=args.seed,
                        defer_label_errors=True, pose_fps=args.pose_fps, targets=targets,
-                       spec=spec, max_frames=args.max_frames_per_clip)
+                       spec=spec, max_frames=args.max_frames_per_clip, cache_dir=cache_dir,
+                       write_cache=write_cache)

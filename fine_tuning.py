@@ -21,19 +21,21 @@ import checkpoint  # noqa: E402
 import config  # noqa: E402
 import ds_config  # noqa: E402
 import engine as trainer  # noqa: E402
+import label_cache  # noqa: E402
 import preemption  # noqa: E402
 import reshard  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
 import tracking  # noqa: E402
+import scan_cache  # noqa: E402
 import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E402
-from sample_checks import (clip_identities, merge_findings, scan_samples,  # noqa: E402
-                           split_overlaps, validate_samples)
+from sample_checks import clip_identities, split_overlaps, validate_samples  # noqa: E402
 from samplers import ResumableDistributedSampler  # noqa: E402
+from store_parts import PartedStore  # noqa: E402
 from tasks import build_task  # noqa: E402
 
 
@@ -75,12 +77,14 @@ def build_datasets(args, spec, paths, phases):
     """The splits, every clip checked before any model is built (see prescan)."""
     splits = {}
     for phase in phases:
-        dataset = build_dataset(args, spec, paths, phase)
+        dataset = build_dataset(args, spec, paths, phase, cache_dir=scan_cache.cache_dir(
+            args.output_dir), write_cache=utils.is_main_process())
         if dataset is None:
             continue
         dataset.skipped = prescan(args, dataset, phase, paths["labels"][phase])
         splits[phase] = dataset
         print(f"{phase}: {len(dataset)} clips from {paths['labels'][phase]}")
+    label_cache.forget()
     overlaps = split_overlaps({phase: clip_identities(ds) for phase, ds in splits.items()})
     if overlaps:
         counts = ", ".join(f"{pair} {n}" for pair, n in overlaps.items())
@@ -93,12 +97,20 @@ def build_datasets(args, spec, paths, phases):
 
 
 def prescan(args, dataset, phase, label_path):
-    """Reads and checks every clip of a split: each rank its share, in --num_workers processes.
-    Bad samples stop the run with a message naming their files and problems, or with
-    --skip_bad_samples are dropped and returned (their messages)."""
+    """Reads and checks every clip of a split: each rank its share, in --num_workers processes,
+    reusing the findings cached in --output_dir for unchanged clips (scan_cache.py). Bad samples
+    stop the run with a message naming their files and problems, or with --skip_bad_samples are
+    dropped and returned (their messages)."""
     rank, world = utils.get_rank(), utils.get_world_size()
-    local = scan_samples(dataset, range(rank, len(dataset), world), args.num_workers)
-    findings = merge_findings(utils.all_gather_objects(local))
+    path = scan_cache.cache_path(args.output_dir, phase) if args.output_dir else None
+    title = f"pre-scan {phase}" + (f" (rank {rank})" if world > 1 else "")
+    frames, problems, read = scan_cache.scan_split(
+        dataset, dataset.rank_share(rank, world), path, args.num_workers, title,
+        utils.all_gather_objects, write=utils.is_main_process())
+    if path:
+        print(f"pre-scan {phase}: {read} of {len(dataset)} clips read, the others' findings "
+              f"from {path}")
+    findings = frames, problems
     try:
         _, problems = validate_samples(dataset, args.skip_bad_samples, findings=findings)
     except DataError as error:
@@ -134,6 +146,22 @@ def report_skipped_samples(args, splits):
     return summary
 
 
+def rank_share(args, dataset):
+    """From a parted store, each rank trains on the clips of its parts (store_parts.py), every
+    rank as many batches as the smallest share fills; otherwise on its share of the epoch's
+    global order (no arguments)."""
+    rank, world = utils.get_rank(), utils.get_world_size()
+    if world == 1 or not isinstance(dataset.store, PartedStore):
+        return {}
+    share = dataset.rank_share(rank, world)
+    smallest = min(utils.all_gather_objects(len(share)))
+    if smallest < args.batch_size:
+        raise config.ConfigError(
+            f"{dataset.store.directory}: a rank's parts hold {smallest} training clips, fewer "
+            f"than one batch of --batch-size {args.batch_size}: lower --batch-size")
+    return {'share': share, 'num_batches': smallest // args.batch_size}
+
+
 def make_loader(args, dataset, train):
     # Training workers are not persistent: each epoch's workers must see dataset.set_epoch().
     common = dict(collate_fn=dataset.collate_fn, num_workers=args.num_workers,
@@ -147,7 +175,7 @@ def make_loader(args, dataset, train):
     batches = ResumableDistributedSampler(
         len(dataset), utils.get_world_size(), utils.get_rank(), shuffle=True, seed=args.seed,
         drop_last=True, batch_size=args.batch_size, bucket_by_length=args.bucket_by_length,
-        lengths=dataset.lengths() if args.bucket_by_length else None)
+        lengths=dataset.lengths() if args.bucket_by_length else None, **rank_share(args, dataset))
     # A private generator: starting an iterator must not draw from the global torch RNG, whose
     # state a resumed run restores exactly.
     generator = torch.Generator().manual_seed(args.seed)

@@ -10,7 +10,8 @@ Formats (config.py's registry names one per dataset):
   (2014-T) or `id|folder|signer|annotation` (2014); the text is the translation column when
   there is one, else the glosses.
 
-`read_label_entries` keeps going past unusable entries (each becomes its DataError, in file
+A reader returns (or yields) the entries of a file in order. `read_label_entries` keeps going
+past unusable entries (each becomes its DataError, in file
 order) so the pre-scan can report them with the pose files' problems; `load_labels` raises the
 first. Pose files of STM and corpus entries are `NAME.pkl`.
 """
@@ -36,13 +37,19 @@ def load_labels(path, label_format=None):
 def read_label_entries(path, label_format=None):
     """Every entry in file order, as its dict or as the DataError saying why it is unusable.
     label_format None: told from the content. A missing or unreadable file raises."""
+    return list(iter_label_entries(path, label_format))
+
+
+def iter_label_entries(path, label_format=None):
+    """read_label_entries one entry at a time: a million entries need not all be dicts at
+    once (label_cache.py stores them in arrays as they come)."""
     require_file(path, "label file")
     label_format = label_format or detect_format(path)
     if label_format not in READERS:
         raise DataError(f"{path}: unknown label format {label_format!r}; known: "
                         f"{', '.join(READERS)}")
-    return [entry if isinstance(entry, DataError) else checked_entry(path, entry)
-            for entry in READERS[label_format](path)]
+    for entry in READERS[label_format](path):
+        yield entry if isinstance(entry, DataError) else checked_entry(path, entry)
 
 
 # Every character str.splitlines() splits at (SLRT_metrics.py reads prediction files with it),
@@ -98,13 +105,12 @@ def detect_format(path):
 
 
 def _keep_errors(parse, path, items):
-    entries = []
+    """Yields each parsed entry, or its DataError."""
     for key, entry in items:
         try:
-            entries.append(parse(path, key, entry))
+            yield parse(path, key, entry)
         except DataError as error:
-            entries.append(error)
-    return entries
+            yield error
 
 
 # ----------------------------------------------------------------------------- Uni-Sign, CSL-News

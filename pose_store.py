@@ -26,7 +26,6 @@ lacks.
 """
 import contextlib
 import hashlib
-import io
 import json
 import math
 import multiprocessing
@@ -35,6 +34,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from durable import fsync_dir as _fsync_dir, sha256_file  # noqa: F401
+from durable import write_chunks_atomic as _write_chunks_atomic
+from durable import write_json_atomic as _write_json_atomic, write_npy as _write_npy
 from keypoints import NUM_KEYPOINTS, SCORE_THRESHOLD, DataError
 from poses import read_pose
 
@@ -57,7 +59,21 @@ _XY_STEPS = _XY_OFFSETS + 3
 
 def clip_name(pose_file):
     """Store name of a pose file given relative to the pose folder: the path without extension."""
+    if is_plain_path(pose_file):  # the usual case, a million times at start-up: no normpath
+        dot = pose_file.rfind('.')
+        return pose_file[:dot] if dot > pose_file.rfind('/') + 1 else pose_file
     return os.path.splitext(os.path.normpath(pose_file))[0].replace(os.sep, '/')
+
+
+def is_plain_path(path):
+    """Whether a relative path is its own os.path.normpath (no '.', '..' or empty parts)."""
+    return os.sep == '/' and path and path[0] not in './' and path[-1] != '/' and \
+        '//' not in path and '/.' not in path
+
+
+def clip_names(pose_files):
+    """Store names (a numpy bytes array) of pose files given relative to the pose folder."""
+    return np.array([clip_name(file).encode('utf-8') for file in pose_files], dtype=bytes)
 
 
 def open_packed_store(pose_dir, packed_dir=None):
@@ -142,52 +158,6 @@ def _decode(stored, offsets, steps):
     values *= steps
     values += offsets
     return values.reshape(stored.shape)
-
-
-# ----------------------------------------------------------------------------- durable writes
-
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_chunks_atomic(path, chunks):
-    """Writes the byte chunks to path via a fsynced temporary file; returns their SHA-256."""
-    digest = hashlib.sha256()
-    with open(path + '.tmp', 'wb') as f:
-        for chunk in chunks:
-            f.write(chunk)
-            digest.update(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + '.tmp', path)
-    return digest.hexdigest()
-
-
-def _write_npy(path, arrays, dtype, shape):
-    """Writes arrays back to back as one .npy of the given shape; returns the file's SHA-256."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {
-        'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)), 'fortran_order': False,
-        'shape': tuple(shape)})
-    body = (memoryview(np.ascontiguousarray(a, dtype=dtype)).cast('B') for a in arrays)
-    return _write_chunks_atomic(path, [header.getvalue(), *body])
-
-
-def _write_json_atomic(path, obj):
-    _write_chunks_atomic(path, [json.dumps(obj, ensure_ascii=False).encode('utf-8')])
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def sha256_file(path, block=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- planning
@@ -446,6 +416,30 @@ class PackedPoseStore:
         if start >= 0:
             clip.update(start=start, end=end)
         return clip
+
+    def positions(self, names):
+        """Index positions of clip names (a numpy bytes array); -1 where the store lacks one."""
+        index = self._array(INDEX_FILES[0])
+        names = np.asarray(names, dtype=bytes)
+        if len(index) == 0:
+            return np.full(len(names), -1, dtype=np.int64)
+        positions = np.minimum(np.searchsorted(index, names), len(index) - 1)
+        return np.where(index[positions] == names, positions, -1).astype(np.int64)
+
+    def spans(self, names):
+        """(first frame, frames) of each clip (int64 (n, 2)), as span() gives, for many names."""
+        positions = self.positions(names)
+        if (positions < 0).any():
+            missing = np.asarray(names)[positions < 0][0].decode('utf-8')
+            raise DataError(f"{self.directory}: packed pose store has no clip {missing!r}")
+        rows = self._array(INDEX_FILES[1])[positions]
+        windowed = rows[:, 3] >= 0
+        first = np.where(windowed, rows[:, 3], 0)
+        return np.stack([first, np.where(windowed, rows[:, 4] - rows[:, 3], rows[:, 2])], 1)
+
+    def index(self):
+        """The memory-mapped clip index: names, rows (shard, offset, length, start, end), grids."""
+        return tuple(self._array(file) for file in INDEX_FILES)
 
     def grid(self, name):
         """(offsets, steps) float32 of the clip's x, y and score grids: a stored value is

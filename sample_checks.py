@@ -9,14 +9,20 @@ reports the same findings.
 """
 import multiprocessing
 import os
+import sys
+import time
 from collections import Counter
 
 import numpy as np
+from tqdm import tqdm
 
 from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, check_coordinates, clip_span
+from pose_store import is_plain_path
 
 # Below this many clips a worker pool costs more than it saves.
 MIN_PARALLEL_CLIPS = 2048
+CHUNK_CLIPS = 512  # clips a scanning process checks per task: results travel as arrays
+PROGRESS_SECONDS = 30  # off a terminal, a progress line this often
 _BODY_JOINTS = PART_JOINTS['body']
 # (kind, phrase identifying it in a DataError message); the first matching phrase wins.
 PROBLEM_PHRASES = (
@@ -84,6 +90,36 @@ def check_clip(dataset, index):
     return clip_span(pose)[1], None
 
 
+class Progress:
+    """Progress of a scan: tqdm on a terminal, otherwise (a log file) one line every
+    PROGRESS_SECONDS and one at the end."""
+
+    def __init__(self, total, desc, enabled=True):
+        self.total, self.desc, self.enabled, self.done = total, desc, enabled, 0
+        self.start = self.last = time.monotonic()
+        self.bar = tqdm(total=total, desc=desc, unit='clip') \
+            if enabled and sys.stderr.isatty() else None
+
+    def update(self, count):
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.enabled and time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.last = time.monotonic()
+            self._line()
+
+    def _line(self):
+        seconds = max(time.monotonic() - self.start, 1e-9)
+        print(f"{self.desc}: {self.done} of {self.total} clips checked "
+              f"({self.done / seconds:.0f} clips/s)", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.last != self.start:
+            self._line()
+
+
 _worker_dataset = None
 
 
@@ -92,23 +128,60 @@ def _set_worker_dataset(dataset):
     _worker_dataset = dataset
 
 
-def _check_in_worker(index):
-    return index, check_clip(_worker_dataset, index)
+def _check_chunk(indices, dataset=None):
+    """(frames int32, -1 where bad; {index: problem}) of a chunk of sample indices."""
+    dataset = _worker_dataset if dataset is None else dataset
+    frames, problems = np.full(len(indices), -1, dtype=np.int32), {}
+    for position, index in enumerate(indices.tolist()):
+        count, problem = check_clip(dataset, index)
+        if problem is None:
+            frames[position] = count
+        else:
+            problems[index] = problem
+    return frames, problems
 
 
-def scan_samples(dataset, indices=None, workers=0):
+def scan_clips(dataset, indices, workers=0, progress=None):
+    """Checks the clips of the given sample indices in `workers` processes (0 or 1: in this
+    one), showing progress titled `progress` (None: quiet). Returns (frames: int32 array
+    aligned with indices, -1 for a bad clip; {index: problem})."""
+    indices = np.asarray(indices, dtype=np.int64)
+    workers = min(workers, os.cpu_count() or 1)
+    parallel = workers > 1 and len(indices) >= MIN_PARALLEL_CLIPS
+    size = max(1, min(CHUNK_CLIPS, -(-len(indices) // (workers * 4)))) if parallel \
+        else CHUNK_CLIPS
+    chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
+    frames, problems = np.full(len(indices), -1, dtype=np.int32), {}
+    bar = Progress(len(indices), progress or '', enabled=progress is not None)
+    with (multiprocessing.Pool(workers, _set_worker_dataset, (dataset,)) if parallel
+          else _NoPool()) as pool:
+        results = pool.imap(_check_chunk, chunks) if parallel \
+            else (_check_chunk(chunk, dataset) for chunk in chunks)
+        position = 0
+        for chunk_frames, chunk_problems in results:
+            frames[position:position + len(chunk_frames)] = chunk_frames
+            problems.update(chunk_problems)
+            position += len(chunk_frames)
+            bar.update(len(chunk_frames))
+    bar.close()
+    return frames, problems
+
+
+class _NoPool:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def scan_samples(dataset, indices=None, workers=0, progress=None):
     """Checks the clips of the given sample indices (all by default) in `workers` processes
     (0 or 1: in this one); returns ({index: frames} of usable clips, {index: problem})."""
-    indices = list(range(len(dataset))) if indices is None else list(indices)
-    workers = min(workers, os.cpu_count() or 1)
-    if workers > 1 and len(indices) >= MIN_PARALLEL_CLIPS:
-        chunk = max(1, min(256, len(indices) // (workers * 8)))
-        with multiprocessing.Pool(workers, _set_worker_dataset, (dataset,)) as pool:
-            results = list(pool.imap_unordered(_check_in_worker, indices, chunksize=chunk))
-    else:
-        results = [(index, check_clip(dataset, index)) for index in indices]
-    durations = {index: frames for index, (frames, problem) in results if problem is None}
-    problems = {index: problem for index, (frames, problem) in results if problem is not None}
+    indices = np.arange(len(dataset)) if indices is None else np.asarray(list(indices), np.int64)
+    frames, problems = scan_clips(dataset, indices, workers, progress)
+    durations = {index: count for index, count in zip(indices.tolist(), frames.tolist())
+                 if index not in problems}
     return durations, problems
 
 
@@ -133,8 +206,10 @@ def describe_problems(problems, total, shown=10):
 
 def clip_identities(dataset):
     """(name, absolute pose file) of every sample: what makes two samples the same clip."""
-    return [(entry['name'], os.path.abspath(dataset.pose_path(index)))
-            for index, entry in enumerate(dataset.entries)]
+    pose_dir = os.path.abspath(dataset.pose_dir)
+    return list(zip(dataset.entries.column('name'), (
+        pose_dir + '/' + file if is_plain_path(file) else os.path.normpath(
+            os.path.join(pose_dir, file)) for file in dataset.entries.column('pose_file'))))
 
 
 def split_overlaps(clips_by_split):
@@ -169,19 +244,24 @@ def validate_samples(dataset, skip_bad=False, workers=0, findings=None):
 
     Pose files are read and checked by sample_checks.scan_samples (in `workers` processes), or
     `findings`, the (durations, problems) of a scan done already, is used (the trainers gather
-    one over ranks). Problems are the deferred label-entry ones, then the pose files' in dataset
+    one over ranks; durations a {index: frames} dict or an array of every sample's). Problems are the deferred label-entry ones, then the pose files' in dataset
     order. With problems and skip_bad False this raises a DataError quoting the first few and
     counting each kind; with skip_bad True the bad entries are dropped (see S2T_Dataset.keep).
     """
     durations, pose_problems = findings or scan_samples(dataset, workers=workers)
     label_problems = getattr(dataset, 'label_problems', [])
     problems = label_problems + [pose_problems[i] for i in sorted(pose_problems)]
-    ok_indices = [i for i in range(len(dataset)) if i not in pose_problems]
+    bad = np.zeros(len(dataset), dtype=bool)
+    bad[np.fromiter(pose_problems, dtype=np.int64, count=len(pose_problems))] = True
+    ok_indices = np.flatnonzero(~bad)
     if problems and not skip_bad:
         raise DataError(describe_problems(
             problems, len(dataset) + len(label_problems)))
-    dataset._durations.update(durations)
+    if isinstance(durations, dict):
+        dataset.set_frames(list(durations), list(durations.values()))
+    else:
+        dataset.set_frames(ok_indices, np.asarray(durations)[ok_indices])
     if pose_problems:
         dataset.keep(ok_indices)
     dataset.label_problems = []
-    return ok_indices, problems
+    return ok_indices.tolist(), problems

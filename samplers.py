@@ -42,6 +42,12 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
     bucket_size_multiplier * num_replicas * batch_size indices, each chunk is sorted by
     `lengths` and cut into steps, and the steps are shuffled.
 
+    With `share` (this rank's dataset indices, e.g. the clips of its parts of a parted store),
+    the rank draws its batches from its share alone: the same draws as above over the share,
+    num_batches (default: what the share fills; the trainer passes the smallest over ranks)
+    batches per epoch. Bucketed batches of equal position then hold clips of similar length on
+    every rank, as the steps are shuffled alike.
+
     Resuming: the trainer reports the micro-batches it finished with set_position(n) (counted
     from the start of the epoch); state_dict() then records {'epoch', 'batches_done', 'seed'}
     and, after load_state_dict() on a fresh sampler, iteration starts at the next unseen batch.
@@ -49,7 +55,7 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
 
     def __init__(self, dataset_len, num_replicas=None, rank=None, shuffle=True, seed=0,
                  drop_last=False, batch_size=1, lengths=None, bucket_by_length=False,
-                 bucket_size_multiplier=50):
+                 bucket_size_multiplier=50, share=None, num_batches=None):
         num_replicas, rank = _default_distribution(num_replicas, rank)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
@@ -62,9 +68,13 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
         self.batch_size, self.bucket_size_multiplier = batch_size, bucket_size_multiplier
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_by_length = bucket_by_length
-        per_step = batch_size * num_replicas
-        steps = dataset_len / per_step
-        self.num_batches = math.floor(steps) if drop_last else math.ceil(steps)
+        self.share = None if share is None else np.asarray(share, dtype=np.int64)
+        per_step = batch_size * (num_replicas if share is None else 1)
+        steps = (dataset_len if share is None else len(self.share)) / per_step
+        fills = math.floor(steps) if drop_last else math.ceil(steps)
+        if num_batches is not None and num_batches > fills:
+            raise ValueError(f"this rank's share fills {fills} batches, not {num_batches}")
+        self.num_batches = fills if num_batches is None else num_batches
         self.epoch, self.batches_done = 0, 0
 
     def __len__(self):
@@ -91,28 +101,46 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
         self.set_position(state['batches_done'])
 
     def __iter__(self):
-        # Built eagerly so a later set_position() cannot shift batches the DataLoader prefetches.
-        return iter(self.rank_batches()[self.batches_done:])
+        # The epoch's batches are drawn now, so a later set_position() cannot shift batches the
+        # DataLoader prefetches; they are kept as one array and turned into lists one by one.
+        batches = self.batch_array()[self.batches_done:]
+        return (batch.tolist() for batch in batches)
 
     def rank_batches(self, epoch=None):
         """All of this rank's batches of an epoch (default: the current one), in order."""
-        low, high = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        return [step[low:high].tolist() for step in self.steps(epoch)]
+        return self.batch_array(epoch).tolist()
+
+    def batch_array(self, epoch=None):
+        """This rank's batches of an epoch as an int64 array (batches, batch_size)."""
+        group, position = (self.num_replicas, self.rank) if self.share is None else (1, 0)
+        order = self._order(epoch, group)
+        return order.reshape(self.num_batches, group, self.batch_size)[:, position]
 
     def steps(self, epoch=None):
-        """The epoch's global batches, one array of num_replicas * batch_size indices per step."""
-        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
-        order = rng.permutation(self.dataset_len) if self.shuffle else np.arange(self.dataset_len)
+        """The epoch's global batches, one array of num_replicas * batch_size indices per step
+        (without a share)."""
+        if self.share is not None:
+            raise ValueError("a sampler over a share knows only its own rank's batches")
         per_step = self.batch_size * self.num_replicas
+        return list(self._order(epoch, self.num_replicas).reshape(self.num_batches, per_step))
+
+    def _order(self, epoch, group):
+        """The epoch's indices in batch order, num_batches steps of group * batch_size."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        if self.share is None:
+            order = rng.permutation(self.dataset_len) if self.shuffle \
+                else np.arange(self.dataset_len)
+        else:
+            order = self.share[rng.permutation(len(self.share))] if self.shuffle else self.share
+        per_step = self.batch_size * group
         order = np.resize(order, self.num_batches * per_step)  # repeats from the start if short
         if not self.bucket_by_length:
-            return [order[k:k + per_step] for k in range(0, len(order), per_step)]
+            return order
         chunk = per_step * self.bucket_size_multiplier
-        steps = []
-        for begin in range(0, len(order), chunk):
-            part = order[begin:begin + chunk]
-            part = part[np.argsort(self.lengths[part], kind='stable')]
-            steps += [part[k:k + per_step] for k in range(0, len(part), per_step)]
+        order = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            part[np.argsort(self.lengths[part], kind='stable')]
+            for part in (order[begin:begin + chunk] for begin in range(0, len(order), chunk))])
         if self.shuffle:
-            steps = [steps[k] for k in rng.permutation(len(steps))]
-        return steps
+            order = order.reshape(self.num_batches, per_step)[
+                rng.permutation(self.num_batches)].reshape(-1)
+        return order

@@ -17,6 +17,7 @@ import torch
 
 import config
 import engine as trainer
+import scan_cache
 import utils
 from ctc_decode import beam_decode, greedy_decode
 from ctc_head import GlossVocab, ctc_min_length
@@ -56,7 +57,8 @@ class TextTask:
         checked = next((phase for phase in ("train", "dev", "test") if phase in splits), None)
         if checked is not None:
             check_unknown_rate(args.mt5_path, self.tokenizer, splits[checked].target_texts(),
-                               args.max_unk_rate, UNK_CHECKED_TEXTS[checked])
+                               args.max_unk_rate, UNK_CHECKED_TEXTS[checked],
+                               scan_cache.cache_dir(args.output_dir), utils.is_main_process())
         targets = TextTargets(self.tokenizer, self.spec.prompt, args.max_tgt_len)
         for dataset in splits.values():
             dataset.targets = targets
@@ -108,19 +110,25 @@ def check_vocabulary(mt5_path, tokenizer, model_vocab=None):
             f"{model_vocab} on would index past its embeddings")
 
 
-def unknown_rate(tokenizer, texts):
+def unknown_rate(tokenizer, texts, chunk=20000):
     """The share of the texts' tokens (</s> left out) that the tokenizer maps to <unk>."""
     texts, unknown, total = list(texts), 0, 0
-    for ids in (tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []):
-        unknown += sum(token == tokenizer.unk_token_id for token in ids)
-        total += len(ids)
+    unk = tokenizer.unk_token_id
+    for begin in range(0, len(texts), chunk):  # a million texts' ids at once would take GBs
+        ids = tokenizer(texts[begin:begin + chunk], add_special_tokens=False,
+                        return_attention_mask=False)["input_ids"]
+        unknown += sum(row.count(unk) for row in ids)
+        total += sum(map(len, ids))
     return unknown / total if total else 0.0
 
 
-def check_unknown_rate(mt5_path, tokenizer, texts, max_rate, what):
+def check_unknown_rate(mt5_path, tokenizer, texts, max_rate, what, cache_dir=None, write=True):
     """Stops when more than `max_rate` of the texts' tokens are unknown to the tokenizer: a
-    tokenizer for other languages or scripts, or a broken folder, would train on <unk>."""
-    rate = unknown_rate(tokenizer, texts)
+    tokenizer for other languages or scripts, or a broken folder, would train on <unk>. With
+    cache_dir the rate is kept there (written with `write`) for the same texts and tokenizer
+    files (a resume)."""
+    rate = scan_cache.cached_value(cache_dir, f'unknown_rate {what}', [mt5_path, texts],
+                                   lambda: unknown_rate(tokenizer, texts), write)
     if rate > max_rate:
         raise config.ConfigError(
             f"the tokenizer in {mt5_path} maps {rate:.1%} of the {what}' tokens to <unk> "

@@ -51,7 +51,8 @@ def check_split(args, phase, label_path, pose_dir):
     dataset = S2T_Dataset(label_path, pose_dir, phase, dataset_name=args.dataset,
                           max_length=args.max_length, defer_label_errors=True,
                           max_frames=args.max_frames_per_clip, pose_fps=args.pose_fps)
-    durations, pose_problems = scan_samples(dataset, workers=args.workers)
+    durations, pose_problems = scan_samples(dataset, workers=args.workers,
+                                            progress=f"checking {phase}")
     problems = [{'name': None, 'file': label_path, 'problem': message}
                 for message in dataset.label_problems]
     problems += [{'name': dataset.entries[index]['name'], 'file': dataset.pose_path(index),

@@ -65,3 +65,42 @@ def test_gradient_checkpointing_bench_prints_ratios_against_the_plain_run(capsys
     assert table[2].startswith('checkpointing') and len(table) == 3
     with pytest.raises(SystemExit):
         gradient_checkpointing.parse_options(['--rows', 'everything'])
+
+
+def test_scale_set_reads_its_recorded_lengths(tmp_path):
+    import numpy as np
+    import pose_store
+    import scale_data
+    import store_parts
+    from datasets import S2T_Dataset
+    from sample_checks import scan_samples
+    for parts in (1, 2):
+        where = scale_data.make(str(tmp_path), 300, parts=parts, frames_on_disk=2)
+        dataset = S2T_Dataset(where['labels'], where['pose_dir'], 'train',
+                              dataset_name='CSL_News', max_length=10 ** 4)
+        recorded = scale_data.clip_lengths(300, 0)[:len(dataset)]
+        assert dataset.lengths() == recorded.tolist()
+        durations, problems = scan_samples(dataset)
+        assert not problems and list(durations.values()) == recorded.tolist()
+        assert np.isfinite(dataset[0][1]['body'].numpy()).all()
+        if parts == 1:
+            assert pose_store.PackedPoseStore(where['pose_dir']).verify() == []
+        else:
+            assert isinstance(dataset.store, store_parts.PartedStore)
+    assert scale_data.make(str(tmp_path), 300, parts=2, frames_on_disk=2) == where  # kept
+
+
+def test_scale_bench_runs_the_trainer_and_resumes_from_the_caches(tmp_path, capsys):
+    import scale
+    report = tmp_path / 'report.json'
+    assert scale.main(['--clips', '300', '--out', str(tmp_path), '--batches', '2',
+                       '--batch_size', '2', '--workers', '1', '--frames_on_disk', '2',
+                       '--poll', '0.2', '--report', str(report)]) == 0
+    import json
+    figures = json.loads(report.read_text())
+    assert figures['first']['prescan_read']['train'] == '297 of 297'
+    assert figures['resumed']['prescan_read'] == {'train': '0 of 297', 'dev': '0 of 3',
+                                                  'test': '0 of 3'}
+    assert figures['sampler_state']['state']['batches_done'] >= 4
+    assert figures['first']['workers'] and figures['first']['store_touched_mib_per_rank']
+    assert 'first training step after' in capsys.readouterr().out

@@ -151,3 +151,30 @@ def test_invalid_arguments_and_states_are_refused():
 def test_unshuffled_order_is_sequential():
     sampler = ResumableDistributedSampler(8, 2, 1, shuffle=False, batch_size=2)
     assert list(sampler) == [[2, 3], [6, 7]]
+
+
+def test_share_batches_come_from_the_share_and_resume():
+    shares = [np.arange(0, 40, 2), np.arange(1, 37, 2)]  # 20 and 18 clips
+    lengths = np.arange(40) % 7 + 1
+    samplers = [ResumableDistributedSampler(40, 2, rank, seed=3, drop_last=True, batch_size=4,
+                                            share=share, num_batches=4, lengths=lengths,
+                                            bucket_by_length=True, bucket_size_multiplier=2)
+                for rank, share in enumerate(shares)]
+    for sampler, share in zip(samplers, shares):
+        batches = sampler.rank_batches(1)
+        assert len(batches) == len(sampler) == 4 and all(len(b) == 4 for b in batches)
+        flat = sum(batches, [])
+        assert set(flat) <= set(share.tolist()) and len(set(flat)) == 16
+        assert sampler.rank_batches(1) == batches and sampler.rank_batches(2) != batches
+        sampler.set_epoch(1)
+        sampler.set_position(3)
+        resumed = ResumableDistributedSampler(40, 2, 0, seed=3, drop_last=True, batch_size=4,
+                                              share=share, num_batches=4, lengths=lengths,
+                                              bucket_by_length=True, bucket_size_multiplier=2)
+        resumed.load_state_dict(sampler.state_dict())
+        assert list(resumed) == batches[3:]
+    with pytest.raises(ValueError, match='fills 4 batches, not 5'):
+        ResumableDistributedSampler(40, 2, 1, batch_size=4, drop_last=True, share=shares[1],
+                                    num_batches=5)
+    with pytest.raises(ValueError, match='knows only its own'):
+        samplers[0].steps()
