@@ -50,7 +50,7 @@ def test_batches_equal_the_trainers_evaluation_batches(demo_root):
     dataset = S2T_Dataset(os.path.join(demo, 'labels.test'), os.path.join(demo, 'pose_format'),
                           'test', 'Demo', max_length=64)
     expected, _ = dataset.collate_fn([dataset[i] for i in range(5)])
-    files = [(e['name'], dataset.pose_path(i)) for i, e in enumerate(dataset.entries[:5])]
+    files = [(dataset.entries[i]['name'], dataset.pose_path(i)) for i in range(5)]
     (names, _, batch), = translate.read_batches(files, 5, 64, None, False, [])
     assert names == expected['name_batch']
     for key in ('body', 'left', 'right', 'face_all', 'attention_mask'):
