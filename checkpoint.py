@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import utils
+from durable import fsync_dir
 from config import ConfigError
 
 
@@ -74,7 +75,7 @@ def _atomic_write(path, mode, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_directory(os.path.dirname(os.path.abspath(path)))
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -164,7 +165,7 @@ def _save_training_state(engine, output_dir, tag, client_state, keep_last):
         final = os.path.join(root, final_tag)
         shutil.rmtree(final, ignore_errors=True)  # a state never pointed at (see _unused_tag)
         os.replace(os.path.join(staging, tag), final)
-        _fsync_directory(root)
+        fsync_dir(root)
         atomic_write_text(os.path.join(root, "latest"), final_tag)
         prune_training_states(root, keep_last)
     return utils.all_gather_objects(final_tag)[0]
@@ -198,15 +199,7 @@ def _fsync_tree(directory):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_directory(parent)
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(parent)
 
 
 def prune_training_states(root, keep_last):
