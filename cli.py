@@ -3,16 +3,50 @@ every numeric flag has its range checked as it is parsed.
 
 Uni-Sign's scripts mix `--batch-size` and `--max_length`; here every flag is registered under
 its dash and its underscore spelling, so a command line copied from either convention works.
+`--help` (HelpFormatter) lists each flag once, in the spelling it was registered with, with
+its default.
 Numeric flags take one of the ranged types below (`count`, `positive`, `fraction`, ...), never
 a bare int or float: `--batch-size 0` or `--lr nan` stops at parse time with argparse's
 `error: argument --batch-size/--batch_size: ...` line, before anything is read or built.
 """
 import argparse
+import copy
 import math
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Lists a flag under the spellings it was registered with (the other spelling still
+    parses) and appends `(default: X)` where the default says something: not for None, an empty
+    value or an off switch, nor where the help text speaks of its default already."""
+
+    def _format_action_invocation(self, action):
+        hidden = getattr(action, "hidden_spellings", ())
+        if hidden:
+            action = copy.copy(action)
+            action.option_strings = [o for o in action.option_strings if o not in hidden]
+        return super()._format_action_invocation(action)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if isinstance(action, argparse.BooleanOptionalAction) and "default" not in text:
+            return f"{text} (default: {'on' if default else 'off'})".lstrip()
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or default in (None, "", [], argparse.SUPPRESS)):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = ",".join(str(v) for v in default)
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with a one-line error: a long usage text would bury the message."""
+    """argparse's parser with a one-line error (a long usage text would bury the message) and
+    the help layout of HelpFormatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -31,7 +65,8 @@ def spellings(*names):
 
 def add_flag(parser, *names, **kwargs):
     """parser.add_argument under both spellings of every long name; dest from the first name.
-    Positional arguments and short options pass through unchanged."""
+    Positional arguments and short options pass through unchanged. The spellings not given
+    here parse the same but are left out of --help (HelpFormatter)."""
     if kwargs.get("type") in (int, float) and "choices" not in kwargs:
         raise TypeError(f"{names[0]}: numeric flags take a ranged type from cli.py "
                         "(count, positive, fraction, ...), not a bare int or float")
@@ -40,7 +75,17 @@ def add_flag(parser, *names, **kwargs):
     long_names = [n for n in names if n.startswith("--")]
     short_names = [n for n in names if not n.startswith("--")]
     kwargs.setdefault("dest", names[0][2:].replace("-", "_"))
-    return parser.add_argument(*short_names, *spellings(*long_names), **kwargs)
+    if getattr(kwargs.get("type"), "metavar", None) and "choices" not in kwargs:
+        kwargs.setdefault("metavar", kwargs["type"].metavar)
+    action = parser.add_argument(*short_names, *spellings(*long_names), **kwargs)
+    shown = set(long_names) | {"--no-" + name[2:] for name in long_names}
+    hidden = [o for o in action.option_strings if o.startswith("--") and o not in shown]
+    if hidden:
+        action.hidden_spellings = frozenset(hidden)
+        if isinstance(action, argparse.BooleanOptionalAction):  # its usage lists every string
+            action.format_usage = lambda: " | ".join(
+                o for o in action.option_strings if o not in hidden)
+    return action
 
 
 def int_list(text):
@@ -75,6 +120,7 @@ def int_range(low=None, high=None):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
         return value
     parse.__name__ = wanted
+    parse.metavar = "N"
     return parse
 
 
@@ -93,6 +139,7 @@ def float_range(low=None, high=None, low_open=False, high_open=False):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
         return value
     parse.__name__ = wanted
+    parse.metavar = "X"
     return parse
 
 
@@ -113,6 +160,9 @@ def odd_count(text):
     return value
 
 
+odd_count.metavar = "N"
+
+
 def count_list(text):
     """int_list whose every entry is >= 1 (layer widths)."""
     values = int_list(text)
@@ -120,3 +170,6 @@ def count_list(text):
         raise argparse.ArgumentTypeError(f"expected integers >= 1 separated by commas, "
                                          f"got '{text}'")
     return values
+
+
+count_list.metavar = "N,N,..."

@@ -15,6 +15,7 @@ import json
 import os
 
 import checkpoint
+import config_file
 import utils
 from config import ConfigError
 
@@ -168,12 +169,15 @@ def build(args):
 
 
 def write_run_files(args, config):
-    """On the main rank: ds_config.json (the effective DeepSpeed config) and args.json (every
-    flag) in --output_dir, each written atomically."""
+    """On the main rank: ds_config.json (the effective DeepSpeed config), args.json (every
+    flag) and run.yaml (the flags given, reusable with --config: config_file.py) in
+    --output_dir, each written atomically."""
     if not (args.output_dir and utils.is_main_process()):
         return
-    with checkpoint.reporting_save_errors(args.output_dir, "ds_config.json and args.json"):
+    with checkpoint.reporting_save_errors(args.output_dir,
+                                          "ds_config.json, args.json and run.yaml"):
         os.makedirs(args.output_dir, exist_ok=True)
         checkpoint.write_json(os.path.join(args.output_dir, "ds_config.json"), config)
         checkpoint.write_json(os.path.join(args.output_dir, "args.json"),
                               checkpoint.plain_args(args))
+        config_file.write_run_yaml(args, args.output_dir, checkpoint.atomic_write_text)

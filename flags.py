@@ -12,6 +12,7 @@ import importlib.util
 import sys
 
 import config
+import config_file
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
                  non_negative, non_negative_int, odd_count, positive, seed)
@@ -19,130 +20,171 @@ from ctc_head import DEFAULT_CONV_TYPE, DEFAULT_LOSS_WEIGHTS, min_input_length
 from keypoints import DEFAULT_MAX_FRAMES
 from pose_encoder import SPEED_CHOICES, SPEED_DEFAULTS
 
+DESCRIPTION = ("Trains and evaluates a pose-to-text translator, or a CTC gloss recognizer "
+               "(--task CSLR --head ctc), under DeepSpeed. Every flag also answers to its other "
+               "spelling (--batch-size or --batch_size); a flag that cannot act with the "
+               "others stops the run with the reason.")
 CTC_MIN_FRAMES = min_input_length(DEFAULT_CONV_TYPE)
 target_length = int_range(2)  # mT5 targets end with </s>: one token leaves no text
 
 
 def get_args_parser():
-    """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own."""
+    """Flags of Uni-Sign's scripts (both spellings accepted) plus this trainer's own, one
+    argument group per topic (the headings of --help)."""
     p = argparse.ArgumentParser("Pose-to-text sign language trainer", add_help=False)
-    add_optimisation_flags(p)
-    add_distributed_flags(p)
-    add_run_flags(p)
+    add_config_flag(p)
     add_data_flags(p)
     add_model_flags(p)
-    add_speed_flags(p)
+    add_optimisation_flags(p)
+    add_run_flags(p)
     add_generation_flags(p)
+    add_distributed_flags(p)
+    add_speed_flags(p)
     add_tracking_flags(p)
     add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
     return p
 
 
+def add_config_flag(p):
+    """--config: flag values read from a YAML or JSON file (config_file.py)."""
+    g = p.add_argument_group("configuration file")
+    add_flag(g, "--config", default=None, metavar="FILE",
+             help="YAML or JSON file of flag values (keys in either spelling, e.g. "
+                  "batch_size: 8); flags on the command line override it")
+
+
 def add_optimisation_flags(p):
     """Optimisation flags, with Uni-Sign's names and defaults."""
-    add_flag(p, "--batch-size", type=count, default=16)
-    add_flag(p, "--gradient-accumulation-steps", type=count, default=8)
-    add_flag(p, "--gradient-clipping", type=non_negative, default=1.0)
-    add_flag(p, "--epochs", type=count, default=20)
-    add_flag(p, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
-    add_flag(p, "--opt-eps", type=positive, default=1.0e-9)
-    add_flag(p, "--opt-betas", type=fraction, default=None, nargs="+")
-    add_flag(p, "--clip-grad", type=non_negative, default=None, help="alias of --gradient-clipping when set")
-    add_flag(p, "--momentum", type=fraction, default=0.9)
-    add_flag(p, "--weight-decay", type=non_negative, default=1e-4)
-    add_flag(p, "--sched", type=str, default="cosine",
+    g = p.add_argument_group("optimisation")
+    add_flag(g, "--batch-size", type=count, default=16, help="micro-batch per rank")
+    add_flag(g, "--gradient-accumulation-steps", type=count, default=8,
+             help="micro-batches per optimizer step")
+    add_flag(g, "--gradient-clipping", type=non_negative, default=1.0,
+             help="max gradient norm (0: no clipping)")
+    add_flag(g, "--epochs", type=count, default=20, help="training epochs")
+    add_flag(g, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
+    add_flag(g, "--opt-eps", type=positive, default=1.0e-9, help="Adam epsilon")
+    add_flag(g, "--opt-betas", type=fraction, default=None, nargs="+", metavar="BETA",
+             help="Adam beta1 beta2 (default: torch's 0.9 0.999)")
+    add_flag(g, "--clip-grad", type=non_negative, default=None, help="alias of --gradient-clipping when set")
+    add_flag(g, "--momentum", type=fraction, default=0.9, help="SGD momentum (--opt sgd)")
+    add_flag(g, "--weight-decay", type=non_negative, default=1e-4,
+             help="weight decay (not on biases and norms)")
+    add_flag(g, "--sched", type=str, default="cosine",
              choices=["cosine", "linear", "constant", "multistep"],
              help="cosine (Uni-Sign), linear, constant, or multistep (VAC: x0.2 at --lr_steps)")
-    add_flag(p, "--lr", type=positive, default=1.0e-3)
-    add_flag(p, "--min-lr", type=non_negative, default=None,
+    add_flag(g, "--lr", type=positive, default=1.0e-3, help="peak learning rate")
+    add_flag(g, "--min-lr", type=non_negative, default=None,
              help="floor of the cosine schedule (cosine_with_min_lr); unset: Uni-Sign's cosine to 0")
-    add_flag(p, "--warmup-epochs", type=non_negative, default=0)
-    add_flag(p, "--label_smoothing", type=fraction, default=0.2)
+    add_flag(g, "--warmup-epochs", type=non_negative, default=0,
+             help="epochs of linear warm-up (fractions allowed)")
+    add_flag(g, "--label_smoothing", type=fraction, default=0.2,
+             help="label smoothing of mT5's cross-entropy")
 
 
 def add_distributed_flags(p):
     """Distributed and DeepSpeed flags."""
-    add_flag(p, "--world_size", type=count, default=None,
+    g = p.add_argument_group("distributed training and DeepSpeed")
+    add_flag(g, "--world_size", type=count, default=None,
              help="refused: the launcher sets the process group (deepspeed --num_gpus/--num_nodes)")
-    add_flag(p, "--dist_url", default=None, help="refused, as --world_size")
-    add_flag(p, "--local_rank", type=non_negative_int, default=0, help="set by the deepspeed launcher")
-    add_flag(p, "--node_local_storage", action="store_true",
+    add_flag(g, "--dist_url", default=None, help="refused, as --world_size")
+    add_flag(g, "--local_rank", type=non_negative_int, default=0, help="set by the deepspeed launcher")
+    add_flag(g, "--node_local_storage", action="store_true",
              help="no shared filesystem: each node keeps its training states in its own "
                   "--output_dir (several nodes only)")
-    add_flag(p, "--offload", action="store_true",
+    add_flag(g, "--offload", action="store_true",
              help="ZeRO-Offload (stage 1-3): optimizer states, and under ZeRO-3 parameters, in "
                   "CPU memory, stepped by DeepSpeed's CPU Adam (--opt adam/adamw)")
-    add_flag(p, "--deepspeed_config", default="",
+    add_flag(g, "--deepspeed_config", default="", metavar="FILE",
              help="a DeepSpeed JSON merged over the generated config: the file wins key by key, "
                   "nested sections merged; keys that mirror a flag (micro-batch, accumulation, "
                   "train_batch_size, gradient_clipping, ZeRO stage, offload device, node-local "
                   "storage, fp16/bf16 enabled) must equal it or be \"auto\"; 'optimizer'/'scheduler' are refused")
-    add_flag(p, "--gradient_checkpointing", action="store_true",
+    add_flag(g, "--gradient_checkpointing", action="store_true",
              help="recompute activations in the backward pass (mT5 blocks and ST-GCN chains): "
                   "less memory, more time; same gradients")
-    add_flag(p, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+    add_flag(g, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
-    add_flag(p, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
-    add_flag(p, "--compute_fp32_loss", action="store_true",
+    add_flag(g, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3],
+             help="DeepSpeed ZeRO stage")
+    add_flag(g, "--compute_fp32_loss", action="store_true",
              help="cross-entropy on float32 logits under bf16/fp16")
 
 
 def add_run_flags(p):
     """Output, resuming, evaluation schedule and logging flags."""
-    add_flag(p, "--output_dir", default="")
-    add_flag(p, "--finetune", default="", help="initialise from a {'model': state_dict} checkpoint")
-    add_flag(p, "--init_encoder", default="",
+    g = p.add_argument_group("output, resuming and evaluation")
+    add_flag(g, "--output_dir", default="", metavar="DIR",
+             help="folder of checkpoints, logs, predictions and training states "
+                  "(default: none, nothing is saved)")
+    add_flag(g, "--finetune", default="", metavar="FILE",
+             help="initialise from a {'model': state_dict} checkpoint")
+    add_flag(g, "--init_encoder", default="", metavar="FILE",
          help="initialise only the pose encoder, from a checkpoint of any head (e.g. CTC)")
-    add_flag(p, "--seed", type=seed, default=42)
-    add_flag(p, "--eval", action="store_true", help="evaluate only")
-    add_flag(p, "--num_workers", type=non_negative_int, default=8)
-    add_flag(p, "--pin-mem", action="store_true", dest="pin_mem")
-    add_flag(p, "--no-pin-mem", action="store_false", dest="pin_mem")
+    add_flag(g, "--seed", type=seed, default=42, help="random seed (data order, sampling, init)")
+    add_flag(g, "--eval", action="store_true", help="evaluate only")
+    add_flag(g, "--num_workers", type=non_negative_int, default=8,
+             help="DataLoader and pre-scan processes per rank")
+    add_flag(g, "--pin-mem", action="store_true", dest="pin_mem",
+             help="pin DataLoader batches in memory (the default)")
+    add_flag(g, "--no-pin-mem", action="store_false", dest="pin_mem", help="do not pin them")
     p.set_defaults(pin_mem=True)
-    add_flag(p, "--quick_break", type=non_negative_int, default=0, help="end each epoch after N steps (0: full)")
-    add_flag(p, "--resume", default="auto", choices=["auto", "none"],
+    add_flag(g, "--quick_break", type=non_negative_int, default=0, help="end each epoch after N steps (0: full)")
+    add_flag(g, "--resume", default="auto", choices=["auto", "none"],
          help="auto: continue from the latest training state in --output_dir")
-    add_flag(p, "--overwrite", action="store_true",
+    add_flag(g, "--overwrite", action="store_true",
              help="start afresh in an --output_dir that holds another run, removing its files")
-    add_flag(p, "--keep_last", type=non_negative_int, default=2, help="epoch checkpoints kept besides the best")
-    add_flag(p, "--save_every_steps", type=non_negative_int, default=0,
+    add_flag(g, "--keep_last", type=non_negative_int, default=2, help="epoch checkpoints kept besides the best")
+    add_flag(g, "--save_every_steps", type=non_negative_int, default=0,
          help="also save a resumable training state every N micro-batches (0: per epoch only)")
-    add_flag(p, "--bucket_by_length", action="store_true", help="batch clips of similar length")
-    add_flag(p, "--print_freq", type=count, default=10)
-    add_flag(p, "--eval_every", type=count, default=1, help="evaluate every N epochs (and the last)")
-    add_flag(p, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
+    add_flag(g, "--bucket_by_length", action="store_true", help="batch clips of similar length")
+    add_flag(g, "--print_freq", type=count, default=10,
+             help="progress line every N steps when not on a terminal")
+    add_flag(g, "--eval_every", type=count, default=1, help="evaluate every N epochs (and the last)")
+    add_flag(g, "--skip_test_eval", action="store_true", help="only evaluate dev during training")
 
 
 def add_data_flags(p):
     """Dataset, task and path flags (paths default to config.py)."""
-    add_flag(p, "--dataset", default="CSL_Daily")
-    add_flag(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
-    add_flag(p, "--max_length", type=count, default=256, help="frames kept per clip")
-    add_flag(p, "--max_frames_per_clip", type=count, default=DEFAULT_MAX_FRAMES,
+    g = p.add_argument_group("data")
+    add_flag(g, "--dataset", default="CSL_Daily",
+             help=f"registered dataset: {', '.join(config.DATASETS)}")
+    add_flag(g, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"],
+             help="SLT: sentences (BLEU, ROUGE); ISLR: one label (top-1); CSLR: glosses (WER)")
+    add_flag(g, "--max_length", type=count, default=256, help="frames kept per clip")
+    add_flag(g, "--max_frames_per_clip", type=count, default=DEFAULT_MAX_FRAMES,
              help="refuse clips with more frames (guards memory against expanding pickles)")
-    add_flag(p, "--pose_fps", type=positive, default=None,
+    add_flag(g, "--pose_fps", type=positive, default=None,
          help="resample MediaPipe .pose inputs to this frame rate (pickles are used as stored)")
-    add_flag(p, "--max_tgt_len", type=target_length, default=50, help="target tokens kept")
-    add_flag(p, "--max_unk_rate", type=float_range(0, 1), default=0.05,
+    add_flag(g, "--max_tgt_len", type=target_length, default=50, help="target tokens kept")
+    add_flag(g, "--max_unk_rate", type=float_range(0, 1), default=0.05,
              help="stop before training when more of the training targets' tokens (with "
                   "--eval: the dev references') than this are <unk> under the mT5 tokenizer "
                   "(1: never)")
-    add_flag(p, "--data_root", default=None, help="label root (default ./data or $SIGN_DATA_ROOT)")
-    add_flag(p, "--pose_root", default=None, help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
-    add_flag(p, "--mt5_path", default=None, help="mT5 directory (default from config.py)")
-    add_flag(p, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
-    add_flag(p, "--online_video", default=None,
+    add_flag(g, "--data_root", default=None, metavar="DIR",
+             help="label root (default ./data or $SIGN_DATA_ROOT)")
+    add_flag(g, "--pose_root", default=None, metavar="DIR",
+             help="pose root (default ./dataset or $SIGN_POSE_ROOT)")
+    add_flag(g, "--mt5_path", default=None, metavar="DIR",
+             help="mT5 directory (default from config.py)")
+    add_flag(g, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
+    add_flag(g, "--online_video", default=None,
              help="refused: extract poses from the video first, then use translate.py")
 
 
 def add_model_flags(p):
     """Pose encoder widths (Uni-Sign's defaults) and how its frames enter mT5."""
-    add_flag(p, "--hidden_dim", type=count, default=256)
-    add_flag(p, "--stgcn_channels", type=count_list, default=[64, 128, 256])
-    add_flag(p, "--temporal_layers", type=count, default=3)
-    add_flag(p, "--temporal_kernel", type=odd_count, default=5)
-    add_flag(p, "--pose_positions", default="none", choices=["none", "sinusoidal"],
+    g = p.add_argument_group("model")
+    add_flag(g, "--hidden_dim", type=count, default=256,
+             help="width of each body part's features (the last --stgcn_channels)")
+    add_flag(g, "--stgcn_channels", type=count_list, default=[64, 128, 256],
+             help="ST-GCN widths, block by block")
+    add_flag(g, "--temporal_layers", type=count, default=3,
+             help="temporal ST-GCN blocks after the spatial ones")
+    add_flag(g, "--temporal_kernel", type=odd_count, default=5,
+             help="frames seen by each temporal convolution (odd)")
+    add_flag(g, "--pose_positions", default="none", choices=["none", "sinusoidal"],
          help="add sinusoidal frame positions to the pose embeddings (none: Uni-Sign); helps "
               "when the output order is not implied by content, as in fingerspelling")
 
@@ -150,8 +192,10 @@ def add_model_flags(p):
 def add_speed_flags(p):
     """Speed switches (pose_encoder.SPEED_DEFAULTS holds their defaults); each keeps Uni-Sign's
     loss up to float rounding."""
+    g = p.add_argument_group("speed (each keeps Uni-Sign's loss up to float rounding)")
+
     def switch(name, help):
-        add_flag(p, "--" + name, default=SPEED_DEFAULTS[name], choices=SPEED_CHOICES[name],
+        add_flag(g, "--" + name, default=SPEED_DEFAULTS[name], choices=SPEED_CHOICES[name],
                  help=help)
     switch("graph_product", "ST-GCN graph product: matmul (no permute copy) or einsum (Uni-Sign's)")
     switch("temporal_conv", "ST-GCN temporal conv: direct, or Winograd F(4,k) (fewer FLOPs, "
@@ -162,31 +206,33 @@ def add_speed_flags(p):
     switch("target_logits", "vocabulary projection and loss on real target tokens only, or on "
                             "every position")
     switch("embed_once", "one embedding lookup for the prompt and the decoder inputs")
-    add_flag(p, "--compile_encoder", action="store_true", default=SPEED_DEFAULTS["compile_encoder"],
+    add_flag(g, "--compile_encoder", action="store_true", default=SPEED_DEFAULTS["compile_encoder"],
              help="torch.compile the ST-GCN part encoders (no gain measured on CPU)")
-    add_flag(p, "--keep_freed_memory", default="auto", choices=["auto", "on", "off"],
+    add_flag(g, "--keep_freed_memory", default="auto", choices=["auto", "on", "off"],
              help="glibc keeps freed blocks for reuse instead of unmapping them (auto: on CPU runs)")
 
 
 def add_generation_flags(p):
     """Decoding flags."""
-    add_flag(p, "--num_beams", type=count, default=4)
-    add_flag(p, "--max_new_tokens", type=count, default=100)
-    add_flag(p, "--decode_pool", type=non_negative_int, default=64,
+    g = p.add_argument_group("decoding (evaluation)")
+    add_flag(g, "--num_beams", type=count, default=4, help="beam width (1: greedy)")
+    add_flag(g, "--max_new_tokens", type=count, default=100, help="longest output in tokens")
+    add_flag(g, "--decode_pool", type=non_negative_int, default=64,
          help="beam rows of several evaluation batches decoded together, with the same output "
               "as batch by batch (0: Hugging Face generate per batch)")
 
 
 def add_tracking_flags(p):
     """Weights & Biases tracking and bad-input handling."""
-    add_flag(p, "--wandb", action="store_true", help="log to Weights & Biases")
-    add_flag(p, "--wandb_project", default="sign-pose-trainer")
-    add_flag(p, "--wandb_run_name", default=None)
-    add_flag(p, "--tensorboard", action="store_true",
+    g = p.add_argument_group("tracking and bad input")
+    add_flag(g, "--wandb", action="store_true", help="log to Weights & Biases")
+    add_flag(g, "--wandb_project", default="sign-pose-trainer", help="W&B project (with --wandb)")
+    add_flag(g, "--wandb_run_name", default=None, help="W&B run name (with --wandb)")
+    add_flag(g, "--tensorboard", action="store_true",
              help="write TensorBoard events to OUTPUT_DIR/tensorboard")
-    add_flag(p, "--skip_bad_samples", action="store_true",
+    add_flag(g, "--skip_bad_samples", action="store_true",
          help="skip unreadable or invalid clips (counted and logged) instead of stopping")
-    add_flag(p, "--max_nonfinite", type=non_negative_int, default=10,
+    add_flag(g, "--max_nonfinite", type=non_negative_int, default=10,
          help="stop (saving a training state) after N consecutive NaN/Inf losses; 0: never")
 
 
@@ -208,16 +254,26 @@ def add_recognition_flags(p):
 
 
 def parse_args(description, argv=None, defaults=None):
-    """Parsed flags; a flag that cannot act in the requested configuration stops here with
-    `error:` and the reason (see refusals), before anything is built."""
-    parser = ArgumentParser(description, parents=[get_args_parser()])
+    """Parsed flags, from the command line over its --config file (config_file.py); a flag that
+    cannot act in the requested configuration stops here with `error:` and the reason (see
+    refusals), before anything is built. args.given_flags: the dests given (file included)."""
+    parser = ArgumentParser(description, parents=[get_args_parser()],
+                            usage="%(prog)s [-h] [--config FILE] [flags]",
+                            description=DESCRIPTION)
     parser.set_defaults(**(defaults or {}))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv = config_file.expand(parser, argv)
+    except config_file.ConfigFileError as error:
+        parser.error(str(error))
     args = parser.parse_args(argv)
     if args.clip_grad is not None:
         args.gradient_clipping = args.clip_grad
-    problems = refusals(args, explicit_flags(parser, argv))
+    given = explicit_flags(parser, argv)
+    problems = refusals(args, given)
     if problems:  # the reasons alone: the usage text would bury them
         parser.exit(2, f"{parser.prog}: error: " + "\n  ".join(problems) + "\n")
+    args.given_flags = frozenset(given)  # not a flag: checkpoint.plain_args leaves it out
     return args
 
 

@@ -24,6 +24,7 @@ HONOURED = {
     "keep_freed_memory", "graph_product", "temporal_conv", "target_logits", "embed_once",
     "gradient_clipping", "clip_grad", "clip_grad_norm_euclid", "clip_grad_norm_hyp",
     "save_one_batch", "save_batch_name", "max_unk_rate", "eval", "gradient_checkpointing",
+    "config",  # the path only: the values it gave are compared flag by flag
 }
 MODEL = "the saved weights have the shape and meaning these flags gave them"
 DATA = "the saved sampler position counts batches of the saved data order"
