@@ -62,10 +62,14 @@ def find_action(parser, path, key):
     actions = parser._option_string_actions
     action = actions.get("--" + key.lstrip("-"))
     if action is None or action.dest in NOT_IN_FILES:
-        names = sorted({o[2:] for o, a in actions.items() if o.startswith("--")
-                        and a.dest not in NOT_IN_FILES
-                        and o not in getattr(a, "hidden_spellings", ())})
-        close = difflib.get_close_matches(key, names, n=3)
+        names = sorted(o[2:] for o, a in actions.items()
+                       if o.startswith("--") and a.dest not in NOT_IN_FILES)
+        close, dests = [], set()
+        for name in difflib.get_close_matches(key, names, n=6):  # one spelling per flag
+            if actions["--" + name].dest not in dests:
+                dests.add(actions["--" + name].dest)
+                close.append(name)
+        close = close[:3]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigFileError(f"--config {path}: {key}: unknown flag{hint}")
     return action

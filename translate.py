@@ -43,40 +43,50 @@ class UsageError(Exception):
 
 
 def parse_args(argv=None):
-    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     cli.add_flag(p, 'inputs', nargs='*', help='pose files, globs or folders')
-    source = p.add_mutually_exclusive_group(required=True)
-    cli.add_flag(source, '--checkpoint', help="fine_tuning.py weight file ({'model', 'args'})")
-    cli.add_flag(source, '--model', help='folder written by --export')
-    cli.add_flag(p, '--mt5_path', help='mT5 folder (tokenizer, config) for --checkpoint')
-    cli.add_flag(p, '--export', metavar='DIR',
+    g = p.add_argument_group('model (one of --checkpoint, --model)')
+    source = g.add_mutually_exclusive_group(required=True)
+    cli.add_flag(source, '--checkpoint', metavar='FILE',
+                 help="fine_tuning.py weight file ({'model', 'args'})")
+    cli.add_flag(source, '--model', metavar='DIR', help='folder written by --export')
+    cli.add_flag(g, '--mt5_path', metavar='DIR', help='mT5 folder (tokenizer, config) for --checkpoint')
+    cli.add_flag(g, '--export', metavar='DIR',
                     help='write the model as one folder (weights, config, tokenizer, card) to DIR')
-    cli.add_flag(p, '--num_beams', type=cli.count, help="beam width (default: the checkpoint's)")
-    cli.add_flag(p, '--batch_size', type=cli.count, default=8)
-    cli.add_flag(p, '--max_new_tokens', type=cli.count, help="default: the checkpoint's")
-    cli.add_flag(p, '--decode_pool', type=cli.non_negative_int,
+    cli.add_flag(g, '--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                 help='torch device to run on')
+    cli.add_flag(g, '--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+                 help='weights and activations precision')
+    g = p.add_argument_group('decoding')
+    cli.add_flag(g, '--num_beams', type=cli.count, help="beam width (default: the checkpoint's)")
+    cli.add_flag(g, '--batch_size', type=cli.count, default=8,
+                 help='clips per batch (1: each translation independent of the others)')
+    cli.add_flag(g, '--max_new_tokens', type=cli.count,
+                 help="longest output in tokens (default: the checkpoint's)")
+    cli.add_flag(g, '--decode_pool', type=cli.non_negative_int,
                     help="beam rows of several batches decoded together, same output "
                          "(default 64; 0: batch by batch)")
-    cli.add_flag(p, '--ctc_beam', type=cli.count,
+    cli.add_flag(g, '--ctc_beam', type=cli.count,
                     help="CTC recognizer: prefix beam width, 1 greedy (default: the checkpoint's)")
-    cli.add_flag(p, '--max_length', type=cli.count,
+    g = p.add_argument_group('input and output')
+    cli.add_flag(g, '--max_length', type=cli.count,
                     help="frames kept per clip (default: the checkpoint's)")
-    cli.add_flag(p, '--fps', type=cli.positive, help='resample .pose clips to this frame rate')
-    cli.add_flag(p, '--max_unk_rate', type=cli.float_range(0, 1),
+    cli.add_flag(g, '--fps', type=cli.positive, help='resample .pose clips to this frame rate')
+    cli.add_flag(g, '--max_unk_rate', type=cli.float_range(0, 1),
                     help="stop when more of the prompt's tokens than this are <unk> under the "
                          "mT5 tokenizer (default: the checkpoint's; 1: never)")
-    cli.add_flag(p, '--format', choices=['tsv', 'jsonl'], default='tsv')
-    cli.add_flag(p, '--output', help='output file (default: standard output)')
-    cli.add_flag(p, '--skip_bad_samples', action='store_true',
+    cli.add_flag(g, '--skip_bad_samples', action='store_true',
                     help='skip unreadable or invalid pose files (counted) instead of stopping')
-    cli.add_flag(p, '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    cli.add_flag(p, '--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
-    cli.add_flag(p, '--dataset',
+    cli.add_flag(g, '--format', choices=['tsv', 'jsonl'], default='tsv',
+                 help='tsv: name<TAB>text lines; jsonl: one JSON object per clip')
+    cli.add_flag(g, '--output', metavar='FILE', help='output file (default: standard output)')
+    g = p.add_argument_group('checkpoints without stored flags')
+    cli.add_flag(g, '--dataset',
                     help='prompt language / flags for checkpoints without stored flags')
-    cli.add_flag(p, '--stgcn_channels', type=cli.count_list)
-    cli.add_flag(p, '--hidden_dim', type=cli.count)
-    cli.add_flag(p, '--temporal_layers', type=cli.count)
-    cli.add_flag(p, '--temporal_kernel', type=cli.odd_count)
+    cli.add_flag(g, '--stgcn_channels', type=cli.count_list, help='ST-GCN widths')
+    cli.add_flag(g, '--hidden_dim', type=cli.count, help='width of each body part\'s features')
+    cli.add_flag(g, '--temporal_layers', type=cli.count, help='temporal ST-GCN blocks')
+    cli.add_flag(g, '--temporal_kernel', type=cli.odd_count, help='temporal kernel size (odd)')
     args = p.parse_args(argv)
     if not args.inputs and not args.export:
         p.error('give pose files to translate, or --export DIR')

@@ -9,7 +9,6 @@ length statistics per split, and warns of clips found in two splits; --report al
 as JSON. Exit status: 0 when everything is usable, 1 when any sample is bad or a split has no
 usable sample, 2 when a label file or pose folder cannot be used at all.
 """
-import argparse
 import json
 import os
 import sys
@@ -28,21 +27,25 @@ from sample_checks import (clip_identities, length_stats, problem_kind, scan_sam
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_flag(parser, '--dataset', default='CSL_Daily',
+    parser = cli.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    g = parser.add_argument_group('data (as the trainer finds it)')
+    add_flag(g, '--dataset', default='CSL_Daily',
                         help=f"one of {', '.join(config.DATASETS)}")
-    add_flag(parser, '--data_root', default=None, help='label root (see config.py)')
-    add_flag(parser, '--pose_root', default=None, help='pose root (see config.py)')
-    add_flag(parser, '--splits', default=','.join(config.PHASES), help='comma-separated')
-    add_flag(parser, '--max_length', type=cli.count, default=256,
+    add_flag(g, '--data_root', default=None, metavar='DIR', help='label root (see config.py)')
+    add_flag(g, '--pose_root', default=None, metavar='DIR', help='pose root (see config.py)')
+    add_flag(g, '--splits', default=','.join(config.PHASES), help='comma-separated')
+    g = parser.add_argument_group('checks (the trainer\'s flags of the same name)')
+    add_flag(g, '--max_length', type=cli.count, default=256,
                         help='frames the trainer keeps per clip (counts the longer clips)')
-    add_flag(parser, '--max_frames_per_clip', type=cli.count, default=DEFAULT_MAX_FRAMES,
+    add_flag(g, '--max_frames_per_clip', type=cli.count, default=DEFAULT_MAX_FRAMES,
              help='refuse clips with more frames, as the trainer does')
-    add_flag(parser, '--pose_fps', type=cli.positive, default=None,
+    add_flag(g, '--pose_fps', type=cli.positive, default=None,
              help='.pose inputs are resampled to this rate, as the trainer does with it')
-    add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
+    g = parser.add_argument_group('running and output')
+    add_flag(g, '--workers', type=cli.count, default=os.cpu_count() or 1,
                         help='reading processes (default: all cores)')
-    add_flag(parser, '--report', default=None, help='also write the report to this JSON file')
+    add_flag(g, '--report', default=None, metavar='FILE',
+             help='also write the report to this JSON file')
     return parser.parse_args(argv)
 
 

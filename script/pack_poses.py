@@ -12,7 +12,6 @@ its folder as the pose folder (--pose_root layout) or as packed_dir. With --shar
 is split into K parts (store_parts.py): rank r of W trains on the parts p with p % W == r, so a
 node needs only its ranks' parts.
 """
-import argparse
 import os
 import sys
 
@@ -24,23 +23,26 @@ from datasets import DataError  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_flag(parser, '--pose_dir', help='folder searched recursively for .pkl pose files')
-    cli.add_flag(parser, '--out', required=True, help='store folder (created if missing)')
-    cli.add_flag(parser, '--workers', type=cli.count, default=os.cpu_count() or 1,
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    g = parser.add_argument_group('packing')
+    cli.add_flag(g, '--pose_dir', metavar='DIR',
+                 help='folder searched recursively for .pkl pose files')
+    cli.add_flag(g, '--out', required=True, metavar='DIR', help='store folder (created if missing)')
+    cli.add_flag(g, '--workers', type=cli.count, default=os.cpu_count() or 1,
                          help='reading processes (default: all cores)')
-    cli.add_flag(parser, '--shard_size', type=cli.count, default=pose_store.DEFAULT_SHARD_SIZE,
+    cli.add_flag(g, '--shard_size', type=cli.count, default=pose_store.DEFAULT_SHARD_SIZE,
                          help='clips per shard')
-    cli.add_flag(parser, '--shards', type=cli.count, default=1,
+    cli.add_flag(g, '--shards', type=cli.count, default=1,
                  help='split the store into this many parts that ranks open independently')
-    cli.add_flag(parser, '--skip_bad', action='store_true',
+    cli.add_flag(g, '--skip_bad', action='store_true',
                          help='leave out unusable pose files, listing them in the manifest')
-    cli.add_flag(parser, '--no_resume', action='store_true',
+    cli.add_flag(g, '--no_resume', action='store_true',
                          help='discard an earlier (partial) store in --out and pack from scratch')
-    cli.add_flag(parser, '--verify', action='store_true', help='check every checksum afterwards')
-    cli.add_flag(parser, '--verify_only', action='store_true',
+    cli.add_flag(g, '--quiet', action='store_true', help='no progress bar')
+    g = parser.add_argument_group('checking')
+    cli.add_flag(g, '--verify', action='store_true', help='check every checksum afterwards')
+    cli.add_flag(g, '--verify_only', action='store_true',
                          help='only check the checksums of the store in --out')
-    cli.add_flag(parser, '--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
     if not args.verify_only and not args.pose_dir:
         parser.error('--pose_dir is required unless --verify_only is given')
