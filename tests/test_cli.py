@@ -5,6 +5,7 @@ import contextlib
 import glob
 import io
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -114,7 +115,6 @@ def test_mediapipe_pose_flags_in_both_spellings():
 
 
 SCRIPT_FLAGS = [
-    ('pack_poses.py', ['--pose_dir', '--pose-dir', '--verify_only', '--verify-only']),
     ('plot_run.py', ['folders', '--out']),
     ('plot_poincare.py', ['--input', '--out', '--projection']),
     ('render_pose.py', ['pose_file', '--out', '--frames', '--fps']),
@@ -131,6 +131,95 @@ def test_script_help_lists_both_spellings(script, flags):
     assert proc.returncode == 0, proc.stderr
     for flag in flags:
         assert flag in proc.stdout, (flag, proc.stdout)
+
+
+# ----------------------------------------------------------------------------- help layout
+
+def help_parser():
+    parser = cli.ArgumentParser(prog='tool.py')
+    group = parser.add_argument_group('sizes')
+    cli.add_flag(group, '--batch-size', type=cli.count, default=8, help='clips per batch')
+    cli.add_flag(group, '--widths', type=cli.count_list, default=[8, 16], help='layer widths')
+    cli.add_flag(group, '--lr', type=cli.positive, default=1e-3, help='learning rate')
+    cli.add_flag(group, '--out_dir', default=None, help='where to write')
+    cli.add_flag(group, '--name', default='', help='a name')
+    cli.add_flag(group, '--fast', action='store_true', help='go fast')
+    cli.add_flag(group, '--n_dev', '--dev', type=cli.count, default=3, help='dev clips')
+    cli.add_flag(group, '--share_head', action=argparse.BooleanOptionalAction, default=True,
+                 help='one head')
+    cli.add_flag(group, '--beams', type=cli.count, help='width (default: the checkpoint\'s)')
+    return parser
+
+
+def test_help_lists_one_spelling_with_its_default():
+    text = help_parser().format_help()
+    assert 'sizes:' in text
+    assert '--batch-size N' in text and '--batch_size' not in text
+    assert 'clips per batch (default: 8)' in text
+    assert 'layer widths (default: 8,16)' in text and 'learning rate (default: 0.001)' in text
+    assert '--n_dev N, --dev N' in text and '--n-dev' not in text
+    assert '--share_head, --no-share_head' in text and 'share-head' not in text
+    assert 'one head (default: on)' in text
+    assert "width (default: the checkpoint's)" in text
+    assert 'default: None' not in text and 'default: False' not in text
+    assert 'default: )' not in text
+
+
+def test_hidden_spellings_still_parse():
+    parser = help_parser()
+    for argv in (['--batch_size', '3'], ['--batch-size', '3']):
+        assert parser.parse_args(argv).batch_size == 3
+    assert parser.parse_args(['--n-dev', '4']).n_dev == 4
+    assert parser.parse_args(['--no-share-head']).share_head is False
+
+
+def entry_point_parser(entry_point, monkeypatch):
+    """The parser an entry point builds for `--help`, caught as it parses."""
+    caught = []
+
+    def catch(self, args=None, namespace=None):
+        caught.append(self)
+        raise SystemExit(0)
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', catch)
+    monkeypatch.setattr(sys, 'argv', [entry_point])
+    with pytest.raises(SystemExit):
+        runpy.run_path(os.path.join(ROOT, entry_point), run_name='__main__')
+    return caught[0]
+
+
+HELP_ENTRY_POINTS = ['fine_tuning.py', 'pretraining.py', 'translate.py', 'script/check_data.py',
+                     'script/pack_poses.py']
+
+
+@pytest.mark.parametrize('entry_point', HELP_ENTRY_POINTS)
+def test_entry_point_help_is_grouped_and_complete(entry_point, monkeypatch):
+    """Every flag has a help text and sits under a topic heading; each is listed in one
+    spelling; the other spelling still parses to the same dest; no '(default: None)'."""
+    parser = entry_point_parser(entry_point, monkeypatch)
+    text = parser.format_help()
+    assert 'default: None' not in text and 'default: False' not in text
+    groups = [g for g in parser._action_groups if g.title not in ('options', 'positional arguments')]
+    assert len(groups) >= 2, entry_point
+    for action in parser._actions:
+        if not action.option_strings or action.dest == 'help':
+            continue
+        assert action.help, f'{entry_point}: {action.option_strings[0]} has no help'
+        assert any(action in g._group_actions for g in groups), action.option_strings[0]
+        for option in getattr(action, 'hidden_spellings', ()):
+            assert not listed(option, text), option
+            assert parser._option_string_actions[option] is action
+        assert listed(action.option_strings[0], text), action.option_strings[0]
+
+
+def listed(option, text):
+    """Whether `option` heads a line of the help's flag list."""
+    return re.search(rf'^  (\S+( [A-Z_.,]+)?, )*{re.escape(option)}( |,|$)', text, re.M) is not None
+
+
+def test_trainer_help_shows_stage1_defaults_for_pretraining(monkeypatch):
+    text = entry_point_parser('pretraining.py', monkeypatch).format_help()
+    assert 'peak learning rate (default: 0.0003)' in text
+    assert 'registered dataset:' in text and '(default: CSL_News)' in text
 
 
 # ----------------------------------------------------------------------------- ranged types
