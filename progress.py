@@ -2,10 +2,12 @@
 not one (CI, a log file, a scheduler's output) plain lines every few items instead, each with the
 same figures, since a bar's carriage returns make such logs unreadable.
 
-`track` wraps an iterable. Besides the count it reports the time per item, the share of it spent
+`track` wraps an iterable of steps. Besides the count it reports the time per item, the share of it spent
 waiting for the next item (a slow loader shows here), items per second (clips per second when
 each item is a batch of `per_item`), the time left and the peak memory (GPU memory allocated on a
 GPU, the process's resident memory otherwise). Only the main process of a run reports.
+`Meter` counts work that arrives in chunks (clips checked by worker processes): a bar on a
+terminal, otherwise a line every `seconds` with the rate and the time left.
 """
 import datetime
 import os
@@ -86,3 +88,41 @@ def track(iterable, total, header, every, stats=dict, per_item=None, show=True, 
     finally:
         if bar is not None:
             bar.close()
+
+
+class Meter:
+    """Progress of `total` units done in chunks (`update(n)`): a tqdm bar on a terminal;
+    elsewhere a line every `seconds` (0: every update) and, when any was printed or `final`
+    is set, one at `close()`. `enabled` False reports nothing."""
+
+    def __init__(self, total, desc, unit="clips", seconds=30, enabled=True, final=False,
+                 stream=None):
+        self.total, self.desc, self.unit, self.seconds = total, desc, unit, seconds
+        self.enabled, self.final, self.stream, self.done = enabled, final, stream, 0
+        self.start = self.last = time.monotonic()
+        self.shown = None  # units done at the last line printed
+        self.bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s"),
+                        file=stream or sys.stderr, dynamic_ncols=True) \
+            if enabled and interactive(stream) else None
+
+    def update(self, count):
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.enabled and time.monotonic() - self.last >= self.seconds:
+            self.last = time.monotonic()
+            self.line()
+
+    def line(self):
+        seconds = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / seconds
+        left = f", left {duration((self.total - self.done) / rate)}" if rate else ""
+        print(f"{self.desc}: {self.done} of {self.total} {self.unit} ({rate:.0f} {self.unit}/s"
+              f"{left})", file=self.stream or sys.stdout, flush=True)
+        self.shown = self.done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and (self.shown is not None or self.final) and self.shown != self.done:
+            self.line()

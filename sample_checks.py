@@ -9,15 +9,13 @@ reports the same findings.
 """
 import multiprocessing
 import os
-import sys
-import time
 from collections import Counter
 
 import numpy as np
-from tqdm import tqdm
 
 from keypoints import PART_JOINTS, SCORE_THRESHOLD, DataError, check_coordinates, clip_span
 from pose_store import is_plain_path
+from progress import Meter
 
 # Below this many clips a worker pool costs more than it saves.
 MIN_PARALLEL_CLIPS = 2048
@@ -90,36 +88,6 @@ def check_clip(dataset, index):
     return clip_span(pose)[1], None
 
 
-class Progress:
-    """Progress of a scan: tqdm on a terminal, otherwise (a log file) one line every
-    PROGRESS_SECONDS and one at the end."""
-
-    def __init__(self, total, desc, enabled=True):
-        self.total, self.desc, self.enabled, self.done = total, desc, enabled, 0
-        self.start = self.last = time.monotonic()
-        self.bar = tqdm(total=total, desc=desc, unit='clip') \
-            if enabled and sys.stderr.isatty() else None
-
-    def update(self, count):
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif self.enabled and time.monotonic() - self.last >= PROGRESS_SECONDS:
-            self.last = time.monotonic()
-            self._line()
-
-    def _line(self):
-        seconds = max(time.monotonic() - self.start, 1e-9)
-        print(f"{self.desc}: {self.done} of {self.total} clips checked "
-              f"({self.done / seconds:.0f} clips/s)", flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and self.last != self.start:
-            self._line()
-
-
 _worker_dataset = None
 
 
@@ -143,8 +111,8 @@ def _check_chunk(indices, dataset=None):
 
 def scan_clips(dataset, indices, workers=0, progress=None):
     """Checks the clips of the given sample indices in `workers` processes (0 or 1: in this
-    one), showing progress titled `progress` (None: quiet). Returns (frames: int32 array
-    aligned with indices, -1 for a bad clip; {index: problem})."""
+    one), showing progress (a progress.Meter, or the title of one; None: quiet). Returns
+    (frames: int32 array aligned with indices, -1 for a bad clip; {index: problem})."""
     indices = np.asarray(indices, dtype=np.int64)
     workers = min(workers, os.cpu_count() or 1)
     parallel = workers > 1 and len(indices) >= MIN_PARALLEL_CLIPS
@@ -152,7 +120,8 @@ def scan_clips(dataset, indices, workers=0, progress=None):
         else CHUNK_CLIPS
     chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
     frames, problems = np.full(len(indices), -1, dtype=np.int32), {}
-    bar = Progress(len(indices), progress or '', enabled=progress is not None)
+    bar = progress if isinstance(progress, Meter) else Meter(
+        len(indices), progress or '', seconds=PROGRESS_SECONDS, enabled=progress is not None)
     with (multiprocessing.Pool(workers, _set_worker_dataset, (dataset,)) if parallel
           else _NoPool()) as pool:
         results = pool.imap(_check_chunk, chunks) if parallel \

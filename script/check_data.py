@@ -6,7 +6,8 @@
 Paths come from config.py and the same --dataset/--data_root/--pose_root flags as the trainer.
 Prints every bad sample with its file and problem, the count of each kind of problem and clip
 length statistics per split, and warns of clips found in two splits; --report also writes them
-as JSON. Exit status: 0 when everything is usable, 1 when any sample is bad or a split has no
+as JSON. While reading it shows a progress bar on a terminal, otherwise a line every 30 s and
+one when each split is done. Exit status: 0 when everything is usable, 1 when any sample is bad or a split has no
 usable sample, 2 when a label file or pose folder cannot be used at all.
 """
 import json
@@ -22,8 +23,9 @@ from cli import add_flag  # noqa: E402
 from datasets import S2T_Dataset  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from keypoints import DEFAULT_MAX_FRAMES  # noqa: E402
-from sample_checks import (clip_identities, length_stats, problem_kind, scan_samples,  # noqa: E402
-                           split_overlaps)
+import progress  # noqa: E402
+from sample_checks import (PROGRESS_SECONDS, clip_identities, length_stats,  # noqa: E402
+                           problem_kind, scan_samples, split_overlaps)
 
 
 def parse_args(argv=None):
@@ -54,8 +56,9 @@ def check_split(args, phase, label_path, pose_dir):
     dataset = S2T_Dataset(label_path, pose_dir, phase, dataset_name=args.dataset,
                           max_length=args.max_length, defer_label_errors=True,
                           max_frames=args.max_frames_per_clip, pose_fps=args.pose_fps)
-    durations, pose_problems = scan_samples(dataset, workers=args.workers,
-                                            progress=f"checking {phase}")
+    meter = progress.Meter(len(dataset), f"checking {phase}", seconds=PROGRESS_SECONDS,
+                           final=True)  # off a terminal: a line now and then, and at the end
+    durations, pose_problems = scan_samples(dataset, workers=args.workers, progress=meter)
     problems = [{'name': None, 'file': label_path, 'problem': message}
                 for message in dataset.label_problems]
     problems += [{'name': dataset.entries[index]['name'], 'file': dataset.pose_path(index),

@@ -60,6 +60,30 @@ def test_clean_dataset_passes_with_length_statistics(data_root, tmp_path, capsys
     assert "Demo: every sample is usable" in capsys.readouterr().out
 
 
+def test_progress_off_a_terminal_is_a_line_per_split(data_root, capsys):
+    assert load_script().main(["--dataset", "Demo", "--data_root", data_root, "--workers",
+                               "1"]) == 0
+    out, err = capsys.readouterr()
+    for phase, clips in (("train", 48), ("dev", 8), ("test", 8)):
+        assert f"checking {phase}: {clips} of {clips} clips (" in out
+    assert "\r" not in out + err
+
+
+def test_progress_on_a_terminal_is_a_bar(data_root, capsys, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.delenv("TERM", raising=False)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert load_script().main(["--dataset", "Demo", "--data_root", data_root, "--splits",
+                               "train", "--workers", "1"]) == 0
+    assert "checking train" in terminal.getvalue() and "48/48" in terminal.getvalue()
+    assert "of 48 clips" not in capsys.readouterr().out
+
+
 def test_every_bad_sample_is_reported_with_its_file_and_kind(data_root, tmp_path, capsys,
                                                              monkeypatch):
     expected = corrupt(data_root)

@@ -42,3 +42,44 @@ def test_a_loop_left_early_closes_its_bar():
         if item == 2:
             break
     assert not tqdm._instances
+
+
+def test_meter_lines_off_a_terminal_with_the_rate_and_time_left():
+    out = io.StringIO()
+    meter = progress.Meter(1000, "checking train", seconds=0, stream=out)
+    for _ in range(4):
+        meter.update(250)
+    meter.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"checking train: {n} of 1000 clips" for n in (250, 500, 750, 1000)]
+    assert all("clips/s" in line and "left " in line for line in lines)
+    assert "\r" not in out.getvalue()
+
+
+def test_meter_final_line_and_quiet_modes():
+    out = io.StringIO()
+    meter = progress.Meter(20, "scan", final=True, stream=out)  # 30 s apart: no line on the way
+    meter.update(20)
+    meter.close()
+    assert len(out.getvalue().splitlines()) == 1
+    assert out.getvalue().startswith("scan: 20 of 20 clips (")
+    silent = io.StringIO()
+    meter = progress.Meter(20, "scan", stream=silent)  # no final line unless one was printed
+    meter.update(20)
+    meter.close()
+    off = progress.Meter(20, "scan", seconds=0, final=True, enabled=False, stream=silent)
+    off.update(20)
+    off.close()
+    assert silent.getvalue() == ""
+
+
+def test_meter_on_a_terminal_is_a_bar(monkeypatch):
+    monkeypatch.delenv("TERM", raising=False)
+    out = Terminal()
+    meter = progress.Meter(8, "checking dev", seconds=0, final=True, stream=out)
+    meter.update(5)
+    meter.update(3)
+    meter.close()
+    text = out.getvalue()
+    assert "checking dev" in text and "8/8" in text and "of 8 clips" not in text
