@@ -116,7 +116,8 @@ class Meter:
     def line(self):
         seconds = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / seconds
-        left = f", left {duration((self.total - self.done) / rate)}" if rate else ""
+        left = f", left {duration((self.total - self.done) / rate)}" \
+            if rate and self.done < self.total else ""
         print(f"{self.desc}: {self.done} of {self.total} {self.unit} ({rate:.0f} {self.unit}/s"
               f"{left})", file=self.stream or sys.stdout, flush=True)
         self.shown = self.done
