@@ -8,7 +8,7 @@ Every dataset is one `DatasetSpec` in DATASETS: its label files and their format
 folders, how dev and test are formed when it ships none, the language of its text (the prompt
 names it) and how that text is scored, and the tasks its labels support. The trainer, the data
 checker and the scorer read behaviour from here only; adding a corpus is adding an entry (or
-calling `register_dataset`), see the README's "Adding a dataset".
+calling `register_dataset`), see docs/datasets.md, "Adding a dataset".
 """
 import dataclasses
 import os
