@@ -31,9 +31,12 @@ class ConfigFileError(Exception):
 
 def config_path(argv):
     """The --config FILE given in `argv` (the last one when repeated), or None."""
-    finder = argparse.ArgumentParser(add_help=False)
+    finder = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     add_flag(finder, "--config", default=None)
-    known, _ = finder.parse_known_args(argv)
+    try:
+        known, _ = finder.parse_known_args(argv)
+    except argparse.ArgumentError:  # `--config` without a value: the full parse says so
+        return None
     return known.config
 
 

@@ -84,6 +84,10 @@ def test_a_missing_or_broken_json_file(tmp_path, capsys):
     assert f"--config {broken}: not valid JSON" in stopped(["--config", broken], capsys)
 
 
+def test_config_without_a_file_is_the_parsers_error(capsys):
+    assert "argument --config: expected one argument" in stopped(["--config"], capsys)
+
+
 def test_a_flag_in_the_file_that_cannot_act_is_refused(tmp_path, capsys):
     path = write(tmp_path, "signcl_weight: 0.5\nnum_beams: 2\ntask: CSLR\nhead: ctc\n")
     err = stopped(["--config", path], capsys)
