@@ -17,7 +17,7 @@ import math
 class HelpFormatter(argparse.HelpFormatter):
     """Lists a flag under the spellings it was registered with (the other spelling still
     parses) and appends `(default: X)` where the default says something: not for None, an empty
-    value or an off switch, nor where the help text speaks of its default already."""
+    value, an off switch or a refused flag, nor where the help text speaks of its default."""
 
     def _format_action_invocation(self, action):
         hidden = getattr(action, "hidden_spellings", ())
@@ -31,7 +31,8 @@ class HelpFormatter(argparse.HelpFormatter):
         default = action.default
         if isinstance(action, argparse.BooleanOptionalAction) and "default" not in text:
             return f"{text} (default: {'on' if default else 'off'})".lstrip()
-        if ("default" in text or not action.option_strings or action.nargs == 0
+        if ("default" in text or text.startswith("refused") or not action.option_strings
+                or action.nargs == 0
                 or default in (None, "", [], argparse.SUPPRESS)):
             return text
         if isinstance(default, (list, tuple)):

@@ -66,7 +66,7 @@ def add_optimisation_flags(p):
     add_flag(g, "--opt", type=str, default="adamw", help="adamw | adam | sgd")
     add_flag(g, "--opt-eps", type=positive, default=1.0e-9, help="Adam epsilon")
     add_flag(g, "--opt-betas", type=fraction, default=None, nargs="+", metavar="BETA",
-             help="Adam beta1 beta2 (default: torch's 0.9 0.999)")
+             help="Adam beta1 beta2 (default: 0.9 0.999)")
     add_flag(g, "--clip-grad", type=non_negative, default=None, help="alias of --gradient-clipping when set")
     add_flag(g, "--momentum", type=fraction, default=0.9, help="SGD momentum (--opt sgd)")
     add_flag(g, "--weight-decay", type=non_negative, default=1e-4,
