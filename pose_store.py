@@ -32,13 +32,13 @@ import multiprocessing
 import os
 
 import numpy as np
-from tqdm import tqdm
 
 from durable import fsync_dir as _fsync_dir, sha256_file  # noqa: F401
 from durable import write_chunks_atomic as _write_chunks_atomic
 from durable import write_json_atomic as _write_json_atomic, write_npy as _write_npy
 from keypoints import NUM_KEYPOINTS, SCORE_THRESHOLD, DataError
 from poses import read_pose
+from progress import Meter
 
 MANIFEST_NAME = 'packed_poses.json'
 STORE_FORMAT = 'packed-poses'
@@ -291,8 +291,9 @@ def pack(pose_files_or_dir, out_dir, shard_size=DEFAULT_SHARD_SIZE, workers=None
     remaining = sum(len(members) for _, members in shards)
     workers = (os.cpu_count() or 1) if workers is None else workers
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=len(files), initial=len(files) - remaining,
-                                       unit='clip', desc='packing', disable=not progress))
+        bar = Meter(len(files), 'packing', enabled=progress, final=True,
+                    initial=len(files) - remaining)
+        stack.callback(bar.close)
         pool = stack.enter_context(multiprocessing.Pool(workers)) if workers > 1 else None
         for shard_id, members, encoded in _read_shards(shards, pool):
             record = _pack_shard(out_dir, shard_id, members, encoded, skip_bad, bar)

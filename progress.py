@@ -96,16 +96,17 @@ class Meter:
     is set, one at `close()`. `enabled` False reports nothing."""
 
     def __init__(self, total, desc, unit="clips", seconds=30, enabled=True, final=False,
-                 stream=None):
+                 stream=None, initial=0):
         self.total, self.desc, self.unit, self.seconds = total, desc, unit, seconds
-        self.enabled, self.final, self.stream, self.done = enabled, final, stream, 0
+        self.enabled, self.final, self.stream = enabled, final, stream
+        self.done = self.initial = initial  # `initial`: done before (a resumed job)
         self.start = self.last = time.monotonic()
         self.shown = None  # units done at the last line printed
-        self.bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s"),
+        self.bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s"), initial=initial,
                         file=stream or sys.stderr, dynamic_ncols=True) \
             if enabled and interactive(stream) else None
 
-    def update(self, count):
+    def update(self, count=1):
         self.done += count
         if self.bar is not None:
             self.bar.update(count)
@@ -115,7 +116,7 @@ class Meter:
 
     def line(self):
         seconds = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / seconds
+        rate = (self.done - self.initial) / seconds
         left = f", left {duration((self.total - self.done) / rate)}" \
             if rate and self.done < self.total else ""
         print(f"{self.desc}: {self.done} of {self.total} {self.unit} ({rate:.0f} {self.unit}/s"

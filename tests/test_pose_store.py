@@ -388,6 +388,12 @@ def test_cli_packs_verifies_and_reports_corruption(pose_dir, tmp_path):
     assert result.returncode == 1 and 'checksum mismatch' in result.stdout
 
 
+def test_progress_in_a_log_is_plain_lines(pose_dir, tmp_path, capsys):
+    pack(pose_dir, str(tmp_path / 'store'), workers=1, shard_size=4)
+    out, err = capsys.readouterr()
+    assert 'packing: 7 of 7 clips (' in out and '\r' not in out + err
+
+
 def test_pixel_coordinates_and_degenerate_clips_round_trip(tmp_path):
     pixels = realistic_pose(20, seed=3)
     pixels['keypoints'] = pixels['keypoints'] * np.float32(1920)

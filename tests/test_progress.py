@@ -84,3 +84,13 @@ def test_meter_on_a_terminal_is_a_bar(monkeypatch):
     meter.close()
     text = out.getvalue()
     assert "checking dev" in text and "8/8" in text and "of 8 clips" not in text
+
+
+def test_meter_resumed_counts_from_its_start():
+    out = io.StringIO()
+    meter = progress.Meter(10, "packing", seconds=0, initial=6, stream=out)
+    meter.update()
+    meter.update(3)
+    meter.close()
+    assert [line.split(" (")[0] for line in out.getvalue().splitlines()] == [
+        "packing: 7 of 10 clips", "packing: 10 of 10 clips"]
