@@ -108,6 +108,39 @@ def test_problems_of_the_model_or_the_file_are_said(models, demo_root, tmp_path,
     assert app.check_upload(str(video)) == 'video'  # handed to translate.py's own inputs
 
 
+def test_a_ctc_recognizer_gives_glosses_as_translate_py_prints_them(demo_root, tmp_path, capsys):
+    from conftest import ctc_args
+    from ctc_head import GlossVocab
+    from models import CTCRecognizer, get_requires_grad_dict
+    vocab = GlossVocab([f'G{i}' for i in range(12)])
+    args = ctc_args(mt5_path=None, weight_norm=False)
+    torch.manual_seed(0)
+    model = CTCRecognizer(args, vocab.num_classes)
+    with torch.no_grad():
+        model.head.classifier.bias[0] = -1e3  # never the blank: some glosses come out
+    path = str(tmp_path / 'ctc.pth')
+    torch.save({'model': get_requires_grad_dict(model), 'args': checkpoint.plain_args(args),
+                'gloss_vocab': vocab.state_dict()}, path)
+    clip = demo_clips(demo_root, 1)[0]
+    gif, text, note = app.run_clip(app.ModelCache(['--device', 'cpu']), path, clip,
+                                   str(tmp_path))
+    assert text == printed(capsys, path, clip) and text.startswith('G')
+    assert note.startswith('Glosses (CTC recognizer) of `demo_dev_00000`')
+    assert os.path.dirname(gif) == str(tmp_path)
+
+
+def test_command_line_refuses_a_missing_folder_and_a_bad_port(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(['--models', str(tmp_path / 'nowhere')])
+    assert 'nowhere: no such folder' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app.parse_args(['--port', '0'])
+    assert 'error: argument --port' in capsys.readouterr().err
+    args = app.parse_args(['--models', str(tmp_path), '--port', '8080', '--device', 'cpu'])
+    assert (args.models, args.port, args.host, args.device) == (str(tmp_path), 8080,
+                                                                '127.0.0.1', 'cpu')
+
+
 def test_missing_gradio_names_the_install_command(monkeypatch):
     import builtins
     real_import = builtins.__import__
@@ -134,7 +167,7 @@ def served(models):
     demo.close()
 
 
-def test_http_api_translates_like_translate_py(served, models, demo_root, capsys):
+def test_http_api_translates_like_translate_py(served, models, demo_root, capsys, tmp_path):
     from gradio_client import Client, handle_file
     _, path, exported = models
     client = Client(served, verbose=False)
@@ -149,6 +182,14 @@ def test_http_api_translates_like_translate_py(served, models, demo_root, capsys
             assert image.format == 'GIF'
             assert image.n_frames == len(translate.read_pose(clip)['scores'])
     assert texts[0] != texts[1]
+    # The same clip as a MediaPipe .pose file.
+    from mediapipe_pose import wholebody_to_holistic, write_pose
+    clip = translate.read_pose(clips[0])
+    pose_file = str(tmp_path / 'clip.pose')
+    write_pose(wholebody_to_holistic(clip['keypoints'][:, 0], clip['scores'][:, 0], 900, 900,
+                                     25.0), pose_file)
+    _, text, _ = client.predict(handle_file(pose_file), path, '', api_name='/translate')
+    assert text == printed(capsys, path, pose_file)
     # The typed path wins over the list's choice; the exported folder translates the same.
     _, text, _ = client.predict(handle_file(clips[0]), path, exported, api_name='/translate')
     assert text == texts[0]
