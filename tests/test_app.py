@@ -108,6 +108,28 @@ def test_problems_of_the_model_or_the_file_are_said(models, demo_root, tmp_path,
     assert app.check_upload(str(video)) == 'video'  # handed to translate.py's own inputs
 
 
+def test_a_video_goes_to_translate_py_inputs_where_they_read_videos(models, demo_root, tmp_path,
+                                                                   monkeypatch):
+    """With the video extra, the page hands the video's path to translate.py's input handling
+    as the command line does, and animates the pose file that comes back."""
+    _, path, _ = models
+    clip = demo_clips(demo_root, 1)[0]
+    video = str(tmp_path / 'signing.mp4')
+    given = []
+
+    def collect_inputs(items):
+        given.append(items)
+        return [('signing', clip)]
+
+    monkeypatch.setattr(app, 'video_support', lambda: True)
+    monkeypatch.setattr(translate, 'collect_inputs', collect_inputs)
+    gif, text, note = app.run_clip(app.ModelCache(['--device', 'cpu']), path, video,
+                                   str(tmp_path))
+    assert given == [[video]] and note.startswith('Translation of `signing`') and text
+    with Image.open(gif) as image:
+        assert image.n_frames == len(translate.read_pose(clip)['scores'])
+
+
 def test_a_ctc_recognizer_gives_glosses_as_translate_py_prints_them(demo_root, tmp_path, capsys):
     from conftest import ctc_args
     from ctc_head import GlossVocab
