@@ -237,10 +237,10 @@ def test_browser_uploads_a_file_and_shows_the_translation(served, models, demo_r
             page = browser.new_page()
             page.goto(served)
             page.locator('#upload input[type=file]').set_input_files(clip)
-            page.get_by_text(os.path.basename(clip)).wait_for(timeout=60_000)
+            page.get_by_text(os.path.basename(clip)).wait_for(timeout=180_000)
             page.locator('#translate').click()
             sync_api.expect(page.locator('#result textarea')).to_have_value(expected,
-                                                                            timeout=120_000)
+                                                                            timeout=300_000)
             sync_api.expect(page.locator('#skeleton img')).to_have_count(1)
         finally:
             browser.close()
