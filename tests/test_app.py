@@ -232,12 +232,13 @@ def test_browser_uploads_a_file_and_shows_the_translation(served, models, demo_r
             str(tmp_path / 'profile'), executable_path=CHROMIUM, headless=True, args=[
                 '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                 '--disable-background-networking', '--disable-component-update',
-                '--disable-sync'])
+                '--disable-sync'], timeout=180_000)
+        browser.set_default_timeout(180_000)  # a loaded machine is slow; nothing is timed
         try:
             page = browser.new_page()
             page.goto(served)
             page.locator('#upload input[type=file]').set_input_files(clip)
-            page.get_by_text(os.path.basename(clip)).wait_for(timeout=180_000)
+            page.get_by_text(os.path.basename(clip)).wait_for()
             page.locator('#translate').click()
             sync_api.expect(page.locator('#result textarea')).to_have_value(expected,
                                                                             timeout=300_000)
