@@ -143,8 +143,8 @@ def animation(pose_path, name, folder):
     import render_pose
     if not pose_path.lower().endswith(translate.POSE_EXTENSIONS):
         return None
-    out = tempfile.NamedTemporaryFile(dir=folder, prefix=f"{name}_", suffix='.gif',
-                                      delete=False).name
+    handle, out = tempfile.mkstemp(suffix='.gif', prefix=f"{name}_", dir=folder)
+    os.close(handle)
     render_pose.animate(render_pose.load_parts(pose_path), out, max_frames=ANIMATION_FRAMES)
     return out
 
@@ -159,19 +159,25 @@ def import_gradio():
     return gradio
 
 
-def build_demo(models_root=None, options=(), animation_dir=None):
+def build_demo(models_root=None, options=()):
     """The page (a gradio Blocks) over the models found under `models_root`; `options` are
     translate.py flags given to every model."""
     gr = import_gradio()
     cache = ModelCache(options)
-    animation_dir = animation_dir or tempfile.mkdtemp(prefix='signpose_app_')
+    animations = tempfile.TemporaryDirectory(prefix='signpose_app_')  # removed at exit
+    shown = []  # the last GIF, which gradio has copied to its own cache by the next request
     choices = find_models(models_root) if models_root else []
 
     def on_translate(upload, chosen, typed):
+        while shown:
+            os.remove(shown.pop())
         try:
-            return run_clip(cache, (typed or '').strip() or chosen, upload, animation_dir)
+            gif, text, note = run_clip(cache, (typed or '').strip() or chosen, upload,
+                                       animations.name)
         except AppError as error:
             raise gr.Error(str(error), print_exception=False) from None
+        shown.extend([gif] if gif else [])
+        return gif, text, note
 
     with gr.Blocks(title="signpose: sign language translation", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## signpose: sign language translation\nUpload a pose file (.pkl, .pose) "
@@ -192,8 +198,10 @@ def build_demo(models_root=None, options=(), animation_dir=None):
                 result = gr.Textbox(label="translation (glosses for a CTC recognizer)", lines=3,
                                     elem_id='result', buttons=['copy'])
                 note = gr.Markdown(elem_id='note')
+        # One request at a time: the models share the cache, and the last GIF is removed.
         button.click(on_translate, [upload, chosen, typed], [skeleton, result, note],
-                     api_name='translate')
+                     api_name='translate', concurrency_limit=1)
+    demo.animations = animations  # kept while the page is
     return demo
 
 

@@ -179,20 +179,21 @@ def test_missing_gradio_names_the_install_command(monkeypatch):
 
 @pytest.fixture(scope='module')
 def served(models):
-    """The page's address, served in this process on a free local port."""
+    """(address, page): the page served in this process on a free local port."""
     pytest.importorskip('gradio', reason=NO_GRADIO)
     root = models[0]
     demo = app.build_demo(root, ['--device', 'cpu'])
     port = int(free_port())
     demo.launch(server_name='127.0.0.1', server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f'http://127.0.0.1:{port}/'
+    yield f'http://127.0.0.1:{port}/', demo
     demo.close()
 
 
 def test_http_api_translates_like_translate_py(served, models, demo_root, capsys, tmp_path):
     from gradio_client import Client, handle_file
     _, path, exported = models
-    client = Client(served, verbose=False)
+    address, demo = served
+    client = Client(address, verbose=False)
     clips = demo_clips(demo_root, 2)
     texts = []
     for clip in clips:
@@ -204,6 +205,7 @@ def test_http_api_translates_like_translate_py(served, models, demo_root, capsys
             assert image.format == 'GIF'
             assert image.n_frames == len(translate.read_pose(clip)['scores'])
     assert texts[0] != texts[1]
+    assert len(os.listdir(demo.animations.name)) == 1  # the GIFs shown before are removed
     # The same clip as a MediaPipe .pose file.
     from mediapipe_pose import wholebody_to_holistic, write_pose
     clip = translate.read_pose(clips[0])
@@ -236,7 +238,7 @@ def test_browser_uploads_a_file_and_shows_the_translation(served, models, demo_r
         browser.set_default_timeout(180_000)  # a loaded machine is slow; nothing is timed
         try:
             page = browser.new_page()
-            page.goto(served)
+            page.goto(served[0])
             page.locator('#upload input[type=file]').set_input_files(clip)
             page.get_by_text(os.path.basename(clip)).wait_for()
             page.locator('#translate').click()
