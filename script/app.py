@@ -1,6 +1,7 @@
-"""A web page that translates sign language clips: upload a pose file (.pkl Uni-Sign pickle or
-MediaPipe .pose) or a video, choose a model, and see the skeleton move beside its translation
-(or its glosses, for a CTC recognizer).
+"""A web page that translates sign language clips, their skeleton animated beside the text.
+
+Upload a pose file (.pkl Uni-Sign pickle or MediaPipe .pose) or a video, choose a model, and see
+the skeleton move beside its translation (or its glosses, for a CTC recognizer).
 
     pip install -r requirements-app.txt
     python script/app.py --models out/            # then open http://127.0.0.1:7860
@@ -210,7 +211,7 @@ def parse_args(argv=None):
     cli.add_flag(p, '--models', help='folder searched for checkpoints (.pth) and exported folders')
     cli.add_flag(p, '--host', default='127.0.0.1',
                  help='address to serve on (0.0.0.0: every network interface)')
-    cli.add_flag(p, '--port', type=cli.int_range(1, 65535), default=7860)
+    cli.add_flag(p, '--port', type=cli.int_range(1, 65535), default=7860, help='port to serve on')
     cli.add_flag(p, '--device', help="translate.py's --device (default: cuda when available)")
     args = p.parse_args(argv)
     if args.models and not os.path.isdir(args.models):
