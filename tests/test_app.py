@@ -225,8 +225,8 @@ def test_http_api_translates_like_translate_py(served, models, demo_root, capsys
                                                "(apt-get install chromium)")
 def test_browser_uploads_a_file_and_shows_the_translation(served, models, demo_root, capsys,
                                                           tmp_path):
-    sync_api = pytest.importorskip('playwright.sync_api',
-                                   reason="the browser test needs playwright: pip install playwright")
+    sync_api = pytest.importorskip(
+        'playwright.sync_api', reason="the browser test needs playwright: pip install playwright")
     clip = demo_clips(demo_root, 3)[2]
     expected = printed(capsys, models[1], clip)
     with sync_api.sync_playwright() as playwright:
