@@ -11,6 +11,11 @@ and config) is the one it was trained with, or --mt5_path. An exported folder ho
 README.md) and translates exactly as its checkpoint. Inputs are files, globs or folders (searched
 recursively for .pkl and .pose); clips are named by their path below the folder, or by their
 file name, without extension. Output: `name<TAB>text` lines, or JSON lines with --format jsonl.
+In another program, `Translator` loads a model once and translates lists of inputs:
+
+    translator = Translator.load('out/x/best_checkpoint.pth', '--device', 'cpu')
+    translator(['clip.pkl', 'clips/'])  # [(name, text)], as this script prints them
+
 Clips are batched in input order and padded as in training (with copies of their last frame,
 which the temporal convolutions see), so a clip's translation can depend slightly on its batch:
 the trainer's --batch-size and --num_beams reproduce its evaluation predictions exactly, and
@@ -42,7 +47,7 @@ class UsageError(Exception):
     """A problem with the command line or its inputs; the message says which."""
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, inputs_required=True):
     p = cli.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     cli.add_flag(p, 'inputs', nargs='*', help='pose files, globs or folders')
     g = p.add_argument_group('model (one of --checkpoint, --model)')
@@ -88,7 +93,7 @@ def parse_args(argv=None):
     cli.add_flag(g, '--temporal_layers', type=cli.count, help='temporal ST-GCN blocks')
     cli.add_flag(g, '--temporal_kernel', type=cli.odd_count, help='temporal kernel size (odd)')
     args = p.parse_args(argv)
-    if not args.inputs and not args.export:
+    if inputs_required and not args.inputs and not args.export:
         p.error('give pose files to translate, or --export DIR')
     return args
 
@@ -216,11 +221,10 @@ def format_line(name, path, text, fmt):
 
 
 @torch.no_grad()
-def translate(model, clips, args, flags, info, out):
-    """Writes one line per readable clip to `out`, in input order; returns (translated, skipped
-    messages). Beam search is pooled over batches (--decode_pool) where it reproduces generate;
-    a CTC recognizer writes the glosses of its sequence output."""
-    skipped, done = [], 0
+def clip_texts(model, clips, args, flags, info, skipped):
+    """(name, path, text) per readable clip, in input order; with --skip_bad_samples the messages
+    of unreadable ones go to `skipped`. Beam search is pooled over batches (--decode_pool) where
+    it reproduces generate; a CTC recognizer gives the glosses of its sequence output."""
     max_length = args.max_length or flags.max_length
     batches = read_batches(clips, args.batch_size, max_length, args.fps, args.skip_bad_samples,
                            skipped)
@@ -229,9 +233,17 @@ def translate(model, clips, args, flags, info, out):
     else:
         results = mt5_texts(model, batches, args, flags)
     for names, paths, texts in results:
-        out.writelines(format_line(n, p, t, args.format) for n, p, t in zip(names, paths, texts))
+        yield from zip(names, paths, texts)
+
+
+def translate(model, clips, args, flags, info, out):
+    """Writes one line per readable clip to `out`, in input order; returns (translated, skipped
+    messages)."""
+    skipped, done = [], 0
+    for name, path, text in clip_texts(model, clips, args, flags, info, skipped):
+        out.write(format_line(name, path, text, args.format))
         out.flush()
-        done += len(names)
+        done += 1
     return done, skipped
 
 
@@ -279,6 +291,45 @@ def pooled_ids(model, batches, args, beams, max_new_tokens, pool):
         yield names, paths, ids
 
 
+class Translator:
+    """A model loaded once, with the checks above, that translates inputs in this process."""
+
+    def __init__(self, args):
+        self.args = args
+        self.model, self.flags, self.info = load_model(args)
+        self.placed = False
+
+    @classmethod
+    def load(cls, source, *options):
+        """From a checkpoint file or an exported folder; `options` are this script's flags."""
+        kind = '--model' if os.path.isdir(source) else '--checkpoint'
+        return cls(parse_args([kind, source, *options], inputs_required=False))
+
+    @property
+    def head(self):
+        return model_export.head_of(self.flags)
+
+    def ready(self):
+        """The model on --device in --dtype, in evaluation mode (after any export)."""
+        if not self.placed:
+            dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16,
+                     'fp16': torch.float16}[self.args.dtype]
+            self.model.to(device=self.args.device, dtype=dtype).eval()
+            self.placed = True
+        return self.model
+
+    def results(self, clips, skipped):
+        """(name, path, text) per readable clip of collect_inputs' [(name, path)]."""
+        return clip_texts(self.ready(), clips, self.args, self.flags, self.info, skipped)
+
+    def __call__(self, inputs):
+        """[(name, text)] for files, globs and folders, in the order this script prints them."""
+        return [(name, text) for name, _, text in self.results(collect_inputs(inputs), [])]
+
+    def write(self, clips, out):
+        return translate(self.ready(), clips, self.args, self.flags, self.info, out)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.output:
@@ -286,17 +337,15 @@ def main(argv=None):
     if args.export:
         check_writable_folder(args.export, "--export")
     clips = collect_inputs(args.inputs)
-    model, flags, info = load_model(args)
+    translator = Translator(args)
     if args.export:
-        model_export.export(model, flags, info, args.export)
+        model_export.export(translator.model, translator.flags, translator.info, args.export)
         print(f"exported the model to {args.export}", file=sys.stderr)
     if not clips:
         return
-    dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
-    model.to(device=args.device, dtype=dtype).eval()
     out = open(args.output, 'w', encoding='utf-8') if args.output else sys.stdout
     try:
-        done, skipped = translate(model, clips, args, flags, info, out)
+        done, skipped = translator.write(clips, out)
     finally:
         if args.output:
             out.close()

@@ -2,13 +2,16 @@
 
     python script/render_pose.py clip.pkl --out clip.png --frames 8
     python script/render_pose.py clip.pose --out clip.png --fps 25
+    python script/render_pose.py clip.pkl --out clip.gif     # the whole signer, animated
 
 Rows: the whole signer (parts put back together), then the four part tensors load_part_kp
 returns: body (in [-1, 1] by the clip's bounding square), left and right hand (relative to
 their wrist) and face (relative to the nose tip). Columns: evenly spaced frames. Bones follow
 the part graphs of stgcn_layers.py (the face's spokes to its centre are drawn faint); joints
 with score 0 (undetected, or at most 0.3 before normalisation) are left out. Image y points
-down, as in the video.
+down, as in the video. An --out ending in .gif gets the whole-signer row as an animation instead
+(Pillow), every frame (or --frames evenly spaced ones) over the clip's duration at --fps (25 when
+not given; pickles carry no frame rate).
 """
 import argparse
 import os
@@ -31,6 +34,7 @@ COLORS = {"body": "tab:blue", "left": "tab:green", "right": "tab:orange", "face_
 # (the body spans 2 units per bounding-square side, the parts 1).
 ATTACH = {"left": 7, "right": 8, "face_all": 0}
 PART_TO_BODY = 2.0
+GIF_FPS = 25.0
 
 
 def load_parts(path, fps=None):
@@ -107,11 +111,47 @@ def render(parts, frames, title, out_path):
     plt.close(figure)
 
 
+def animate(parts, out_path, fps=GIF_FPS, max_frames=None, pixels=320):
+    """Writes the whole signer as an animated GIF of at most `max_frames` evenly spaced frames
+    that lasts as long as the clip at `fps`; returns the number of frames drawn."""
+    from PIL import Image
+    count = len(parts["body"])
+    frames = even_frames(count, max_frames or count)
+    wholes = [whole_signer(parts, f) for f in frames]
+    xlim, ylim = limits([p for whole in wholes for p in whole.values()])
+    figure = plt.figure(figsize=(pixels / 80, pixels / 80), dpi=80)
+    axis = figure.add_axes((0, 0, 1, 1))
+    images = []
+    for frame, whole in zip(frames, wholes):
+        axis.clear()
+        for part, points in whole.items():
+            draw_skeleton(axis, points, part, size=4)
+        axis.set_xlim(xlim)
+        axis.set_ylim(ylim)
+        axis.set_aspect("equal")
+        axis.axis("off")
+        axis.text(0.02, 0.02, f"frame {frame + 1}/{count}", transform=axis.transAxes, fontsize=8)
+        figure.canvas.draw()
+        images.append(Image.fromarray(np.asarray(figure.canvas.buffer_rgba())).convert("RGB"))
+    plt.close(figure)
+    milliseconds = max(20, round(1000 * count / fps / len(frames)))  # browsers slow faster GIFs
+    images[0].save(out_path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=milliseconds, loop=0)
+    return len(frames)
+
+
+def even_frames(count, wanted):
+    """Up to `wanted` evenly spaced frame indices of a clip of `count` frames, first and last
+    included."""
+    return np.unique(np.round(np.linspace(0, count - 1, min(wanted, count))).astype(int)).tolist()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_flag(parser, "pose_file", help=".pkl or .pose clip")
-    cli.add_flag(parser, "--out", required=True, help="PNG file")
-    cli.add_flag(parser, "--frames", type=cli.count, default=8, help="frames shown, evenly spaced")
+    cli.add_flag(parser, "--out", required=True, help="PNG file, or GIF for an animation")
+    cli.add_flag(parser, "--frames", type=cli.count,
+                 help="frames shown, evenly spaced (default: 8 in a PNG, all in a GIF)")
     cli.add_flag(parser, "--fps", type=cli.positive, help=".pose files: resample to this frame rate first")
     args = parser.parse_args(argv)
     from config import ConfigError
@@ -123,8 +163,11 @@ def main(argv=None):
     except (ConfigError, DataError) as error:
         raise SystemExit(f"render_pose.py: error: {error}")
     count = len(parts["body"])
-    frames = np.unique(np.round(np.linspace(0, count - 1, min(args.frames, count))).astype(int))
-    render(parts, frames.tolist(), f"{os.path.basename(args.pose_file)} ({count} frames)", args.out)
+    if args.out.lower().endswith(".gif"):
+        animate(parts, args.out, args.fps or GIF_FPS, args.frames)
+    else:
+        render(parts, even_frames(count, args.frames or 8),
+               f"{os.path.basename(args.pose_file)} ({count} frames)", args.out)
     print(args.out)
 
 

@@ -86,6 +86,25 @@ def test_render_pose_draws_a_strip_of_frames(demo_root, tmp_path, extension):
     assert proc.returncode != 0 and 'absent.pkl: pose file not found' in proc.stderr
 
 
+def test_render_pose_animates_the_whole_signer_as_a_gif(demo_root, tmp_path):
+    clip_path = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_00001.pkl')
+    count = len(read_pose(clip_path)['scores'])
+    out = tmp_path / 'clip.gif'
+    proc = run_script('script/render_pose.py', clip_path, '--out', str(out), '--fps', '10')
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as gif:
+        assert gif.format == 'GIF' and gif.n_frames == count and gif.info['loop'] == 0
+        assert gif.info['duration'] == 100  # 10 fps
+        first = np.asarray(gif.convert('L'))
+        gif.seek(count - 1)
+        last = np.asarray(gif.convert('L'))
+    assert (first < 128).sum() > 50  # bones drawn on white
+    assert not np.array_equal(first, last)  # the signer moves
+    proc = run_script('script/render_pose.py', clip_path, '--out', str(out), '--frames', '5')
+    with Image.open(out) as gif:  # 5 frames spread over the clip's duration at 25 fps
+        assert gif.n_frames == 5 and abs(gif.info['duration'] - 1000 * count / 25 / 5) <= 10
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"not an archive", "is not a readable .npz of dump_batch"),
     ("empty.npz", "holds no embeddings"),

@@ -177,6 +177,22 @@ def write_version_1(model, flags, info, folder, mt5_dir):
     (folder / 'translator.json').write_text(json.dumps({'flags': stored, 'info': info}))
 
 
+def test_translator_loads_once_and_translates_as_the_command_line_prints(loud, capsys):
+    path, demo_root = loud
+    clips = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_*.pkl')
+    stdout, _ = translate_here(capsys, '--checkpoint', path, clips, '--batch_size', '4')
+    expected = [tuple(line.split('\t')) for line in stdout.splitlines()]
+    assert len(expected) == 8 and len({text for _, text in expected}) > 1
+    translator = translate.Translator.load(str(path), '--batch_size', '4')
+    assert translator.head == 'translator' and translator([clips]) == expected
+    model, first = translator.model, clips.replace('*', expected[0][0][len('demo_test_'):])
+    stdout, _ = translate_here(capsys, '--checkpoint', path, first)  # alone in its batch
+    assert translator([first]) == [tuple(stdout.rstrip('\n').split('\t'))]
+    assert translator.model is model
+    with pytest.raises(translate.UsageError, match='absent.pkl: no such file'):
+        translator([first.replace(expected[0][0], 'absent')])
+
+
 def test_first_format_folders_still_load_and_export_again(loud, tmp_path, capsys):
     path, demo_root = loud
     pkl = os.path.join(demo_root, 'Demo', 'pose_format')
