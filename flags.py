@@ -12,6 +12,7 @@ import importlib.util
 import sys
 
 import config
+import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
                  non_negative, non_negative_int, odd_count, positive, seed)
@@ -36,6 +37,7 @@ def get_args_parser():
     add_tracking_flags(p)
     add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
+    progressive.add_progressive_flags(p, add_flag)  # --mapper, --init_lm
     return p
 
 
@@ -117,7 +119,8 @@ def add_run_flags(p):
 def add_data_flags(p):
     """Dataset, task and path flags (paths default to config.py)."""
     add_flag(p, "--dataset", default="CSL_Daily")
-    add_flag(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
+    add_flag(p, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR", "G2T"],
+             help="G2T: gloss-to-text pretraining of mT5 (no poses; see progressive.py)")
     add_flag(p, "--max_length", type=count, default=256, help="frames kept per clip")
     add_flag(p, "--max_frames_per_clip", type=count, default=DEFAULT_MAX_FRAMES,
              help="refuse clips with more frames (guards memory against expanding pickles)")
@@ -274,6 +277,7 @@ def refusals(args, explicit):
     problems += regularizer_refusals(args, explicit)
     problems += schedule_refusals(args, explicit)
     problems += run_refusals(args, explicit)
+    problems += progressive.progressive_refusals(args, explicit)
     problems += value_refusals(args)
     return problems
 
@@ -288,9 +292,10 @@ def model_refusals(args, explicit):
     if args.dataset not in config.DATASETS:
         problems.append(f"--dataset {args.dataset}: unknown; known: {', '.join(config.DATASETS)} "
                         "(add one in config.py's DATASETS)")
-    elif args.task not in config.DATASETS[args.dataset].tasks:
+    elif not config.DATASETS[args.dataset].supports(args.task):
         problems.append(f"--task {args.task}: the labels of --dataset {args.dataset} support "
-                        f"{', '.join(config.DATASETS[args.dataset].tasks)}")
+                        f"{', '.join(config.DATASETS[args.dataset].tasks)} (G2T needs glosses "
+                        "and sentences: SLT and CSLR)")
     return problems
 
 
