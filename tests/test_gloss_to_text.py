@@ -135,3 +135,11 @@ def test_entries_without_glosses_are_named_or_skipped(tmp_path):
     dataset = GlossTextDataset(path, "train", spec)
     assert len(dataset.check(skip_bad=True)) == 1
     assert [dataset[i][:2] for i in range(len(dataset))] == [("a1", "EIN SATZ")]
+
+
+def test_translate_refuses_a_g2t_checkpoint(g2t_run, phoenix_t_root):
+    import translate
+    clip = sorted((phoenix_t_root / "PhoenixTDemo" / "pose_format").iterdir())[0]
+    args = translate.parse_args(["--checkpoint", str(g2t_run / "best_checkpoint.pth"), str(clip)])
+    with pytest.raises(translate.UsageError, match="gloss-to-text model .* --init_lm"):
+        translate.load_model(args)
