@@ -143,3 +143,12 @@ def test_translate_refuses_a_g2t_checkpoint(g2t_run, phoenix_t_root):
     args = translate.parse_args(["--checkpoint", str(g2t_run / "best_checkpoint.pth"), str(clip)])
     with pytest.raises(translate.UsageError, match="gloss-to-text model .* --init_lm"):
         translate.load_model(args)
+
+
+def test_g2t_evaluation_reloads_the_checkpoint_scores(g2t_run, labels_only_root, tmp_path,
+                                                      in_process_trainer):
+    saved = torch.load(g2t_run / "best_checkpoint.pth", weights_only=True)
+    results = run(["--task", "G2T", *SHORT, *DECODE, "--data_root", str(labels_only_root),
+                   "--eval", "--finetune", str(g2t_run / "best_checkpoint.pth"),
+                   "--output_dir", str(tmp_path / "eval")])
+    assert results["dev"]["bleu4"] == pytest.approx(saved["dev_bleu4"])
