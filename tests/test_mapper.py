@@ -31,3 +31,15 @@ def test_default_translator_keeps_its_projection_keys(tiny_mt5_dir):
         "pose_proj.0.weight", "pose_proj.0.bias", "pose_proj.2.weight", "pose_proj.2.bias"}
     features = torch.randn(2, 3, default.frame_dim)
     assert mlp.project_pose(features).shape == default.project_pose(features).shape
+
+
+def test_a_checkpoint_of_the_other_mapper_is_refused_naming_it(tiny_mt5_dir):
+    from config import ConfigError
+    from models import load_checkpoint_weights
+    shape = dict(stgcn_channels=[8, 16], hidden_dim=16, temporal_layers=1, dataset="Demo",
+                 mt5_path=tiny_mt5_dir)
+    linear_args = default_args(**shape)
+    mlp = SignTranslator(default_args(mapper="mlp", **shape))
+    saved = {"model": mlp.state_dict(), "args": vars(default_args(mapper="mlp", **shape))}
+    with pytest.raises(ConfigError, match="--mapper mlp .checkpoint. vs linear"):
+        load_checkpoint_weights(SignTranslator(linear_args), saved, source="mlp.pth")
