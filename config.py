@@ -82,9 +82,15 @@ class DatasetSpec:
     def prompt(self):
         return PROMPT.format(self.language)
 
+    def supports(self, task):
+        """Whether the labels support `task`; G2T (gloss to text) needs glosses and sentences."""
+        if task == "G2T":
+            return {"SLT", "CSLR"} <= set(self.tasks)
+        return task in self.tasks
+
     def scoring_level(self, task):
         """How predictions of `task` are tokenised for scoring: 'char' or 'word'."""
-        return self.text_scoring if task in ("SLT", "ISLR") else "word"
+        return self.text_scoring if task in ("SLT", "ISLR", "G2T") else "word"
 
 
 def _per_phase(template):
@@ -167,8 +173,9 @@ def resolve_paths(dataset, data_root_dir=None, pose_root_dir=None, mt5_dir=None)
     return {"mt5_path": mt5_dir, "labels": labels, "pose_dirs": pose_dirs}
 
 
-def validate_paths(paths, phases, need_mt5=True):
-    """Raises ConfigError naming every missing path the run needs, before anything is built."""
+def validate_paths(paths, phases, need_mt5=True, need_poses=True):
+    """Raises ConfigError naming every missing path the run needs, before anything is built
+    (pose folders only with need_poses)."""
     missing = []
     if need_mt5 and not os.path.isdir(paths["mt5_path"]):
         missing.append(f"mT5 directory {paths['mt5_path']} (set --mt5_path or MT5_PATH)")
@@ -176,7 +183,7 @@ def validate_paths(paths, phases, need_mt5=True):
         label = paths["labels"].get(phase)
         if label is not None and not os.path.isfile(label):
             missing.append(f"{phase} label file {label} (set --data_root or SIGN_DATA_ROOT)")
-        if label is not None and not os.path.isdir(paths["pose_dirs"][phase]):
+        if need_poses and label is not None and not os.path.isdir(paths["pose_dirs"][phase]):
             missing.append(f"{phase} pose directory {paths['pose_dirs'][phase]} "
                            "(set --pose_root or SIGN_POSE_ROOT)")
     if missing:

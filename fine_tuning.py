@@ -31,6 +31,7 @@ import tracking  # noqa: E402
 import scan_cache  # noqa: E402
 import utils  # noqa: E402
 from datasets import build_dataset  # noqa: E402
+from gloss_to_text import GlossTextTask, load_lm_weights  # noqa: E402
 from keypoints import DataError  # noqa: E402
 from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E402
 from sample_checks import clip_identities, split_overlaps, validate_samples  # noqa: E402
@@ -46,7 +47,8 @@ def resolve_run_paths(args, task):
     """Looks up and checks every path the run needs, before any model is built."""
     paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root, args.mt5_path)
     phases = ("dev", "test") if args.eval else config.PHASES
-    config.validate_paths(paths, phases, need_mt5=task.needs_mt5)
+    config.validate_paths(paths, phases, need_mt5=task.needs_mt5,
+                          need_poses=getattr(task, "needs_poses", True))
     if task.needs_mt5:
         from models import check_mt5_folder
         check_mt5_folder(paths["mt5_path"])
@@ -55,8 +57,9 @@ def resolve_run_paths(args, task):
                                  "loads the whole model, encoder included")
     if args.finetune:
         check_checkpoint_file(args.finetune, "--finetune")
-    if args.init_encoder:
-        check_checkpoint_file(args.init_encoder, "--init_encoder")
+    for flag, path in (("--init_encoder", args.init_encoder), ("--init_lm", args.init_lm)):
+        if path:
+            check_checkpoint_file(path, flag)
     args.mt5_path = paths["mt5_path"]
     return paths
 
@@ -183,16 +186,17 @@ def make_loader(args, dataset, train):
 
 
 def build_model(args, task):
-    """The task's model, with --finetune (the whole model) or --init_encoder (the pose encoder
-    only, from a checkpoint of any head) loaded."""
+    """The task's model, with --finetune (the whole model), --init_encoder (the pose encoder,
+    from a checkpoint of any head) or --init_lm (mT5, e.g. from --task G2T) loaded."""
     from models import load_checkpoint_weights
     model = task.build_model(args)
     if args.finetune:
         report = load_checkpoint_weights(model, args.finetune)
         print(f"loaded {args.finetune}: {report}")
-    if args.init_encoder:
-        report = load_encoder_weights(model, args.init_encoder)
-        print(f"pose encoder from {args.init_encoder}: {report}")
+    for path, load, what in ((args.init_encoder, load_encoder_weights, "pose encoder"),
+                             (args.init_lm, load_lm_weights, "language model")):
+        if path:
+            print(f"{what} from {path}: {load(model, path)}")
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     if len(model.regularizers):
         print(f"regularisers: {', '.join(model.regularizers)}")
@@ -418,14 +422,16 @@ def build_run(args):
     Returns (task, loaders, engine, Riemannian optimizer or None, skipped-samples summary)."""
     spec = config.get_dataset(args.dataset)
     args.language = spec.language  # stored with the checkpoints: the prompt's language
-    task = build_task(args, spec)
+    task = GlossTextTask(args, spec) if args.task == "G2T" else build_task(args, spec)
     paths = resolve_run_paths(args, task)
     run_folder.check_sharing(args)
     check_resume_changes(args)
     deepspeed_config = ds_config.build(args)
     ds_config.write_run_files(args, deepspeed_config)
     utils.set_seed(args.seed)
-    splits = build_datasets(args, spec, paths, ("dev", "test") if args.eval else config.PHASES)
+    phases = ("dev", "test") if args.eval else config.PHASES
+    splits = (build_datasets(args, spec, paths, phases) if getattr(task, "needs_poses", True)
+              else task.build_splits(args, spec, paths, phases))
     check_training_batches(args, splits)
     task.prepare(args, splits)
     model = build_model(args, task)

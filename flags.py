@@ -13,6 +13,7 @@ import sys
 
 import config
 import config_file
+import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
                  non_negative, non_negative_int, odd_count, positive, seed)
@@ -43,6 +44,7 @@ def get_args_parser():
     add_tracking_flags(p)
     add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
+    progressive.add_progressive_flags(p, add_flag)  # --mapper, --init_lm
     return p
 
 
@@ -150,8 +152,9 @@ def add_data_flags(p):
     g = p.add_argument_group("data")
     add_flag(g, "--dataset", default="CSL_Daily",
              help=f"registered dataset: {', '.join(config.DATASETS)}")
-    add_flag(g, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR"],
-             help="SLT: sentences (BLEU, ROUGE); ISLR: one label (top-1); CSLR: glosses (WER)")
+    add_flag(g, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR", "G2T"],
+             help="SLT: sentences (BLEU, ROUGE); ISLR: one label (top-1); CSLR: glosses (WER); "
+                  "G2T: gloss-to-text pretraining of mT5 (no poses)")
     add_flag(g, "--max_length", type=count, default=256, help="frames kept per clip")
     add_flag(g, "--max_frames_per_clip", type=count, default=DEFAULT_MAX_FRAMES,
              help="refuse clips with more frames (guards memory against expanding pickles)")
@@ -330,6 +333,7 @@ def refusals(args, explicit):
     problems += regularizer_refusals(args, explicit)
     problems += schedule_refusals(args, explicit)
     problems += run_refusals(args, explicit)
+    problems += progressive.progressive_refusals(args, explicit)
     problems += value_refusals(args)
     return problems
 
@@ -344,9 +348,10 @@ def model_refusals(args, explicit):
     if args.dataset not in config.DATASETS:
         problems.append(f"--dataset {args.dataset}: unknown; known: {', '.join(config.DATASETS)} "
                         "(add one in config.py's DATASETS)")
-    elif args.task not in config.DATASETS[args.dataset].tasks:
+    elif not config.DATASETS[args.dataset].supports(args.task):
         problems.append(f"--task {args.task}: the labels of --dataset {args.dataset} support "
-                        f"{', '.join(config.DATASETS[args.dataset].tasks)}")
+                        f"{', '.join(config.DATASETS[args.dataset].tasks)} (G2T needs glosses "
+                        "and sentences: SLT and CSLR)")
     return problems
 
 

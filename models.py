@@ -34,6 +34,7 @@ import mt5_layout
 import regularizers
 from ctc_head import CTCHead, parse_loss_weights
 from keypoints import PARTS
+from mapper import build_mapper
 from pose_encoder import (ENCODER_PREFIXES, SPEED_CHOICES, SPEED_DEFAULTS, UNISIGN_SPEED,  # noqa: F401
                           PoseEncoder, check_speed, flag_differences, init_linear, key_list,
                           load_checkpoint_file, load_encoder_weights, read_checkpoint, speed_options, trunc_normal_inverse_cdf_)
@@ -131,7 +132,8 @@ class SignTranslator(PoseEncoder):
             check_mt5_folder(args.mt5_path)
         mt5_config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
             args.mt5_path)
-        self.pose_proj = nn.Linear(self.frame_dim, mt5_config.d_model)
+        self.pose_proj = build_mapper(getattr(args, 'mapper', 'linear'), self.frame_dim,
+                                      mt5_config.d_model)
         self.pose_positions = args.pose_positions
         self.apply(init_linear)  # before mT5 is attached: its weights stay as loaded
         if mt5_model is None:

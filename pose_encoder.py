@@ -197,7 +197,8 @@ def hands_in_one_batch(encoder, reference):
 
 # Model-shape flags a checkpoint stores: named when its weights do not fit the run's model.
 SHAPE_FLAGS = ('stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel', 'head',
-               'ctc_hidden', 'share_classifier', 'weight_norm', 'pose_positions', 'use_signcl', 'use_sst', 'sst_num', 'sst_dim', 'use_hyperbolic', 'hyp_dim')
+               'ctc_hidden', 'share_classifier', 'weight_norm', 'pose_positions', 'use_signcl', 'use_sst', 'sst_num', 'sst_dim', 'use_hyperbolic', 'hyp_dim',
+               'mapper')
 
 
 def check_checkpoint_file(path, flag):

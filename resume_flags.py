@@ -36,7 +36,7 @@ REFUSED = {
                      "share_classifier", "weight_norm", "use_signcl", "use_sst",
                      "use_hyperbolic", "sst_num", "sst_dim", "sst_attention", "hyp_dim",
                      "hyp_text_cmp", "hyp_text_emb_src", "init_c", "finetune", "init_encoder",
-                     "rgb_support", "hands_batch"), MODEL),
+                     "rgb_support", "hands_batch", "mapper", "init_lm"), MODEL),
     **dict.fromkeys(("batch_size", "gradient_accumulation_steps", "seed", "bucket_by_length",
                      "max_length", "pose_fps", "quick_break", "skip_bad_samples",
                      "max_frames_per_clip",

@@ -126,6 +126,10 @@ def load_from_checkpoint(path, args, overrides):
     flags = model_export.model_flags(saved.get('args') if isinstance(saved, dict) else None,
                                      overrides)
     refuse_flags(args, flags, f"--checkpoint {path}")
+    if flags.task == 'G2T':
+        raise UsageError(f"--checkpoint {path} is a gloss-to-text model (--task G2T): it reads "
+                         "glosses, not poses; start a translator's mT5 from it with "
+                         "fine_tuning.py --init_lm")
     info = {k: v for k, v in saved.items() if k not in ('model', 'args')} \
         if isinstance(saved, dict) else {}
     if model_export.head_of(flags) == 'ctc':
