@@ -66,28 +66,39 @@ def sample_ranks(counts, count):
 
 
 class PairSoftplus(torch.autograd.Function):
-    """sum over pairs of weights[m, k] * softplus(signs[k] * (|x[rows[m]] - x[partners[m, k]]|_1 - pivot))
-    for a (N, D) matrix x: the loss of SignCL's sampled pairs.
+    """sum over pairs of weights[m, k] * softplus(sign * (|x[rows[m]] - x[partners[m, k]]|_1 - pivot))
+    for a (N, D) matrix x: the loss of SignCL's positive (sign 1) or sampled negative (sign -1)
+    pairs.
 
     The gradient is formed with the value, chunk by chunk of rows, so each gathered block is
     used while it is in cache: d loss / d x_b = g * sign(x_b - x_a) = -d loss / d x_a with
     g = weight * sign * sigmoid(sign * (distance - pivot)). No (N, N) matrix is built."""
 
     @staticmethod
-    def forward(ctx, x, rows, partners, weights, signs, pivot, with_grad):
+    def forward(ctx, x, rows, partners, weights, sign, pivot, with_grad):
+        count, width = partners.shape[1], x.shape[1]
+        chunk = max(1, CHUNK_ELEMENTS // (count * width))
+        # Buffers reused by every chunk: a fresh megabyte-sized tensor per op costs more than the
+        # op itself (the allocator maps and faults it in each time).
+        diff, work = x.new_empty(chunk * count, width), x.new_empty(chunk * count, width)
+        anchor = x.new_empty(chunk, width)
         total = x.new_zeros(())
         grad = torch.zeros_like(x) if with_grad else None
-        chunk = max(1, CHUNK_ELEMENTS // (partners.shape[1] * x.shape[1]))
         for start in range(0, rows.shape[0], chunk):
-            row, partner = rows[start:start + chunk], partners[start:start + chunk]
-            diff = x[partner].sub_(x[row].unsqueeze(1))  # x_b - x_a
-            z = (torch.linalg.vector_norm(diff, 1, dim=-1) - pivot) * signs
+            row, partner = rows[start:start + chunk], partners[start:start + chunk].reshape(-1)
+            n = row.shape[0]
+            d, a = diff[:n * count], anchor[:n]
+            torch.index_select(x, 0, partner, out=d)
+            torch.index_select(x, 0, row, out=a)
+            d.view(n, count, width).sub_(a.unsqueeze(1))  # x_b - x_a
+            distance = torch.abs(d, out=work[:n * count]).sum(dim=-1).view(n, count)
+            z = (distance - pivot) * sign
             weight = weights[start:start + chunk]
             total += (F.softplus(z) * weight).sum()
             if with_grad:
-                diff.sign_().mul_((torch.sigmoid(z) * signs * weight).unsqueeze(-1))
-                grad.index_add_(0, partner.reshape(-1), diff.view(-1, x.shape[1]))
-                grad.index_add_(0, row, diff.sum(dim=1), alpha=-1)
+                d.sign_().mul_((torch.sigmoid(z) * (sign * weight)).view(-1, 1))
+                grad.index_add_(0, partner, d)
+                grad.index_add_(0, row, torch.sum(d.view(n, count, width), dim=1, out=a), alpha=-1)
         ctx.save_for_backward(grad)
         return total
 
@@ -121,37 +132,40 @@ class SignCL(nn.Module):
         lengths = valid_lengths(mask, batch, frames, x.device)
         anchors, left, right, right_start = negative_ranges(lengths, margin, frames)
         anchors = anchors & (left + right > 0)
+        # sum / (B (L - 4)) per clip, then the mean over clips
+        scale = 1.0 / (batch * batch * (lengths - 4).clamp_min(1)).to(x.dtype)
+        with_grad = torch.is_grad_enabled() and x.requires_grad
+        rows = x.reshape(-1, dim)
+        adjacent, weights = self.positive_pairs(anchors, scale, deterministic)
+        loss = PairSoftplus.apply(rows, adjacent, (adjacent + 1).unsqueeze(1), weights, 1.0,
+                                  self.max_distance, with_grad)
         flat = anchors.reshape(-1).nonzero().squeeze(1)  # clip * frames + frame of each anchor
         clip = torch.div(flat, frames, rounding_mode="floor")
-        # sum / (B (L - 4)) per clip, then the mean over clips
-        scale = 1.0 / (batch * batch * (lengths - 4).clamp_min(1)).to(x.dtype)[clip]
-        partners = self.positives(flat, deterministic)
-        weights = (scale / partners.shape[1]).unsqueeze(1).expand(partners.shape)
-        signs = x.new_ones(partners.shape[1])
         if deterministic:
-            negative = (self.all_negatives(x, lengths, margin).reshape(-1)[flat] * scale).sum()
-        else:
-            negative = 0.0
-            start = clip * frames  # row of frame 0 of each anchor's clip
-            picks, real = self.sampled_negatives(flat, start + 2, left.reshape(-1)[flat],
-                                                 right.reshape(-1)[flat],
-                                                 start + right_start.reshape(-1)[flat])
-            partners = torch.cat([partners, picks], dim=1)
-            real = real.to(x.dtype)
-            weights = torch.cat([weights, real * (scale / real.sum(dim=1)).unsqueeze(1)], dim=1)
-            signs = torch.cat([signs, -x.new_ones(picks.shape[1])])
-        with_grad = torch.is_grad_enabled() and x.requires_grad
-        pairs = PairSoftplus.apply(x.reshape(-1, dim), flat, partners, weights, signs,
-                                   self.max_distance, with_grad)
-        return pairs + negative
+            return loss + (self.all_negatives(x, lengths, margin).reshape(-1)[flat] * scale[clip]).sum()
+        start = clip * frames  # row of frame 0 of each anchor's clip
+        picks, real = self.sampled_negatives(flat, start + 2, left.reshape(-1)[flat],
+                                             right.reshape(-1)[flat],
+                                             start + right_start.reshape(-1)[flat])
+        real = real.to(x.dtype)
+        weights = real * (scale[clip] / real.sum(dim=1)).unsqueeze(1)
+        return loss + PairSoftplus.apply(rows, flat, picks, weights, -1.0, self.max_distance,
+                                         with_grad)
 
-    def positives(self, flat, deterministic):
-        """(M, 2) rows of each anchor's previous and next frame, or (M, 1) one of them."""
-        neighbours = torch.stack([flat - 1, flat + 1], dim=1)
+    def positive_pairs(self, anchors, scale, deterministic):
+        """Rows t of the pairs (t, t + 1) that serve as positives and their (P, 1) weights.
+
+        Anchor i takes the pairs (i - 1, i) and (i, i + 1) at half weight each, or one of them
+        at full weight (SignCL's random.sample of one neighbour); each distance is computed once."""
+        anchors = anchors.to(scale.dtype)
         if deterministic or self.pos_samples >= 2:
-            return neighbours
-        take_next = torch.rand(flat.shape, device=flat.device) < 0.5  # random.sample(.., 1)
-        return neighbours.gather(1, take_next.long().unsqueeze(1))
+            take_next = take_previous = anchors / 2
+        else:
+            coin = (torch.rand(anchors.shape, device=anchors.device) < 0.5).to(anchors.dtype)
+            take_next, take_previous = anchors * coin, anchors * (1 - coin)
+        weight = (take_next[:, :-1] + take_previous[:, 1:]) * scale.unsqueeze(1)  # (B, T - 1)
+        pair = weight.nonzero()
+        return pair[:, 0] * anchors.shape[1] + pair[:, 1], weight[pair[:, 0], pair[:, 1]].unsqueeze(1)
 
     def sampled_negatives(self, flat, left_start, left, right, right_start):
         """(M, neg_samples) rows of negatives drawn for each anchor among its admissible ones, the
