@@ -146,7 +146,7 @@ class SignCL(nn.Module):
         start = clip * frames  # row of frame 0 of each anchor's clip
         picks, real = self.sampled_negatives(flat, start + 2, left.reshape(-1)[flat],
                                              right.reshape(-1)[flat],
-                                             start + right_start.reshape(-1)[flat])
+                                             start + right_start.reshape(-1)[flat], frames)
         real = real.to(x.dtype)
         weights = real * (scale[clip] / real.sum(dim=1)).unsqueeze(1)
         return loss + PairSoftplus.apply(rows, flat, picks, weights, -1.0, self.max_distance,
@@ -167,11 +167,12 @@ class SignCL(nn.Module):
         pair = weight.nonzero()
         return pair[:, 0] * anchors.shape[1] + pair[:, 1], weight[pair[:, 0], pair[:, 1]].unsqueeze(1)
 
-    def sampled_negatives(self, flat, left_start, left, right, right_start):
+    def sampled_negatives(self, flat, left_start, left, right, right_start, frames):
         """(M, neg_samples) rows of negatives drawn for each anchor among its admissible ones, the
         rows left_start.. (left of them) and right_start.. (right of them), and the real picks
-        (an anchor with fewer admissible negatives than neg_samples takes them all)."""
-        ranks, real = sample_ranks(left + right, self.neg_samples)
+        (an anchor with fewer admissible negatives than neg_samples takes them all; there are at
+        most frames - 4)."""
+        ranks, real = sample_ranks(left + right, min(self.neg_samples, frames - 4))
         left = left.unsqueeze(1)
         picks = torch.where(ranks < left, left_start.unsqueeze(1) + ranks,
                             right_start.unsqueeze(1) + ranks - left)

@@ -117,19 +117,31 @@ def test_padding_is_ignored(deterministic):
 
 # ------------------------------------------------------------------------------ sampled mode
 
+def first_ranks(counts, count):
+    """A biased sampler: always the lowest ranks (the earliest admissible negatives)."""
+    ranks = torch.arange(count).expand(*counts.shape, count)
+    return ranks, ranks < counts.unsqueeze(-1)
+
+
 @pytest.mark.parametrize("pos_samples", [1, 2])
-def test_sampled_loss_averages_to_the_deterministic_one(pos_samples):
+def test_sampled_loss_averages_to_the_deterministic_one(pos_samples, monkeypatch):
     """The draws are uniform: over many draws the sampled loss and gradient average to the
-    deterministic ones (a sampler favouring near or far negatives would miss by far more)."""
+    deterministic ones, while a sampler favouring some negatives misses by far more.
+    Every copy of a clip in a batch draws its own pairs, so one call averages 64 draws."""
     torch.manual_seed(0)
-    x = ramp(2, 40).requires_grad_()
-    module = signcl.SignCL(max_distance=12.0, pos_samples=pos_samples, neg_samples=3)
-    exact, exact_grad = value_and_grad(lambda t: module(t, margin=6, deterministic=True), x)
-    draws = [value_and_grad(lambda t: module(t, margin=6), x) for _ in range(800)]
+    x = ramp(1, 40).requires_grad_()  # negative distances from about 28 to 150: losses vary
+    module = signcl.SignCL(max_distance=40.0, pos_samples=pos_samples, neg_samples=3)
+    copies = lambda t: t.expand(64, -1, -1)  # noqa: E731
+    exact, exact_grad = value_and_grad(
+        lambda t: module(copies(t), margin=6, deterministic=True), x)
+    draws = [value_and_grad(lambda t: module(copies(t), margin=6), x) for _ in range(24)]
     values = torch.tensor([v for v, _ in draws])
-    assert abs(values.mean().item() - exact) < 4 * values.std().item() / 800 ** 0.5
+    bound = 4 * values.std().item() / len(draws) ** 0.5
+    assert abs(values.mean().item() - exact) < bound
     mean_grad = torch.stack([g for _, g in draws]).mean(dim=0)
     assert (mean_grad - exact_grad).abs().max() < 0.1 * exact_grad.abs().max()
+    monkeypatch.setattr(signcl, "sample_ranks", first_ranks)
+    assert abs(module(copies(x), margin=6).item() - exact) > 10 * bound
 
 
 def test_sample_ranks_are_distinct_and_uniform_over_subsets():
@@ -164,7 +176,7 @@ def test_sampled_negatives_are_admissible():
     start = flat // frames_ * frames_
     picks, real = module.sampled_negatives(flat, start + 2, left.reshape(-1)[flat],
                                            right.reshape(-1)[flat],
-                                           start + right_start.reshape(-1)[flat])
+                                           start + right_start.reshape(-1)[flat], frames_)
     for anchor, row, keep in zip(flat.tolist(), picks.tolist(), real.tolist()):
         clip, i = divmod(anchor, frames_)
         length, margin = int(lengths[clip]), float(margins[clip])
