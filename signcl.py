@@ -50,8 +50,9 @@ def negative_ranges(lengths, margin, frames):
 
 
 def sample_ranks(counts, count):
-    """Floyd's algorithm over rows: for each entry n of `counts` (..., ) picks min(count, n)
-    distinct ranks uniformly from 0..n-1. Returns ranks (..., count) and a bool mask of real picks."""
+    """Floyd's algorithm over rows: for each entry n of `counts` (...,) picks min(count, n)
+    distinct ranks uniformly from 0..n-1. Returns ranks (..., count) and a bool mask of the real
+    picks."""
     picks = []
     for step in range(count):
         top = counts - count + step  # Floyd draws from 0..top, taking top itself on a repeat
@@ -66,9 +67,9 @@ def sample_ranks(counts, count):
 
 
 class PairSoftplus(torch.autograd.Function):
-    """sum over pairs of weights[m, k] * softplus(sign * (|x[rows[m]] - x[partners[m, k]]|_1 - pivot))
-    for a (N, D) matrix x: the loss of SignCL's positive (sign 1) or sampled negative (sign -1)
-    pairs.
+    """sum of weights[m, k] * softplus(sign * (|x[rows[m]] - x[partners[m, k]]|_1 - pivot)) over
+    the pairs, for a (N, D) matrix x: the loss of SignCL's positive (sign 1) or sampled negative
+    (sign -1) pairs.
 
     The gradient is formed with the value, chunk by chunk of rows, so each gathered block is
     used while it is in cache: d loss / d x_b = g * sign(x_b - x_a) = -d loss / d x_a with
@@ -112,12 +113,14 @@ class PairSoftplus(torch.autograd.Function):
 class SignCL(nn.Module):
     """SignCL frame contrast on (B, T, D) frame features with L1 distances.
 
-    Per anchor: mean softplus(d_pos - max_distance) over its positives (the two neighbouring frames,
-    or `pos_samples` of them) + mean softplus(max_distance - d_neg) over its negatives (`neg_samples`
-    drawn at random, or all of them with deterministic=True). Anchor terms are summed and divided by
-    B * (L - 4) per clip, then averaged over clips: for equal lengths this is SignCL's
-    sum / (B * (T - 4)) of per-anchor batch means. Anchors without any admissible negative are
-    skipped and frames with mask == 0 take no part (masks are 1 on a prefix of real frames).
+    Per anchor: mean softplus(d_pos - max_distance) over its positives (the two neighbouring
+    frames, or `pos_samples` of them) + mean softplus(max_distance - d_neg) over its negatives
+    (`neg_samples` drawn at random, or all of them with deterministic=True). Anchor terms are
+    summed and divided by B * (L - 4) per clip, then averaged over clips: for equal lengths this is
+    SignCL's sum / (B * (T - 4)) of per-anchor batch means. Anchors without any admissible
+    negative are skipped and frames with mask == 0 take no part (masks are 1 on a prefix of real
+    frames). SignCL.py draws an anchor's negatives once for the whole batch; here each clip draws
+    its own (the same uniform draw per anchor, as clips may differ in length).
     """
 
     def __init__(self, max_distance=32.0, pos_samples=2, neg_samples=4):
@@ -142,7 +145,8 @@ class SignCL(nn.Module):
         flat = anchors.reshape(-1).nonzero().squeeze(1)  # clip * frames + frame of each anchor
         clip = torch.div(flat, frames, rounding_mode="floor")
         if deterministic:
-            return loss + (self.all_negatives(x, lengths, margin).reshape(-1)[flat] * scale[clip]).sum()
+            negative = self.all_negatives(x, lengths, margin).reshape(-1)[flat]
+            return loss + (negative * scale[clip]).sum()
         start = clip * frames  # row of frame 0 of each anchor's clip
         picks, real = self.sampled_negatives(flat, start + 2, left.reshape(-1)[flat],
                                              right.reshape(-1)[flat],
@@ -164,8 +168,8 @@ class SignCL(nn.Module):
             coin = (torch.rand(anchors.shape, device=anchors.device) < 0.5).to(anchors.dtype)
             take_next, take_previous = anchors * coin, anchors * (1 - coin)
         weight = (take_next[:, :-1] + take_previous[:, 1:]) * scale.unsqueeze(1)  # (B, T - 1)
-        pair = weight.nonzero()
-        return pair[:, 0] * anchors.shape[1] + pair[:, 1], weight[pair[:, 0], pair[:, 1]].unsqueeze(1)
+        clip, frame = weight.nonzero().unbind(dim=1)
+        return clip * anchors.shape[1] + frame, weight[clip, frame].unsqueeze(1)
 
     def sampled_negatives(self, flat, left_start, left, right, right_start, frames):
         """(M, neg_samples) rows of negatives drawn for each anchor among its admissible ones, the
@@ -184,6 +188,7 @@ class SignCL(nn.Module):
         steps = torch.arange(frames, device=x.device)
         i, j = steps.view(1, -1, 1), steps.view(1, 1, -1)
         margin = torch.as_tensor(margin, dtype=torch.float64, device=x.device).reshape(-1, 1, 1)
-        weight = ((j >= 2) & (j <= (lengths - 3).view(-1, 1, 1)) & ((i - j).abs() > margin)).to(x.dtype)
+        last = (lengths - 3).view(-1, 1, 1)
+        weight = ((j >= 2) & (j <= last) & ((i - j).abs() > margin)).to(x.dtype)
         losses = F.softplus(self.max_distance - torch.cdist(x, x, p=1)) * weight
         return losses.sum(dim=-1) / weight.sum(dim=-1).clamp_min(1.0)

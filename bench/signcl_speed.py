@@ -117,7 +117,8 @@ def main(argv=None):
               "reference rows skipped")
     else:
         check_equal(x, args.margin, reference(MAX_DISTANCE, neg_samples=args.frames))
-    print(f"{'mode':>13}  {'implementation':15s} {'wall ms':>9s} {'CPU ms':>9s} {'CPU speed-up':>13s}")
+    print(f"{'mode':>13}  {'implementation':15s} {'wall ms':>9s} {'CPU ms':>9s} "
+          f"{'CPU speed-up':>13s}")
     for mode, functions in rows(args, reference).items():
         times = time_runs(functions, x, args.repeats)
         base = times.get("reference")

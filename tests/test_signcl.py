@@ -53,7 +53,8 @@ def value_and_grad(fn, x):
 
 # ------------------------------------------------------------------- deterministic = reference
 
-@pytest.mark.parametrize("batch,length,margin", [(3, 30, 5), (3, 40, 12), (2, 25, 3.5), (1, 64, 20)])
+@pytest.mark.parametrize("batch,length,margin",
+                         [(3, 30, 5), (3, 40, 12), (2, 25, 3.5), (1, 64, 20)])
 def test_deterministic_values_and_gradients_equal_the_reference(batch, length, margin):
     x = frames(batch, length, seed=length)
     ours, grad_ours = value_and_grad(lambda t: signcl.SignCL()(t, margin=margin,
