@@ -102,7 +102,15 @@ def rows(args, reference):
 
 def main(argv=None):
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args):
     torch.manual_seed(0)
     random.seed(0)
     reference = load_reference(args.reference) if args.reference else None

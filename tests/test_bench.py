@@ -104,3 +104,37 @@ def test_scale_bench_runs_the_trainer_and_resumes_from_the_caches(tmp_path, caps
     assert figures['sampler_state']['state']['batches_done'] >= 4
     assert figures['first']['workers'] and figures['first']['store_touched_mib_per_rank']
     assert 'first training step after' in capsys.readouterr().out
+
+
+REFERENCE_FILE = '''
+import torch.nn as nn
+from conftest import reference_signcl
+
+
+class SignCL(nn.Module):
+    def __init__(self, max_distance=32.0, pos_samples=2, neg_samples=4):
+        super().__init__()
+        self.options = max_distance, pos_samples, neg_samples
+
+    def forward(self, inputs_embeds, margin=20):
+        return reference_signcl(inputs_embeds, margin, *self.options)
+'''
+
+
+def test_signcl_bench_times_the_reference_file_it_is_given(capsys, tmp_path):
+    import signcl_speed
+    small = ['--batch', '2', '--frames', '24', '--dim', '8', '--margin', '4', '--repeats', '1']
+    signcl_speed.main(small)
+    text = capsys.readouterr().out
+    assert 'reference not given' in text and '\n      sampled  reference' not in text
+    (tmp_path / 'SignCL.py').write_text(REFERENCE_FILE)
+    signcl_speed.main(small + ['--reference', str(tmp_path / 'SignCL.py')])
+    text = capsys.readouterr().out
+    assert 'deterministic check' in text
+    for mode in ('sampled', 'deterministic'):
+        assert f'{mode}  reference' in text and f'{mode}  signcl.SignCL' in text
+    with pytest.raises(SystemExit, match='no such file'):
+        signcl_speed.main(small + ['--reference', str(tmp_path / 'missing.py')])
+    (tmp_path / 'other.py').write_text('x = 1\n')
+    with pytest.raises(SystemExit, match='no class SignCL'):
+        signcl_speed.main(small + ['--reference', str(tmp_path / 'other.py')])

@@ -1,35 +1,10 @@
 import itertools
-import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import signcl
-
-
-def reference_signcl(x, margin, max_distance=32.0, pos_samples=2, neg_samples=10 ** 6,
-                     rng=None, skip_empty=False):
-    """SignCL.py's computation written out: for each anchor i in 1..T-3, positives drawn from
-    {i - 1, i + 1} and negatives from the frames j in 2..T-3 with j < i - margin or j > i + margin,
-    both with random.sample and shared by the batch; the batch means of softplus(d_pos - D) and
-    softplus(D - d_neg) are summed over anchors and divided by B * (T - 4). With pos_samples=2 and
-    neg_samples at least the number of negatives every pair is taken: the deterministic mode."""
-    rng = rng or random.Random(0)
-    batch, frames, _ = x.shape
-    total = x.new_zeros(())
-    for i in range(1, frames - 2):
-        positives = rng.sample([i - 1, i + 1], k=min(2, pos_samples))
-        negatives = [j for j in range(2, frames - 2) if j < i - margin or j > i + margin]
-        if skip_empty and not negatives:
-            continue
-        negatives = rng.sample(negatives, k=min(len(negatives), neg_samples))
-        anchor = x[:, i].unsqueeze(1)
-        pos_dist = (anchor - x[:, positives]).abs().sum(-1)
-        neg_dist = (anchor - x[:, negatives]).abs().sum(-1)
-        total = total + F.softplus(pos_dist - max_distance).mean() \
-            + F.softplus(max_distance - neg_dist).mean()
-    return total / (batch * (frames - 4))
+from conftest import reference_signcl
 
 
 def frames(batch, length, dim=32, seed=0):
