@@ -138,3 +138,39 @@ def test_signcl_bench_times_the_reference_file_it_is_given(capsys, tmp_path):
     (tmp_path / 'other.py').write_text('x = 1\n')
     with pytest.raises(SystemExit, match='no class SignCL'):
         signcl_speed.main(small + ['--reference', str(tmp_path / 'other.py')])
+
+
+def test_gpu_demand_flops_and_recommended_workers():
+    import gpu_demand
+    # mT5 FLOPs grow with both lengths; the output layer dominates a long target
+    short = gpu_demand.mt5_train_flops(100, 10)
+    assert gpu_demand.mt5_train_flops(200, 10) > short < gpu_demand.mt5_train_flops(100, 20)
+    extra_token = gpu_demand.mt5_train_flops(100, 11) - short
+    assert extra_token > 6 * 768 * 250112
+    # the encoder counted on the meta device is about linear in the frames
+    one, two = gpu_demand.encoder_train_flops(16), gpu_demand.encoder_train_flops(32)
+    assert one > 0 and two == pytest.approx(2 * one, rel=1e-3)
+    assert gpu_demand.recommended_workers(100, 100) == 2  # 25% to spare
+    assert gpu_demand.recommended_workers(100, 1000) == 1
+    parser = __import__('argparse').ArgumentParser()
+    gpu_demand.add_demand_flags(parser)
+    measured = parser.parse_args(['--step_seconds', '0.1', '--gpu_batch', '8'])
+    assert gpu_demand.demand(measured, 120)[:2] == (0.1, pytest.approx(80.0))
+    estimated = parser.parse_args(['--mfu', '0.5'])
+    slower = parser.parse_args(['--mfu', '0.25'])
+    twice = 2 * gpu_demand.demand(estimated, 120)[0]
+    assert gpu_demand.demand(slower, 120)[0] == pytest.approx(twice)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--mfu', '0'])
+
+
+def test_data_pipeline_reports_workers_per_gpu(capsys):
+    import data_pipeline
+    assert data_pipeline.main(['--n', '24', '--epochs', '1', '--calls', '1', '--workers', '0',
+                               '--pack_workers', '1', '--step_seconds', '0.05']) == 0
+    text = capsys.readouterr().out
+    table = text.split('--num_workers\n')[1].splitlines()[:2]
+    assert table[0].split()[:2] == ['per-file', 'pickles']
+    assert table[1].split()[:2] == ['packed', 'store']
+    assert all(int(line.split()[-1]) >= 1 for line in table)
+    assert 'measured step time' in text and 'load average' in text
