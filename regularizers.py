@@ -1,7 +1,7 @@
 """Auxiliary losses on top of the translation loss, their flags and their construction.
 
-- SignCL (Ye et al., NeurIPS 2024): frame-level contrast that pulls neighbouring frames together and
-  pushes temporally distant frames apart, vectorised over batch and time.
+- SignCL (Ye et al., NeurIPS 2024), defined in signcl.py: frame-level contrast that pulls
+  neighbouring frames together and pushes temporally distant frames apart.
 - SSTContrast (HyperSign): pose and text each attend (sparsemax or softmax) over a learnable
   dictionary of shared semantic tokens; the token mixtures are contrasted with a symmetric InfoNCE.
 - HyperbolicAlignment (Geo-Sign), defined in hyperbolic.py.
@@ -19,104 +19,7 @@ import torch.nn.functional as F
 import cli
 from cli import add_flag
 from hyperbolic import HyperbolicAlignment, dump_batch, masked_mean, scalar  # noqa: F401
-
-# ------------------------------------------------------------------------------------ SignCL
-
-
-def signcl_margin(num_frames, text_length):
-    """SignCL's margin rule: min(20, max(10, int(num_frames // text_length * 2.3))) * 2.
-
-    Works on ints or on per-clip tensors (then returns a LongTensor of margins)."""
-    if torch.is_tensor(num_frames) or torch.is_tensor(text_length):
-        frames = torch.as_tensor(num_frames)
-        length = torch.as_tensor(text_length, device=frames.device).clamp_min(1)
-        ratio = torch.div(frames, length, rounding_mode="floor").double() * 2.3
-        return ratio.long().clamp(10, 20) * 2
-    return min(20, max(10, int(num_frames // max(text_length, 1) * 2.3))) * 2
-
-
-def valid_lengths(mask, batch, frames, device):
-    if mask is None:
-        return torch.full((batch,), frames, dtype=torch.long, device=device)
-    return mask.to(device=device).long().sum(dim=1)
-
-
-def signcl_pairs(lengths, margin, frames):
-    """Anchor (B, T) and negative (B, T, T) masks of SignCL for clips of the given valid lengths.
-
-    Anchors are frames 1..L-3; negatives of anchor i are frames j in 2..L-3 with |i - j| > margin.
-    """
-    steps = torch.arange(frames, device=lengths.device)
-    i, j = steps.view(1, frames, 1), steps.view(1, 1, frames)
-    last = (lengths - 3).view(-1, 1, 1)
-    margin = torch.as_tensor(margin, dtype=torch.float32, device=lengths.device).reshape(-1, 1, 1)
-    anchors = (i >= 1) & (i <= last)
-    negatives = anchors & (j >= 2) & (j <= last) & ((i - j).abs() > margin)
-    return anchors.squeeze(-1), negatives
-
-
-def sample_subset(candidates, count):
-    """For each row of a boolean (..., N) mask, picks min(count, #candidates) of its True positions
-    uniformly without replacement. Returns indices (..., count) and a float mask of real picks."""
-    count = min(count, candidates.shape[-1])
-    scores = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, -1.0)
-    top = scores.topk(count, dim=-1)
-    return top.indices, (top.values >= 0).float()
-
-
-class SignCL(nn.Module):
-    """SignCL frame contrast on (B, T, D) frame features with L1 distances.
-
-    Per anchor: mean softplus(d_pos - max_distance) over its positives (the two neighbouring frames,
-    or `pos_samples` of them) + mean softplus(max_distance - d_neg) over its negatives (`neg_samples`
-    drawn at random, or all of them with deterministic=True). Anchor terms are summed and divided by
-    B * (L - 4) per clip, then averaged over clips: for equal lengths this is SignCL's
-    sum / (B * (T - 4)) of per-anchor batch means. Anchors without any admissible negative are
-    skipped and frames with mask == 0 take no part (masks are 1 on a prefix of real frames).
-    """
-
-    def __init__(self, max_distance=32.0, pos_samples=2, neg_samples=4):
-        super().__init__()
-        self.max_distance = max_distance
-        self.pos_samples = pos_samples
-        self.neg_samples = neg_samples
-
-    def forward(self, frames_feature, margin=20, mask=None, deterministic=False):
-        x = frames_feature.to(torch.promote_types(frames_feature.dtype, torch.float32))
-        batch, frames, _ = x.shape
-        lengths = valid_lengths(mask, batch, frames, x.device)
-        anchors, negatives = signcl_pairs(lengths, margin, frames)
-        anchors = anchors & negatives.any(dim=-1)
-        per_anchor = self.positive_term(x, deterministic) + self.negative_term(x, negatives, deterministic)
-        per_clip = (per_anchor * anchors).sum(dim=1) / (batch * (lengths - 4).clamp_min(1))
-        return per_clip.sum() / batch
-
-    def positive_term(self, x, deterministic):
-        """(B, T): mean positive loss of each frame against its previous and next frame."""
-        adjacent = (x[:, 1:] - x[:, :-1]).abs().sum(dim=-1)  # distance of frame t to t + 1
-        pair = torch.stack([F.pad(adjacent, (1, 0)), F.pad(adjacent, (0, 1))], dim=-1)
-        losses = F.softplus(pair - self.max_distance)
-        count = 2 if deterministic else min(self.pos_samples, 2)
-        if count == 2:
-            return losses.mean(dim=-1)
-        if count <= 0:
-            return losses.new_zeros(losses.shape[:2])
-        take_previous = torch.rand(losses.shape[:2], device=x.device) < 0.5
-        return torch.where(take_previous, losses[..., 0], losses[..., 1])
-
-    def negative_term(self, x, negatives, deterministic):
-        """(B, T): mean negative loss of each anchor over all (or sampled) admissible negatives."""
-        if deterministic:
-            dist, weight = torch.cdist(x, x, p=1), negatives.float()
-        else:
-            batch, frames, dim = x.shape
-            index, weight = sample_subset(negatives, self.neg_samples)
-            flat_index = index.reshape(batch, -1, 1).expand(-1, -1, dim)
-            picked = torch.gather(x, 1, flat_index).view(batch, frames, -1, dim)
-            dist = (x.unsqueeze(2) - picked).abs().sum(dim=-1)
-        losses = F.softplus(self.max_distance - dist) * weight
-        return losses.sum(dim=-1) / weight.sum(dim=-1).clamp_min(1.0)
-
+from signcl import SignCL, signcl_margin  # noqa: F401
 
 # --------------------------------------------------------------------------------------- SST
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from hyperbolic import PART_NAMES
-from regularizers import signcl_margin
+from signcl import signcl_margin
 
 
 @dataclass

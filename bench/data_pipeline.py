@@ -10,10 +10,18 @@ temporary store and measures
   - samples/s and frames/s through a DataLoader with --workers workers (read + load_part_kp +
     collate, no tokenizer) for per-file pickles, the packed store, and the packed store with
     length bucketing, as ratios to per-file pickles,
-  - the share of padded frames per batch with and without bucketing.
-The page cache is warm for both formats (the files were just read), which favours pickles.
+  - the share of padded frames per batch with and without bucketing,
+  - clips/s of one loader worker (read + load_part_kp + collate in one process on one thread, as
+    a DataLoader worker runs) for pickles and the packed store, by wall time and by CPU time,
+    against the clips/s that --gpus GPUs consume at mt5-base (bench/gpu_demand.py: a FLOP
+    estimate of the step at the set's mean clip length and an assumed MFU, or --step_seconds),
+    and the --num_workers per GPU that delivers it with 25% to spare.
+The page cache is warm for both formats (the files were just read), which favours pickles. On a
+shared machine wall times include waiting for a core; CPU times do not, so the recommendation
+uses the CPU-time rate (a worker with a core of its own).
 
     python bench/data_pipeline.py [--n 400] [--workers 2] [--batch_size 16] [--news_root data]
+        [--gpus 8] [--gpu_batch 16] [--mfu 0.3] [--step_seconds S]
 """
 import argparse
 import json
@@ -28,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import demo.news  # noqa: E402
+import gpu_demand  # noqa: E402
 import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 import pose_store  # noqa: E402
@@ -86,6 +95,22 @@ def loader_throughput(dataset, sampler, workers, epochs):
     return samples / seconds, frames / seconds, 1 - frames / padded
 
 
+def worker_rate(dataset, sampler):
+    """(clips/s by wall time, clips/s by CPU time) of one pass in this process on one thread:
+    the work of one DataLoader worker (which runs torch on one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0,
+                                             collate_fn=dataset.collate_fn)
+        clips, wall, cpu = 0, time.perf_counter(), time.process_time()
+        for src, _ in loader:
+            clips += len(src['name_batch'])
+        return clips / (time.perf_counter() - wall), clips / (time.process_time() - cpu)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def max_part_difference(pickled, packed, count):
     """Largest part-tensor difference over the first `count` items of two datasets."""
     worst = 0.0
@@ -95,7 +120,7 @@ def max_part_difference(pickled, packed, count):
     return worst
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flag(parser, '--n', type=cli.count, default=400, help='clips to generate')
     add_flag(parser, '--news_root', help='use OUT/CSL_News of this folder instead')
@@ -107,7 +132,8 @@ def parse_args():
     add_flag(parser, '--calls', type=cli.count, default=100, help='calls per timing round')
     add_flag(parser, '--pack_workers', type=cli.count, default=os.cpu_count() or 1)
     add_flag(parser, '--seed', type=cli.seed, default=0)
-    return parser.parse_args()
+    gpu_demand.add_demand_flags(parser)
+    return parser.parse_args(argv)
 
 
 def read_times(pose_dir, store, name, calls):
@@ -158,10 +184,32 @@ def run(args, root):
                                               seed=args.seed, lengths=clip_lengths,
                                               bucket_by_length=bucket)
         rows[label] = loader_throughput(dataset, sampler, args.workers, args.epochs)
-    return store.length(name), read_seconds, diff, clip_lengths, rows
+    per_worker = {}
+    for label, dataset in (('per-file pickles', per_file), ('packed store', packed)):
+        sampler = ResumableDistributedSampler(len(dataset), 1, 0, batch_size=args.batch_size,
+                                              seed=args.seed, lengths=clip_lengths)
+        per_worker[label] = worker_rate(dataset, sampler)
+    return store.length(name), read_seconds, diff, clip_lengths, rows, per_worker
 
 
-def report(args, read_frames, read_seconds, diff, clip_lengths, rows):
+def report_workers(args, clip_lengths, per_worker):
+    """Clips/s of one worker against the GPUs' consumption, and --num_workers per GPU."""
+    frames = float(np.minimum(clip_lengths, args.max_length).mean())
+    seconds, per_gpu, how = gpu_demand.demand(args, frames)
+    load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
+    print(f"\none loader worker (one process, one thread; {os.cpu_count()} CPUs here, load "
+          f"average {load}: the machine may be shared, so wall rates can be low):")
+    print(f"GPU demand: {how}: {seconds * 1e3:.1f} ms per step of {args.gpu_batch} clips, "
+          f"{per_gpu:.0f} clips/s per GPU, {per_gpu * args.gpus:.0f} clips/s on {args.gpus} GPUs")
+    print(f"  {'source':18s} {'clips/s wall':>13s} {'clips/s CPU':>12s} {'--num_workers':>14s}")
+    for label, (wall, cpu) in per_worker.items():
+        workers = gpu_demand.recommended_workers(per_gpu, cpu)
+        print(f"  {label:18s} {wall:13.1f} {cpu:12.1f} {workers:14d}")
+    print("--num_workers is per GPU (per rank), from the CPU-time rate with 25% to spare; a node "
+          f"of {args.gpus} GPUs needs {args.gpus} times as many cores for loading")
+
+
+def report(args, read_frames, read_seconds, diff, clip_lengths, rows, per_worker):
     pickled = read_seconds.pop('pickle')
     parts = read_seconds.pop('load_part_kp')
     print(f"\nraw read of one {read_frames}-frame clip (best of 7 rounds of {args.calls}):")
@@ -187,14 +235,15 @@ def report(args, read_frames, read_seconds, diff, clip_lengths, rows):
                                               bucket_by_length=bucket)
         print(f"padding fraction {'with' if bucket else 'without'} bucketing: "
               f"{padding_fraction(sampler, clip_lengths):.1%}")
+    report_workers(args, clip_lengths, per_worker)
     ok = pickled / packed >= 10 and diff <= PART_TOLERANCE
     print(f"\npacked raw read >= 10x faster and parts within {PART_TOLERANCE:g}: "
           f"{'yes' if ok else 'NO'}")
     return ok
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix='data_pipeline_') as root:
         results = run(args, root)
     return 0 if report(args, *results) else 1

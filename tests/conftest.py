@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny offline mT5 and a small generated Demo set, built once per session."""
 import os
+import random
 import shutil
 import sys
 
@@ -260,3 +261,27 @@ def foreign_tokenizer_mt5(source, folder):
     (folder / "spiece.model").write_bytes(model.getvalue())
     (folder / "tokenizer.json").unlink(missing_ok=True)
     return str(folder)
+
+
+def reference_signcl(x, margin, max_distance=32.0, pos_samples=2, neg_samples=10 ** 6,
+                     skip_empty=False):
+    """SignCL.py's computation written out: for each anchor i in 1..T-3, positives drawn from
+    {i - 1, i + 1} and negatives from the frames j in 2..T-3 with j < i - margin or j > i + margin,
+    both with random.sample and shared by the batch; the batch means of softplus(d_pos - D) and
+    softplus(D - d_neg) are summed over anchors and divided by B * (T - 4). With pos_samples=2 and
+    neg_samples at least the number of negatives every pair is taken: the deterministic mode."""
+    import torch.nn.functional as F
+    batch, frames, _ = x.shape
+    total = x.new_zeros(())
+    for i in range(1, frames - 2):
+        positives = random.sample([i - 1, i + 1], k=min(2, pos_samples))
+        negatives = [j for j in range(2, frames - 2) if j < i - margin or j > i + margin]
+        if skip_empty and not negatives:
+            continue
+        negatives = random.sample(negatives, k=min(len(negatives), neg_samples))
+        anchor = x[:, i].unsqueeze(1)
+        pos_dist = (anchor - x[:, positives]).abs().sum(-1)
+        neg_dist = (anchor - x[:, negatives]).abs().sum(-1)
+        total = total + F.softplus(pos_dist - max_distance).mean() \
+            + F.softplus(max_distance - neg_dist).mean()
+    return total / (batch * (frames - 4))

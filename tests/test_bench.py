@@ -104,3 +104,73 @@ def test_scale_bench_runs_the_trainer_and_resumes_from_the_caches(tmp_path, caps
     assert figures['sampler_state']['state']['batches_done'] >= 4
     assert figures['first']['workers'] and figures['first']['store_touched_mib_per_rank']
     assert 'first training step after' in capsys.readouterr().out
+
+
+REFERENCE_FILE = '''
+import torch.nn as nn
+from conftest import reference_signcl
+
+
+class SignCL(nn.Module):
+    def __init__(self, max_distance=32.0, pos_samples=2, neg_samples=4):
+        super().__init__()
+        self.options = max_distance, pos_samples, neg_samples
+
+    def forward(self, inputs_embeds, margin=20):
+        return reference_signcl(inputs_embeds, margin, *self.options)
+'''
+
+
+def test_signcl_bench_times_the_reference_file_it_is_given(capsys, tmp_path):
+    import signcl_speed
+    small = ['--batch', '2', '--frames', '24', '--dim', '8', '--margin', '4', '--repeats', '1']
+    signcl_speed.main(small)
+    text = capsys.readouterr().out
+    assert 'reference not given' in text and '\n      sampled  reference' not in text
+    (tmp_path / 'SignCL.py').write_text(REFERENCE_FILE)
+    signcl_speed.main(small + ['--reference', str(tmp_path / 'SignCL.py')])
+    text = capsys.readouterr().out
+    assert 'deterministic check' in text
+    for mode in ('sampled', 'deterministic'):
+        assert f'{mode}  reference' in text and f'{mode}  signcl.SignCL' in text
+    with pytest.raises(SystemExit, match='no such file'):
+        signcl_speed.main(small + ['--reference', str(tmp_path / 'missing.py')])
+    (tmp_path / 'other.py').write_text('x = 1\n')
+    with pytest.raises(SystemExit, match='no class SignCL'):
+        signcl_speed.main(small + ['--reference', str(tmp_path / 'other.py')])
+
+
+def test_gpu_demand_flops_and_recommended_workers():
+    import gpu_demand
+    # mT5 FLOPs grow with both lengths; the output layer dominates a long target
+    short = gpu_demand.mt5_train_flops(100, 10)
+    assert gpu_demand.mt5_train_flops(200, 10) > short < gpu_demand.mt5_train_flops(100, 20)
+    extra_token = gpu_demand.mt5_train_flops(100, 11) - short
+    assert extra_token > 6 * 768 * 250112
+    # the encoder counted on the meta device is about linear in the frames
+    one, two = gpu_demand.encoder_train_flops(16), gpu_demand.encoder_train_flops(32)
+    assert one > 0 and two == pytest.approx(2 * one, rel=1e-3)
+    assert gpu_demand.recommended_workers(100, 100) == 2  # 25% to spare
+    assert gpu_demand.recommended_workers(100, 1000) == 1
+    parser = __import__('argparse').ArgumentParser()
+    gpu_demand.add_demand_flags(parser)
+    measured = parser.parse_args(['--step_seconds', '0.1', '--gpu_batch', '8'])
+    assert gpu_demand.demand(measured, 120)[:2] == (0.1, pytest.approx(80.0))
+    estimated = parser.parse_args(['--mfu', '0.5'])
+    slower = parser.parse_args(['--mfu', '0.25'])
+    twice = 2 * gpu_demand.demand(estimated, 120)[0]
+    assert gpu_demand.demand(slower, 120)[0] == pytest.approx(twice)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--mfu', '0'])
+
+
+def test_data_pipeline_reports_workers_per_gpu(capsys):
+    import data_pipeline
+    assert data_pipeline.main(['--n', '24', '--epochs', '1', '--calls', '1', '--workers', '0',
+                               '--pack_workers', '1', '--step_seconds', '0.05']) == 0
+    text = capsys.readouterr().out
+    table = text.split('--num_workers\n')[1].splitlines()[:2]
+    assert table[0].split()[:2] == ['per-file', 'pickles']
+    assert table[1].split()[:2] == ['packed', 'store']
+    assert all(int(line.split()[-1]) >= 1 for line in table)
+    assert 'measured step time' in text and 'load average' in text
