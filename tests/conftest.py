@@ -321,13 +321,13 @@ def video_env_python():
         pytest.skip(NO_VIDEO_ENV)
 
 
-def write_person_video(path, frames=12, blank=0):
-    """A short video of a real person (and `blank` black frames after), written by the video
-    environment's python; skips when that environment is absent."""
+def write_person_video(path, frames=12, blank=0, python=None):
+    """A short video of a real person (and `blank` black frames after), written by `python`
+    (default: the video environment's, skipping when that environment is absent)."""
     import subprocess
     from matplotlib import cbook
     image = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    subprocess.run([video_env_python(), "-c", PERSON_VIDEO, str(image), str(path), str(frames),
+    subprocess.run([python or video_env_python(), "-c", PERSON_VIDEO, str(image), str(path), str(frames),
                     str(blank)], check=True)
     return str(path)
 
