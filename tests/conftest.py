@@ -327,8 +327,8 @@ def write_person_video(path, frames=12, blank=0, python=None):
     import subprocess
     from matplotlib import cbook
     image = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    subprocess.run([python or video_env_python(), "-c", PERSON_VIDEO, str(image), str(path), str(frames),
-                    str(blank)], check=True)
+    subprocess.run([python or video_env_python(), "-c", PERSON_VIDEO, str(image), str(path),
+                    str(frames), str(blank)], check=True)
     return str(path)
 
 
