@@ -316,8 +316,9 @@ NEVER_READ = {
                   "[--num_nodes M --hostfile F]), not from this flag",
     "dist_url": "the process group comes from the launcher's MASTER_ADDR/MASTER_PORT, not "
                 "from this flag",
-    "online_video": "video input is not supported: extract the video's poses (RTMPose "
-                    "COCO-WholeBody .pkl or MediaPipe .pose), then run translate.py on them",
+    "online_video": "fine_tuning.py does not translate videos; translate.py does, extracting "
+                    "the poses first (bash script/setup_video.sh once): python translate.py "
+                    "--checkpoint CHECKPOINT.pth VIDEO.mp4 (docs/video.md)",
 }
 
 

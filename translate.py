@@ -4,13 +4,16 @@ CTC recognizer (--head ctc).
     python translate.py --checkpoint out/x/best_checkpoint.pth clips/ extra.pose 'more/*.pkl'
     python translate.py --checkpoint out/x/best_checkpoint.pth --export models/x   # one folder
     python translate.py --model models/x clips/ --format jsonl --output translations.jsonl
+    python translate.py --checkpoint out/x/best_checkpoint.pth signing.mp4 --keep_poses poses/
 
 A checkpoint written by fine_tuning.py holds the training flags; its mT5 directory (tokenizer
 and config) is the one it was trained with, or --mt5_path. An exported folder holds everything
 (model_export.py: model.safetensors, config.json with the flags, the tokenizer, a model card
 README.md) and translates exactly as its checkpoint. Inputs are files, globs or folders (searched
 recursively for .pkl and .pose); clips are named by their path below the folder, or by their
-file name, without extension. Output: `name<TAB>text` lines, or JSON lines with --format jsonl.
+file name, without extension. Videos (.mp4 .avi .mov .mkv .webm .m4v) are inputs too: their
+poses are extracted first (video_poses.py, in the environment `bash script/setup_video.sh`
+makes). Output: `name<TAB>text` lines, or JSON lines with --format jsonl.
 In another program, `Translator` loads a model once and translates lists of inputs:
 
     translator = Translator.load('out/x/best_checkpoint.pth', '--device', 'cpu')
@@ -31,6 +34,7 @@ import torch
 import beam_search
 import cli
 import model_export
+import video_poses
 from config import ConfigError
 from ctc_head import GlossVocab
 from keypoints import DataError
@@ -49,7 +53,7 @@ class UsageError(Exception):
 
 def parse_args(argv=None, inputs_required=True):
     p = cli.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
-    cli.add_flag(p, 'inputs', nargs='*', help='pose files, globs or folders')
+    cli.add_flag(p, 'inputs', nargs='*', help='pose files, videos, globs or folders')
     g = p.add_argument_group('model (one of --checkpoint, --model)')
     source = g.add_mutually_exclusive_group(required=True)
     cli.add_flag(source, '--checkpoint', metavar='FILE',
@@ -92,9 +96,10 @@ def parse_args(argv=None, inputs_required=True):
     cli.add_flag(g, '--hidden_dim', type=cli.count, help='width of each body part\'s features')
     cli.add_flag(g, '--temporal_layers', type=cli.count, help='temporal ST-GCN blocks')
     cli.add_flag(g, '--temporal_kernel', type=cli.odd_count, help='temporal kernel size (odd)')
+    video_poses.add_video_flags(p)
     args = p.parse_args(argv)
     if inputs_required and not args.inputs and not args.export:
-        p.error('give pose files to translate, or --export DIR')
+        p.error('give pose files or videos to translate, or --export DIR')
     return args
 
 
@@ -172,27 +177,60 @@ def load_model(args):
 
 # ----------------------------------------------------------------------------- inputs
 
-def collect_inputs(items):
-    """[(name, path)] for files, globs and folders, in the given order (folders and globs sorted)."""
+def readable(path):
+    return path.endswith(POSE_EXTENSIONS) or video_poses.is_video(path)
+
+
+def collect_inputs(items, video=None, skipped_videos=None):
+    """[(name, path)] for files, globs and folders, in the given order (folders and globs sorted).
+    Videos are replaced by the pose files extracted from them (see video_clips)."""
     clips = []
     for item in items:
         if os.path.isdir(item):
-            found = sorted(p for ext in POSE_EXTENSIONS
-                           for p in glob.glob(os.path.join(item, '**', '*' + ext), recursive=True))
+            found = sorted(p for p in glob.glob(os.path.join(item, '**', '*'), recursive=True)
+                           if readable(p) and os.path.isfile(p))
             if not found:
-                raise UsageError(f"{item}: no .pkl or .pose files in this folder")
+                raise UsageError(f"{item}: no .pkl or .pose files or videos in this folder")
             clips += [(os.path.splitext(os.path.relpath(p, item))[0].replace(os.sep, '/'), p)
                       for p in found]
         elif os.path.isfile(item):
-            if not item.endswith(POSE_EXTENSIONS):
-                raise UsageError(f"{item}: not a pose file (expected .pkl or .pose)")
+            if not readable(item):
+                raise UsageError(f"{item}: not a pose file (expected .pkl or .pose) or a video")
             clips.append((os.path.splitext(os.path.basename(item))[0], item))
         else:
-            found = sorted(p for p in glob.glob(item, recursive=True) if p.endswith(POSE_EXTENSIONS))
+            found = sorted(p for p in glob.glob(item, recursive=True) if readable(p))
             if not found:
                 raise UsageError(f"{item}: no such file, folder or matching pose files")
             clips += [(os.path.splitext(os.path.basename(p))[0], p) for p in found]
-    return clips
+    return video_clips(clips, video, skipped_videos)
+
+
+def video_clips(clips, args=None, skipped=None):
+    """`clips` with each video's path replaced by its extracted pose pickle; `args`: this
+    script's flags (estimator, workers, --keep_poses, --skip_bad_samples; default: defaults).
+    A video that gives no poses stops here, or with --skip_bad_samples goes to `skipped`."""
+    videos = [(name, path) for name, path in clips if video_poses.is_video(path)]
+    refused = video_poses.video_refusals(args, bool(videos)) if args else []
+    if refused:
+        raise UsageError(refused[0])
+    if not videos:
+        return clips
+    estimator = getattr(args, 'pose_estimator', None) or 'mediapipe'
+    if getattr(args, 'keep_poses', None):
+        check_writable_folder(args.keep_poses, "--keep_poses")
+    try:
+        targets = video_poses.pose_targets(videos, estimator, getattr(args, 'keep_poses', None))
+        failed = video_poses.extract_videos(targets, estimator,
+                                            getattr(args, 'video_workers', None) or 1)
+    except video_poses.VideoError as error:
+        raise UsageError(str(error)) from None
+    if failed and not getattr(args, 'skip_bad_samples', False):
+        raise UsageError(f"{'; '.join(failed.values())} (--skip_bad_samples skips such files)")
+    for reason in failed.values():
+        print(f"skipped {reason}", file=sys.stderr)
+        if skipped is not None:
+            skipped.append(reason)
+    return [(name, targets.get(path, path)) for name, path in clips if path not in failed]
 
 
 def read_batches(clips, batch_size, max_length, fps, skip_bad, skipped):
@@ -340,7 +378,8 @@ def main(argv=None):
         check_writable_file(args.output, "--output")
     if args.export:
         check_writable_folder(args.export, "--export")
-    clips = collect_inputs(args.inputs)
+    video_skipped = []
+    clips = collect_inputs(args.inputs, args, video_skipped)
     translator = Translator(args)
     if args.export:
         model_export.export(translator.model, translator.flags, translator.info, args.export)
@@ -353,7 +392,8 @@ def main(argv=None):
     finally:
         if args.output:
             out.close()
-    message = f"translated {done} of {len(clips)} clips"
+    skipped += video_skipped
+    message = f"translated {done} of {len(clips) + len(video_skipped)} clips"
     print(message + (f", skipped {len(skipped)} bad files" if skipped else ''), file=sys.stderr)
 
 

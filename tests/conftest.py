@@ -285,3 +285,54 @@ def reference_signcl(x, margin, max_distance=32.0, pos_samples=2, neg_samples=10
         total = total + F.softplus(pos_dist - max_distance).mean() \
             + F.softplus(max_distance - neg_dist).mean()
     return total / (batch * (frames - 4))
+
+
+NO_VIDEO_ENV = ("the video pose-extraction environment is absent: bash script/setup_video.sh "
+                "(or set SIGN_VIDEO_PYTHON)")
+# Writes a video of a real photograph (matplotlib's Grace Hopper sample), shifted a little each
+# frame, followed by black frames; run by the video environment's python (PyAV from pose-format).
+PERSON_VIDEO = """
+import sys, av, numpy as np
+from PIL import Image
+image, out, frames, blank = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+picture = np.asarray(Image.open(image).convert('RGB'))
+height, width = picture.shape[0] // 2 * 2, picture.shape[1] // 2 * 2
+container = av.open(out, 'w')
+stream = container.add_stream('mpeg4', rate=25)
+stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+for i in range(frames + blank):
+    frame = np.roll(picture[:height, :width], 3 * i, axis=1) if i < frames else \\
+        np.zeros((height, width, 3), np.uint8)
+    for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                           format='rgb24')):
+        container.mux(packet)
+for packet in stream.encode():
+    container.mux(packet)
+container.close()
+"""
+
+
+def video_env_python():
+    """The video environment's python, or a skip saying how to create it."""
+    import video_poses
+    try:
+        return video_poses.video_python()
+    except video_poses.VideoError:
+        pytest.skip(NO_VIDEO_ENV)
+
+
+def write_person_video(path, frames=12, blank=0, python=None):
+    """A short video of a real person (and `blank` black frames after), written by `python`
+    (default: the video environment's, skipping when that environment is absent)."""
+    import subprocess
+    from matplotlib import cbook
+    image = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    subprocess.run([python or video_env_python(), "-c", PERSON_VIDEO, str(image), str(path),
+                    str(frames), str(blank)], check=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def person_video(tmp_path_factory):
+    """12 frames of a real person then 3 black ones, as an .mp4 (see write_person_video)."""
+    return write_person_video(tmp_path_factory.mktemp("video") / "person.mp4", 12, 3)

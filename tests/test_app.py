@@ -223,12 +223,20 @@ def test_http_api_translates_like_translate_py(served, models, demo_root, capsys
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
                                                "(apt-get install chromium)")
+@pytest.mark.parametrize('kind', ['pose file', 'video'])
 def test_browser_uploads_a_file_and_shows_the_translation(served, models, demo_root, capsys,
-                                                          tmp_path):
+                                                          tmp_path, request, monkeypatch, kind):
     sync_api = pytest.importorskip(
         'playwright.sync_api', reason="the browser test needs playwright: pip install playwright")
     clip = demo_clips(demo_root, 3)[2]
-    expected = printed(capsys, models[1], clip)
+    if kind == 'video':
+        monkeypatch.setenv('SIGN_VIDEO_CACHE', str(tmp_path / 'cache'))
+        clip = request.getfixturevalue('person_video')
+        translate.collect_inputs([clip])  # the pose file the page will find in the cache
+        cached, = os.listdir(tmp_path / 'cache' / 'mediapipe')
+        expected = printed(capsys, models[1], str(tmp_path / 'cache' / 'mediapipe' / cached))
+    else:
+        expected = printed(capsys, models[1], clip)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             str(tmp_path / 'profile'), executable_path=CHROMIUM, headless=True, args=[
@@ -247,3 +255,25 @@ def test_browser_uploads_a_file_and_shows_the_translation(served, models, demo_r
             sync_api.expect(page.locator('#skeleton img')).to_have_count(1)
         finally:
             browser.close()
+
+
+def test_an_uploaded_video_is_translated_and_its_skeleton_animated(models, person_video,
+                                                                   tmp_path, capsys,
+                                                                   monkeypatch):
+    """A video goes through translate.py's input handling (the pose extraction) and comes back
+    as a translation and the animation of the poses extracted from it."""
+    monkeypatch.setenv('SIGN_VIDEO_CACHE', str(tmp_path / 'cache'))
+    _, path, _ = models
+    upload = tmp_path / 'signing.mp4'
+    shutil.copy(person_video, upload)
+    gif, text, note = app.run_clip(app.ModelCache(['--device', 'cpu']), path, str(upload),
+                                   str(tmp_path))
+    assert note == f"Translation of `signing` by `{path}`" and text
+    cached, = os.listdir(tmp_path / 'cache' / 'mediapipe')
+    assert text == printed(capsys, path, str(tmp_path / 'cache' / 'mediapipe' / cached))
+    with Image.open(gif) as image:
+        assert image.n_frames == 15  # 12 frames of the person, 3 black ones
+    garbage = tmp_path / 'garbage.webm'
+    garbage.write_bytes(os.urandom(3000))
+    with pytest.raises(app.AppError, match='garbage.webm: unreadable video'):
+        app.run_clip(app.ModelCache(['--device', 'cpu']), path, str(garbage), str(tmp_path))

@@ -151,7 +151,7 @@ def refusal(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,reason", [
-    (["--online_video", "clip.mp4"], "--online_video: video input is not supported"),
+    (["--online_video", "clip.mp4"], "--online_video: fine_tuning.py does not translate videos; translate.py does"),
     (["--world_size", "4"], "launcher"), (["--dist_url", "tcp://x:1"], "launcher"),
     (["--alpha_reg", "0.1"], "never reads it"), (["--max_eval_samples", "9"], "never reads it"),
     (["--alpha", "0.5"], "add --use_hyperbolic"), (["--signcl_weight", "0.1"], "add --use_signcl"),

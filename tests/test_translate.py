@@ -396,3 +396,45 @@ def test_ctc_recognizer_writes_glosses_and_exports(ctc_checkpoint, tmp_path, cap
     for flag in ('--num_beams', '--decode_pool'):
         with pytest.raises(translate.UsageError, match=f'{flag} cannot act: .* CTC recognizer'):
             translate_here(capsys, '--model', exported, poses, flag, '2')
+
+
+def test_a_video_is_extracted_then_translated_in_one_command(ctc_checkpoint, person_video,
+                                                             tmp_path, capsys, monkeypatch):
+    """Videos go through the pose extraction (the video environment) and translate as their
+    extracted poses do; a video that gives no poses is named, or skipped when asked."""
+    path, _ = ctc_checkpoint
+    monkeypatch.setenv('SIGN_VIDEO_CACHE', str(tmp_path / 'cache'))
+    kept = tmp_path / 'kept'
+    out, err = translate_here(capsys, '--checkpoint', path, person_video, '--keep_poses', kept)
+    name, glosses = out.rstrip('\n').split('\t')
+    assert name == 'person' and glosses.split() and 'translated 1 of 1 clips' in err
+    assert 'person.mp4: 3 of 15 frames' in err  # the black frames, counted
+    assert read_pose(str(kept / 'person.pkl'))['keypoints'].shape == (15, 1, 133, 2)
+    assert translate_here(capsys, '--checkpoint', path, kept / 'person.pkl')[0] == out
+    # without --keep_poses: the cache, keyed by the content; a second run finds it there
+    assert translate_here(capsys, '--checkpoint', path, person_video)[0] == out
+    cached, = os.listdir(tmp_path / 'cache' / 'mediapipe')
+    _, err = translate_here(capsys, '--checkpoint', path, person_video)
+    assert '1 done before' in err
+    garbage = tmp_path / 'garbage.mov'
+    garbage.write_bytes(os.urandom(5000))
+    with pytest.raises(translate.UsageError, match='garbage.mov: unreadable video.*--skip_bad'):
+        translate_here(capsys, '--checkpoint', path, person_video, garbage)
+    out2, err = translate_here(capsys, '--checkpoint', path, garbage, person_video,
+                               '--skip_bad_samples', '--video_workers', '2')
+    assert out2 == out and 'translated 1 of 2 clips, skipped 1 bad files' in err
+
+
+def test_video_flags_without_a_video_and_a_missing_video_environment_stop(ctc_checkpoint,
+                                                                         tmp_path, capsys,
+                                                                         monkeypatch):
+    path, poses = ctc_checkpoint
+    for flag, value in (('--pose_estimator', 'rtmpose'), ('--video_workers', '2'),
+                        ('--keep_poses', str(tmp_path / 'kept'))):
+        with pytest.raises(translate.UsageError, match=f'{flag} cannot act: no input is a video'):
+            translate_here(capsys, '--checkpoint', path, poses, flag, value)
+    video = tmp_path / 'clip.mp4'
+    video.write_bytes(b'x')
+    monkeypatch.setenv('SIGN_VIDEO_PYTHON', str(tmp_path / 'absent' / 'python'))
+    with pytest.raises(translate.UsageError, match='create it with `bash script/setup_video.sh`'):
+        translate_here(capsys, '--checkpoint', path, video)
