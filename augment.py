@@ -138,4 +138,5 @@ class PoseAugment:
         dropped = rng.random(scores.shape) < self.joint_dropout
         if self.joint_dropout:
             scores = drop_joints(scores, dropped)
-        return {'keypoints': np.ascontiguousarray(keypoints), 'scores': np.ascontiguousarray(scores)}
+        return {'keypoints': np.ascontiguousarray(keypoints),
+                'scores': np.ascontiguousarray(scores)}

@@ -121,7 +121,8 @@ def test_training_split_only_and_no_flag_gives_todays_samples(tmp_path):
     assert isinstance(augmented.augment, augment.PoseAugment)
     assert not any(parts_equal(augmented[i][1], plain[i][1]) for i in range(4))
     for phase in ("dev", "test"):
-        evaluated, reference = (build_dataset(a, spec, paths, phase) for a in (args, default_args()))
+        evaluated, reference = (build_dataset(a, spec, paths, phase)
+                                for a in (args, default_args()))
         assert evaluated.augment is None
         assert all(parts_equal(evaluated[i][1], reference[i][1]) for i in range(4))
     augmented.set_epoch(1)
