@@ -15,6 +15,7 @@ import random
 import numpy as np
 import torch
 
+import augment
 import config
 import label_cache
 from keypoints import (DEFAULT_MAX_FRAMES, NUM_KEYPOINTS, PART_JOINTS, PARTS,  # noqa: F401
@@ -106,6 +107,7 @@ class S2T_Dataset(torch.utils.data.Dataset):
         self.targets = targets
         self.max_frames = max_frames
         self.epoch = 0
+        self.augment = None  # augment.PoseAugment of the training split (build_dataset)
         self._frames = np.full(len(self.entries), -1, dtype=np.int32)  # -1: not read yet
         self._clip_names = None
 
@@ -154,7 +156,10 @@ class S2T_Dataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         entry = self.entries[index]
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
-        parts = clip_parts(self.read_clip(index), self.max_length, self.phase == 'train', rng)
+        pose = self.read_clip(index)
+        if self.augment is not None:
+            pose = self.augment(pose, (self.seed, self.epoch, index))
+        parts = clip_parts(pose, self.max_length, self.phase == 'train', rng)
         gloss = ' '.join(entry['gloss'])
         text = gloss if self.task == 'CSLR' else entry['text']
         return entry['name'], parts, text, gloss
@@ -197,12 +202,16 @@ class S2T_Dataset(torch.utils.data.Dataset):
 
 def build_dataset(args, spec, paths, phase, targets=None, cache_dir=None, write_cache=True):
     """The `phase` split of a registered dataset for the run's flags (None if it has none);
-    its label entries are kept in cache_dir (written with write_cache)."""
+    its label entries are kept in cache_dir (written with write_cache). The training split gets
+    the run's pose augmentation (augment.py), the others none."""
     label_path = paths['labels'][phase]
     if label_path is None:
         return None
-    return S2T_Dataset(label_path, paths['pose_dirs'][phase], phase, dataset_name=args.dataset,
-                       max_length=args.max_length, task=args.task, seed=args.seed,
-                       defer_label_errors=True, pose_fps=args.pose_fps, targets=targets,
-                       spec=spec, max_frames=args.max_frames_per_clip, cache_dir=cache_dir,
-                       write_cache=write_cache)
+    dataset = S2T_Dataset(label_path, paths['pose_dirs'][phase], phase, dataset_name=args.dataset,
+                          max_length=args.max_length, task=args.task, seed=args.seed,
+                          defer_label_errors=True, pose_fps=args.pose_fps, targets=targets,
+                          spec=spec, max_frames=args.max_frames_per_clip, cache_dir=cache_dir,
+                          write_cache=write_cache)
+    if phase == 'train':
+        dataset.augment = augment.from_args(args)
+    return dataset

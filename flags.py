@@ -12,7 +12,9 @@ import importlib.util
 import sys
 
 import config
+import augment
 import config_file
+import fusion
 import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
@@ -45,6 +47,8 @@ def get_args_parser():
     add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
     progressive.add_progressive_flags(p, add_flag)  # --mapper, --init_lm
+    fusion.add_fusion_flags(p)  # --fusion hypernet and its settings
+    augment.add_augment_flags(p)  # --aug_rotate, --aug_scale, ... (training poses)
     return p
 
 
@@ -335,6 +339,8 @@ def refusals(args, explicit):
     problems += schedule_refusals(args, explicit)
     problems += run_refusals(args, explicit)
     problems += progressive.progressive_refusals(args, explicit)
+    problems += fusion.fusion_refusals(args, explicit)
+    problems += augment.augment_refusals(args, explicit)
     problems += value_refusals(args)
     return problems
 

@@ -30,6 +30,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
 import beam_search
 import config
+import fusion
 import mt5_layout
 import regularizers
 from ctc_head import CTCHead, parse_loss_weights
@@ -202,7 +203,7 @@ class SignTranslator(PoseEncoder):
 
     def forward(self, src_input, tgt_input):
         parts = self.encode_parts(src_input)
-        pose_embeds = self.project_pose(torch.cat(parts, dim=-1) + self.part_para)
+        pose_embeds = self.project_pose(self.fuse_parts(parts))
         device = pose_embeds.device
         labels = self.target_labels(tgt_input, device)
         decoder_input_ids = self.mt5_model.prepare_decoder_input_ids_from_labels(labels=labels)
@@ -446,6 +447,7 @@ def load_checkpoint_weights(model, path_or_state_dict, source=None):
     for key in dropped + dropped_regularizer:
         del state[key]
     check_vocabulary(model, state, source)
+    fusion.check_checkpoint_fusion(model, state, source)
     mt5_layout.match_state(model, state)
     fresh = sorted(key for key in expected if key.startswith(REGULARIZER_PREFIX) and key not in state)
     missing = set(expected) - set(state) - set(fresh)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from config import ConfigError
+from fusion import build_fusion, fuse
 from keypoints import PARTS
 from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
                           set_checkpointing, set_graph_product, set_temporal_conv)
@@ -102,6 +103,7 @@ class PoseEncoder(nn.Module):
         self.set_speed(**speed_options(args))
         set_checkpointing(self, getattr(args, 'gradient_checkpointing', False))
         self.part_para = nn.Parameter(torch.zeros(self.hidden_dim * len(PARTS)))
+        self.fusion = build_fusion(args, self.hidden_dim, len(PARTS))  # None: concatenation
 
     @property
     def frame_dim(self):
@@ -146,8 +148,13 @@ class PoseEncoder(nn.Module):
                 chain.compile()
 
     def encode_pose(self, src_input):
-        """(B, T, 4*C) pose features: the four part features plus `part_para`."""
-        return torch.cat(self.encode_parts(src_input), dim=-1) + self.part_para
+        """(B, T, 4*C) pose features: the four part features fused (fusion.py)."""
+        return self.fuse_parts(self.encode_parts(src_input))
+
+    def fuse_parts(self, parts):
+        """(B, T, 4*C) frame features of the four part features: concatenated plus
+        `part_para` (--fusion concat), or through the fusion module."""
+        return fuse(self.fusion, parts, self.part_para)
 
     def encode_parts(self, src_input):
         """The four (B, T, C) part features, body, left, right, face, before `part_para`."""
@@ -198,7 +205,7 @@ def hands_in_one_batch(encoder, reference):
 # Model-shape flags a checkpoint stores: named when its weights do not fit the run's model.
 SHAPE_FLAGS = ('stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel', 'head',
                'ctc_hidden', 'share_classifier', 'weight_norm', 'pose_positions', 'use_signcl', 'use_sst', 'sst_num', 'sst_dim', 'use_hyperbolic', 'hyp_dim',
-               'mapper')
+               'mapper', 'fusion', 'fusion_shortcut')
 
 
 def check_checkpoint_file(path, flag):
