@@ -13,6 +13,7 @@ import sys
 
 import config
 import config_file
+import language_models
 import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
@@ -45,6 +46,7 @@ def get_args_parser():
     add_recognition_flags(p)
     regularizers.add_regularizer_flags(p)  # --use_signcl, --use_sst, --use_hyperbolic and theirs
     progressive.add_progressive_flags(p, add_flag)  # --mapper, --init_lm
+    language_models.add_lm_flags(p, add_flag)  # --lm, --lang_code
     return p
 
 
@@ -334,6 +336,7 @@ def refusals(args, explicit):
     problems += schedule_refusals(args, explicit)
     problems += run_refusals(args, explicit)
     problems += progressive.progressive_refusals(args, explicit)
+    problems += language_models.lm_refusals(args, explicit)
     problems += value_refusals(args)
     return problems
 
