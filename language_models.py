@@ -64,7 +64,7 @@ def lm_refusals(args, explicit):
     if kind not in (None, 'mt5') and args.task == 'G2T':
         problems.append(f"--task G2T: gloss-to-text training is built on mT5 (the language "
                         f"model here is {kind})")
-    if 'lang_code' in explicit and kind != 'mbart':
+    if 'lang_code' in explicit and kind not in (None, 'mbart'):
         problems.append(f"--lang_code: only mBART takes a language code (the language model "
                         f"here is {kind or 'not mBART'})")
     return problems
@@ -113,6 +113,13 @@ def lm_of(args, folder=None):
     return resolve(folder or args.mt5_path, getattr(args, 'lm', 'auto'))
 
 
+def check_lang_code(args, kind):
+    """--lang_code where the folder turned out not to hold mBART (known only once resolved)."""
+    if getattr(args, 'lang_code', None) and kind != 'mbart':
+        raise config.ConfigError(f"--lang_code: only mBART takes a language code; "
+                                 f"{args.mt5_path} holds {kind}")
+
+
 def model_class(kind):
     from transformers import (MBartForConditionalGeneration, MT5ForConditionalGeneration,
                               T5ForConditionalGeneration)
@@ -146,11 +153,18 @@ def read_tokenizer(folder, kind, code=None):
                 os.path.join(folder, 'tokenizer_config.json')) else ByT5Tokenizer()
         if kind == 'mbart':
             cls = MBartTokenizer if tokenizer_class(folder) == 'MBartTokenizer' else MBart50Tokenizer
-            tokenizer = cls.from_pretrained(folder, src_lang=code, tgt_lang=code)
-            if tokenizer.convert_tokens_to_ids(code) == tokenizer.unk_token_id:
-                raise ValueError(f"the language code {code} is not in its vocabulary")
+            try:
+                tokenizer = cls.from_pretrained(folder, src_lang=code, tgt_lang=code)
+            except KeyError:
+                tokenizer = None
+            if tokenizer is None or tokenizer.convert_tokens_to_ids(code) == tokenizer.unk_token_id:
+                raise config.ConfigError(f"the language code {code} is not in the vocabulary of "
+                                         f"the tokenizer in {folder}: give --lang_code one of its "
+                                         "codes (de_DE, zh_CN, en_XX, ...)")
             return tokenizer
         return T5Tokenizer.from_pretrained(folder, legacy=False)
+    except config.ConfigError:
+        raise
     except Exception as error:  # sentencepiece and tokenizers raise many kinds for bad files
         raise config.ConfigError(f"the tokenizer in the folder {folder} cannot be loaded ("
                                  f"{type(error).__name__}: {str(error).strip()[:200]})") from None

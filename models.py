@@ -132,6 +132,7 @@ class SignTranslator(PoseEncoder):
         if mt5_model is None:
             check_mt5_folder(args.mt5_path, lm=lm)
             self.lm = language_models.resolve(args.mt5_path, lm)
+            language_models.check_lang_code(args, self.lm)
         else:
             self.lm = language_models.kind_of(mt5_model.config.model_type, args.mt5_path)
         mt5_config = mt5_model.config if mt5_model is not None else language_models.config_class(
