@@ -152,7 +152,8 @@ def read_tokenizer(folder, kind, code=None):
             return ByT5Tokenizer.from_pretrained(folder) if os.path.isfile(
                 os.path.join(folder, 'tokenizer_config.json')) else ByT5Tokenizer()
         if kind == 'mbart':
-            cls = MBartTokenizer if tokenizer_class(folder) == 'MBartTokenizer' else MBart50Tokenizer
+            cc25 = tokenizer_class(folder) == 'MBartTokenizer'
+            cls = MBartTokenizer if cc25 else MBart50Tokenizer
             try:
                 tokenizer = cls.from_pretrained(folder, src_lang=code, tgt_lang=code)
             except KeyError:

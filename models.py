@@ -219,7 +219,8 @@ class SignTranslator(PoseEncoder):
                 embedding, prefix_ids, decoder_input_ids,
                 sparse_grad=mt5_layout.is_tied(self.mt5_model))
         else:
-            prefix_embeds, decoder_embeds = self.mt5_model.get_encoder().embed_tokens(prefix_ids), None
+            prefix_embeds = self.mt5_model.get_encoder().embed_tokens(prefix_ids)
+            decoder_embeds = None
         inputs_embeds = torch.cat([prefix_embeds, pose_embeds], dim=1)
         attention_mask = torch.cat([prefix_mask, src_input['attention_mask'].to(device)], dim=1)
         mt5_out = self.run_mt5(inputs_embeds, attention_mask, decoder_input_ids, decoder_embeds,
@@ -301,8 +302,9 @@ class SignTranslator(PoseEncoder):
     def encode(self, src_input):
         """mT5 encoder states (B, P+T, D) and their attention mask, as generate() computes them."""
         inputs_embeds, attention_mask = self.embed_inputs(src_input)
-        states = self.mt5_model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                        return_dict=True).last_hidden_state
+        states = self.mt5_model.get_encoder()(inputs_embeds=inputs_embeds,
+                                              attention_mask=attention_mask,
+                                              return_dict=True).last_hidden_state
         return states, attention_mask
 
     @torch.no_grad()

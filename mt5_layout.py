@@ -19,7 +19,7 @@ def is_tied(mt5):
 
 
 def input_key(mt5):
-    """The state-dict name of the input embedding ('shared.weight'; mBART: 'model.shared.weight')."""
+    """The state-dict name of the input embedding (mBART: 'model.shared.weight')."""
     weight = mt5.get_input_embeddings().weight
     return next((name for name, p in mt5.named_parameters(remove_duplicate=False)
                  if p is weight), INPUT_KEY)

@@ -40,7 +40,8 @@ def corpus_texts(datasets, splits, data_root=None, glosses=False):
         texts.append(spec.prompt)
         for split in splits:
             if paths.get(split) is None:
-                raise config.ConfigError(f"--dataset {name} has no {split} split (train, dev, test)")
+                raise config.ConfigError(f"--dataset {name} has no {split} split "
+                                         "(train, dev, test)")
             for entry in load_labels(paths[split], spec.label_format):
                 texts += [entry['text']] if entry.get('text') else []
                 if glosses and entry.get('gloss'):
