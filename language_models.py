@@ -70,13 +70,16 @@ def lm_refusals(args, explicit):
     return problems
 
 
-def read_json(path):
+def read_json(path, required=None):
     try:
         with open(path, encoding='utf-8') as f:
             value = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise config.ConfigError(f"{path} cannot be read as JSON ({error}): download the "
                                  "model folder again") from None
+    if required and not (isinstance(value, dict) and required in value):
+        raise config.ConfigError(f"{path} is not an mT5 config (no {required}): download the "
+                                 "model folder again")
     if not isinstance(value, dict):
         raise config.ConfigError(f"{path} is not a JSON object: download the model folder again")
     return value
@@ -101,7 +104,8 @@ def kind_of(model_type, folder):
 
 def resolve(folder, lm='auto'):
     """The language model of a folder (with its config.json), checked against --lm."""
-    settings = read_json(os.path.join(folder, 'config.json'))
+    path = os.path.join(folder, 'config.json')
+    settings = read_json(path, required='d_model')
     kind = kind_of(settings.get('model_type'), folder)
     if lm not in (None, 'auto') and lm != kind:
         raise config.ConfigError(f"the language-model folder {folder} holds {kind}, not {lm}: "
