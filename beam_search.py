@@ -11,12 +11,16 @@ beam. Here each batch keeps its own decoder pass, cache and beam state (the same
 - the first step runs one row per sentence (all beams start identical), and the cross-attention
   cache is never reordered (a sentence's beams share it).
 The beam bookkeeping follows transformers' `GenerationMixin._beam_search`: the same top-k
-candidates, length penalty, early-stopping heuristic and output padding.
+candidates, length penalty, early-stopping heuristic and output padding, and the forced first and
+last tokens of `forced_bos_token_id` / `forced_eos_token_id` (mBART's target language code and
+</s>). It serves every language model of language_models.py (mT5, mBART, T5, ByT5).
 """
 import torch
 import transformers
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+import language_models
 
 # generation_config fields that add logits processors or change the search; with any of them
 # set away from its default, callers fall back to Hugging Face's generate.
@@ -24,7 +28,7 @@ UNSUPPORTED_FIELDS = (
     'do_sample', 'num_beam_groups', 'diversity_penalty', 'num_return_sequences', 'min_length',
     'min_new_tokens', 'repetition_penalty', 'encoder_repetition_penalty', 'no_repeat_ngram_size',
     'encoder_no_repeat_ngram_size', 'bad_words_ids', 'force_words_ids', 'constraints',
-    'forced_bos_token_id', 'forced_eos_token_id', 'forced_decoder_ids', 'remove_invalid_values',
+    'forced_decoder_ids', 'remove_invalid_values',
     'exponential_decay_length_penalty', 'suppress_tokens', 'begin_suppress_tokens',
     'sequence_bias', 'renormalize_logits', 'guidance_scale', 'watermarking_config', 'max_time',
     'stop_strings', 'low_memory')
@@ -67,7 +71,19 @@ class SearchSettings:
         self.keep = max(2, 1 + len(eos)) * num_beams
         self.max_length = 1 + max_new_tokens
         self.length_penalty = setting(config, 'length_penalty')
+        self.forced_bos = config.forced_bos_token_id
+        self.forced_eos = config.forced_eos_token_id
         self.early_stopping = setting(config, 'early_stopping')
+
+    def force(self, log_probs, cur_len):
+        """transformers' ForcedBOS / ForcedEOS logits processors, on log-probabilities."""
+        forced = (self.forced_bos if cur_len == 1 else
+                  self.forced_eos if cur_len == self.max_length - 1 else None)
+        if forced is None:
+            return log_probs
+        log_probs.fill_(-float('inf'))
+        log_probs[:, forced] = 0
+        return log_probs
 
 
 class BatchBeams:
@@ -114,14 +130,10 @@ class BatchBeams:
             ids = self.running[:, :, self.cur_len - 1].reshape(-1, 1)
             mask = self.row_mask
             encoder_states = self.zero.expand(len(mask), *self.state_shape)
-        out = mt5.decoder(input_ids=ids, encoder_hidden_states=encoder_states,
+        out = mt5.get_decoder()(input_ids=ids, encoder_hidden_states=encoder_states,
                           encoder_attention_mask=mask, past_key_values=self.cache,
                           use_cache=True, return_dict=True)
-        hidden = out.last_hidden_state[:, -1]
-        # T5ForConditionalGeneration's rescaling; MT5's config has no such field (no rescaling).
-        if getattr(mt5.config, 'scale_decoder_outputs', False):
-            hidden = hidden * (mt5.model_dim ** -0.5)
-        return hidden
+        return out.last_hidden_state[:, -1]
 
     def advance(self, log_probs):
         """One beam search step from the active rows' log-probabilities (rows, vocab)."""
@@ -133,6 +145,7 @@ class BatchBeams:
             self.zero = self.states.new_zeros(())
             self.states = self.mask = None
             self.expanded = True
+        log_probs = s.force(log_probs, self.cur_len)
         count, vocab = len(self.active), log_probs.shape[-1]
         scores = log_probs.view(count, beams, vocab).add_(self.running_scores[:, :, None])
         top_scores, top_index = scores.view(count, -1).topk(s.keep)
@@ -273,7 +286,8 @@ def step(mt5, batches):
     """One decoding step for every batch in flight, with one output-layer product for all."""
     hidden = [batch.decoder_hidden(mt5) for batch in batches]
     sizes = [len(h) for h in hidden]
-    logits = mt5.lm_head(torch.cat(hidden) if len(hidden) > 1 else hidden[0]).float()
+    logits = language_models.output_logits(
+        mt5, torch.cat(hidden) if len(hidden) > 1 else hidden[0]).float()
     # In place (the same kernel and values as log_softmax): the pool's largest tensor, once.
     log_probs = torch._log_softmax(logits, -1, False, out=logits)
     for batch, part in zip(batches, log_probs.split(sizes)):

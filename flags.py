@@ -15,6 +15,7 @@ import config
 import augment
 import config_file
 import fusion
+import language_models
 import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
@@ -49,6 +50,7 @@ def get_args_parser():
     progressive.add_progressive_flags(p, add_flag)  # --mapper, --init_lm
     fusion.add_fusion_flags(p)  # --fusion hypernet and its settings
     augment.add_augment_flags(p)  # --aug_rotate, --aug_scale, ... (training poses)
+    language_models.add_lm_flags(p, add_flag)  # --lm, --lang_code
     return p
 
 
@@ -341,6 +343,7 @@ def refusals(args, explicit):
     problems += progressive.progressive_refusals(args, explicit)
     problems += fusion.fusion_refusals(args, explicit)
     problems += augment.augment_refusals(args, explicit)
+    problems += language_models.lm_refusals(args, explicit)
     problems += value_refusals(args)
     return problems
 

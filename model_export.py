@@ -94,7 +94,8 @@ def save_tokenizer(tokenizer, folder):
     # Recent transformers write only tokenizer.json; the SentencePiece model keeps the folder
     # loadable by older versions too.
     spiece = getattr(tokenizer, 'vocab_file', None)
-    target = os.path.join(folder, 'spiece.model')
+    target = os.path.join(folder, getattr(tokenizer, 'vocab_files_names', {}).get(
+        'vocab_file', 'spiece.model'))
     if spiece and os.path.isfile(spiece) and os.path.abspath(spiece) != os.path.abspath(target):
         shutil.copyfile(spiece, target)
 
@@ -121,8 +122,10 @@ def write_card(folder, description, model):
         lines.append(f"- gloss vocabulary: {len(info['gloss_vocab']['itos']) - 1} glosses + blank")
     else:
         mt5 = description['mt5']
-        lines.append(f"- mT5: d_model {mt5['d_model']}, {mt5['num_layers']}+"
-                     f"{mt5['num_decoder_layers']} layers, vocabulary {mt5['vocab_size']}, output "
+        layers = [mt5.get(a, mt5.get(b)) for a, b in (('num_layers', 'encoder_layers'),
+                                                      ('num_decoder_layers', 'decoder_layers'))]
+        lines.append(f"- {mt5.get('model_type', 'mt5')}: d_model {mt5['d_model']}, "
+                     f"{layers[0]}+{layers[1]} layers, vocabulary {mt5['vocab_size']}, output "
                      f"layer {mt5_layout.describe(model.mt5_model)}")
     lines += ["", "## Metrics (from the checkpoint)", ""]
     lines += (["| metric | value |", "| --- | --- |"]
@@ -213,22 +216,28 @@ def read_description(path):
 
 
 def build_translator(folder, description, flags):
-    """SignTranslator with mT5 built from the stored config (weights loaded after)."""
-    from transformers import GenerationConfig, MT5Config, MT5ForConditionalGeneration
+    """SignTranslator with its language model (mT5, mBART, T5, ByT5) built from the stored
+    config (weights loaded after)."""
+    from transformers import GenerationConfig
 
-    from models import TOKENIZER_FILES, SignTranslator, read_tokenizer
+    import language_models
+    from models import SignTranslator, read_tokenizer
     path = os.path.join(folder, CONFIG)
     try:
-        mt5_config = MT5Config.from_dict(description['mt5'])
+        kind = language_models.kind_of(description['mt5'].get('model_type', 'mt5'), folder)
+        mt5_config = language_models.config_class(kind).from_dict(description['mt5'])
         generation = GenerationConfig.from_dict(description.get('generation') or {})
+    except ConfigError:
+        raise
     except Exception as error:  # a missing or edited block; transformers raises many kinds
         raise ConfigError(f"{path}: its mT5 configuration cannot be used ({type(error).__name__}: "
                           f"{str(error).strip()[:200]}): write the folder again") from None
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
-        raise ConfigError(f"--model {folder} has no tokenizer (spiece.model or tokenizer.json): "
+    files = language_models.TOKENIZER_FILES[kind]
+    if files and not any(os.path.isfile(os.path.join(folder, name)) for name in files):
+        raise ConfigError(f"--model {folder} has no tokenizer ({' or '.join(files)}): "
                           "write the folder again with translate.py --export")
-    tokenizer = read_tokenizer(folder)
-    mt5 = MT5ForConditionalGeneration(mt5_config)
+    tokenizer = read_tokenizer(folder, kind, flags)
+    mt5 = language_models.model_class(kind)(mt5_config)
     mt5.generation_config = generation
     return SignTranslator(flags, mt5_model=mt5, tokenizer=tokenizer)
 

@@ -26,11 +26,10 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
-
 import beam_search
 import config
 import fusion
+import language_models
 import mt5_layout
 import regularizers
 from ctc_head import CTCHead, parse_loss_weights
@@ -46,20 +45,22 @@ REGULARIZER_PREFIX = 'regularizers.'
 IGNORE_INDEX = -100
 
 
-MT5_WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
-                    'pytorch_model.bin.index.json')
-TOKENIZER_FILES = ('spiece.model', 'tokenizer.json')
+MT5_WEIGHT_FILES = language_models.WEIGHT_FILES
+TOKENIZER_FILES = language_models.TOKENIZER_FILES['mt5']
 
 
-def check_mt5_folder(path, weights=True):
-    """Raises ConfigError naming what an mT5 folder lacks: its config, weights (unless
-    `weights` is False) or tokenizer (a folder without one would otherwise load a tokenizer
-    that maps every character to <unk>)."""
+def check_mt5_folder(path, weights=True, lm='auto'):
+    """Raises ConfigError naming what an mT5 (or other language-model, language_models.py)
+    folder lacks: its config, weights (unless `weights` is False) or tokenizer (a folder without
+    one would otherwise load a tokenizer that maps every character to <unk>)."""
     if not os.path.isdir(path):
         raise config.ConfigError(f"the mT5 folder {path} does not exist")
+    kind = language_models.resolve(path, lm) if os.path.isfile(
+        os.path.join(path, "config.json")) else 'mt5'
+    tokenizer_files = language_models.TOKENIZER_FILES[kind]
     needed = {"config.json": ("config.json",),
               "weights (model.safetensors or pytorch_model.bin)": MT5_WEIGHT_FILES if weights else (),
-              "tokenizer (spiece.model or tokenizer.json)": TOKENIZER_FILES}
+              f"tokenizer ({' or '.join(tokenizer_files)})": tokenizer_files}
     lacking = [what for what, names in needed.items()
                if names and not any(os.path.isfile(os.path.join(path, n)) for n in names)]
     if lacking:
@@ -82,31 +83,30 @@ def check_mt5_config(path):
                                  "model folder again")
 
 
-def load_mt5(path):
-    """mT5 from its folder, with the output-layer layout of its weights (mt5_layout.py); a
-    damaged folder raises ConfigError naming it."""
-    check_mt5_folder(path)
+def load_mt5(path, lm='auto'):
+    """mT5 (or the --lm model) from its folder, with the output-layer layout of its weights
+    (mt5_layout.py); a damaged folder raises ConfigError naming it."""
+    check_mt5_folder(path, lm=lm)
     try:
-        mt5 = MT5ForConditionalGeneration.from_pretrained(path)
+        mt5 = language_models.model_class(language_models.resolve(path, lm)).from_pretrained(path)
     except Exception as error:  # transformers and safetensors raise many kinds for bad files
         raise config.ConfigError(f"the mT5 folder {path} cannot be loaded ("
                                  f"{type(error).__name__}: {str(error).strip()[:200]})") from None
     return mt5_layout.set_tied(mt5, mt5_layout.is_tied(mt5))  # the config says what was loaded
 
 
-def load_tokenizer(path):
-    """mT5's SentencePiece tokenizer from its folder (check_mt5_folder's rules)."""
-    check_mt5_folder(path, weights=False)
-    return read_tokenizer(path)
+def load_tokenizer(path, args=None):
+    """The language model's tokenizer from its folder (check_mt5_folder's rules); `args` give
+    --lm and mBART's language code."""
+    lm = getattr(args, 'lm', 'auto')
+    check_mt5_folder(path, weights=False, lm=lm)
+    return read_tokenizer(path, language_models.resolve(path, lm), args)
 
 
-def read_tokenizer(path):
+def read_tokenizer(path, kind='mt5', args=None):
     """The tokenizer files of a folder; ConfigError naming it when they cannot be loaded."""
-    try:
-        return T5Tokenizer.from_pretrained(path, legacy=False)
-    except Exception as error:  # sentencepiece and tokenizers raise many kinds for bad files
-        raise config.ConfigError(f"the tokenizer in the folder {path} cannot be loaded ("
-                                 f"{type(error).__name__}: {str(error).strip()[:200]})") from None
+    code = language_models.language_code(args) if kind == 'mbart' else None
+    return language_models.read_tokenizer(path, kind, code)
 
 
 def prompt_of(args):
@@ -129,19 +129,24 @@ class SignTranslator(PoseEncoder):
         self.compute_fp32_loss = args.compute_fp32_loss
         self.lang, self.prompt = prompt_of(args)
         self.modes = list(PARTS)
+        lm = getattr(args, 'lm', 'auto')
         if mt5_model is None:
-            check_mt5_folder(args.mt5_path)
-        mt5_config = mt5_model.config if mt5_model is not None else MT5Config.from_pretrained(
-            args.mt5_path)
+            check_mt5_folder(args.mt5_path, lm=lm)
+            self.lm = language_models.resolve(args.mt5_path, lm)
+            language_models.check_lang_code(args, self.lm)
+        else:
+            self.lm = language_models.kind_of(mt5_model.config.model_type, args.mt5_path)
+        mt5_config = mt5_model.config if mt5_model is not None else language_models.config_class(
+            self.lm).from_pretrained(args.mt5_path)
         self.pose_proj = build_mapper(getattr(args, 'mapper', 'linear'), self.frame_dim,
                                       mt5_config.d_model)
         self.pose_positions = args.pose_positions
         self.apply(init_linear)  # before mT5 is attached: its weights stay as loaded
         if mt5_model is None:
-            mt5_model = load_mt5(args.mt5_path)
+            mt5_model = load_mt5(args.mt5_path, lm)
         if tokenizer is None:
-            tokenizer = load_tokenizer(args.mt5_path)
-        self.mt5_model = mt5_model
+            tokenizer = load_tokenizer(args.mt5_path, args)
+        self.mt5_model = language_models.set_generation(mt5_model, tokenizer, self.lm)
         self.mt5_tokenizer = tokenizer
         if getattr(args, 'gradient_checkpointing', False):
             # Training calls mT5 with use_cache=False (run_mt5): no cache to drop.
@@ -186,7 +191,7 @@ class SignTranslator(PoseEncoder):
         device = pose_embeds.device
         prefix_ids, prefix_mask = self.prefix_tokens(src_input, batch_size or len(pose_embeds),
                                                      device)
-        prefix_embeds = self.mt5_model.encoder.embed_tokens(prefix_ids)
+        prefix_embeds = self.mt5_model.get_encoder().embed_tokens(prefix_ids)
         inputs_embeds = torch.cat([prefix_embeds, pose_embeds], dim=1)
         attention_mask = torch.cat([prefix_mask, src_input['attention_mask'].to(device)], dim=1)
         return inputs_embeds, attention_mask
@@ -215,7 +220,8 @@ class SignTranslator(PoseEncoder):
                 embedding, prefix_ids, decoder_input_ids,
                 sparse_grad=mt5_layout.is_tied(self.mt5_model))
         else:
-            prefix_embeds, decoder_embeds = self.mt5_model.encoder.embed_tokens(prefix_ids), None
+            prefix_embeds = self.mt5_model.get_encoder().embed_tokens(prefix_ids)
+            decoder_embeds = None
         inputs_embeds = torch.cat([prefix_embeds, pose_embeds], dim=1)
         attention_mask = torch.cat([prefix_mask, src_input['attention_mask'].to(device)], dim=1)
         mt5_out = self.run_mt5(inputs_embeds, attention_mask, decoder_input_ids, decoder_embeds,
@@ -251,17 +257,18 @@ class SignTranslator(PoseEncoder):
             encoder_states = out.encoder_last_hidden_state
             decoder_states = out.decoder_hidden_states[-1] if self.needs_decoder_states else None
         else:
-            encoder_states = self.mt5_model.encoder(
+            encoder_states = self.mt5_model.get_encoder()(
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                 return_dict=True).last_hidden_state
-            decoder_states = self.mt5_model.decoder(
+            decoder_states = self.mt5_model.get_decoder()(
                 input_ids=decoder_ids, inputs_embeds=decoder_embeds,
                 encoder_hidden_states=encoder_states, encoder_attention_mask=attention_mask,
                 use_cache=False, return_dict=True).last_hidden_state
             # The row count is data-dependent, so on a GPU this waits for it once per step:
             # far cheaper than the padded rows' products with the whole vocabulary.
             real = labels != IGNORE_INDEX
-            logits, targets = self.mt5_model.lm_head(decoder_states[real]), labels[real]
+            logits = language_models.output_logits(self.mt5_model, decoder_states[real])
+            targets = labels[real]
         return {'logits': logits, 'targets': targets, 'encoder_states': encoder_states,
                 'decoder_states': decoder_states}
 
@@ -296,8 +303,9 @@ class SignTranslator(PoseEncoder):
     def encode(self, src_input):
         """mT5 encoder states (B, P+T, D) and their attention mask, as generate() computes them."""
         inputs_embeds, attention_mask = self.embed_inputs(src_input)
-        states = self.mt5_model.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                        return_dict=True).last_hidden_state
+        states = self.mt5_model.get_encoder()(inputs_embeds=inputs_embeds,
+                                              attention_mask=attention_mask,
+                                              return_dict=True).last_hidden_state
         return states, attention_mask
 
     @torch.no_grad()
@@ -420,7 +428,8 @@ def check_vocabulary(model, state, source):
     if not hasattr(model, 'mt5_model'):
         return
     model_vocab = model.mt5_model.get_input_embeddings().weight.shape[0]
-    for key in ('mt5_model.shared.weight', 'mt5_model.lm_head.weight'):
+    for key in ('mt5_model.' + mt5_layout.input_key(model.mt5_model),
+                'mt5_model.lm_head.weight'):
         if key in state and state[key].shape[0] != model_vocab:
             raise config.ConfigError(
                 f"checkpoint {source}: mT5 vocabulary size {state[key].shape[0]} ({key}) differs "

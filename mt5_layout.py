@@ -18,10 +18,17 @@ def is_tied(mt5):
     return mt5.get_output_embeddings().weight is mt5.get_input_embeddings().weight
 
 
-def state_is_tied(state, prefix='mt5_model.'):
+def input_key(mt5):
+    """The state-dict name of the input embedding (mBART: 'model.shared.weight')."""
+    weight = mt5.get_input_embeddings().weight
+    return next((name for name, p in mt5.named_parameters(remove_duplicate=False)
+                 if p is weight), INPUT_KEY)
+
+
+def state_is_tied(state, prefix='mt5_model.', input_name=INPUT_KEY):
     """The layout of weights in `state` (keys under `prefix`): tied unless both the input
     embedding and the output layer are there with different values, as from_pretrained decides."""
-    shared, output = state.get(prefix + INPUT_KEY), state.get(prefix + OUTPUT_KEY)
+    shared, output = state.get(prefix + input_name), state.get(prefix + OUTPUT_KEY)
     if shared is None or output is None:
         return True
     return shared.shape == output.shape and torch.equal(shared, output)
@@ -37,7 +44,7 @@ def set_tied(mt5, tied):
     if tied and not is_tied(mt5):
         output.weight = embedding.weight
         if tied_keys is not None:
-            tied_keys[OUTPUT_KEY] = INPUT_KEY
+            tied_keys[OUTPUT_KEY] = input_key(mt5)
     elif not tied and is_tied(mt5):
         output.weight = nn.Parameter(embedding.weight.detach().clone(),
                                      requires_grad=embedding.weight.requires_grad)
@@ -53,7 +60,7 @@ def match_state(model, state):
     untied one would train two copies of a tied checkpoint apart."""
     mt5 = getattr(model, 'mt5_model', None)
     if mt5 is not None:
-        set_tied(mt5, state_is_tied(state))
+        set_tied(mt5, state_is_tied(state, input_name=input_key(mt5)))
 
 
 def describe(mt5):

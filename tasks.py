@@ -51,7 +51,7 @@ class TextTask:
     def prepare(self, args, splits):
         """Loads the tokenizer and gives every split the mT5 targets."""
         from models import load_tokenizer
-        self.tokenizer = load_tokenizer(args.mt5_path)
+        self.tokenizer = load_tokenizer(args.mt5_path, args)
         check_vocabulary(args.mt5_path, self.tokenizer)
         # --eval loads no training split: its references show the tokenizer's coverage instead.
         checked = next((phase for phase in ("train", "dev", "test") if phase in splits), None)

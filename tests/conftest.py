@@ -38,6 +38,15 @@ def tied_mt5_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_lm_dirs(tmp_path_factory):
+    """Tiny mBART-50, T5 and ByT5 folders (demo/tiny_lms.py) on the English corpus, by kind."""
+    from demo.tiny_lms import KINDS, build_tiny_lm
+    shape = dict(vocab_size=96, d_model=32, d_ff=64, num_layers=1, num_heads=2)
+    return {kind: build_tiny_lm(kind, str(tmp_path_factory.mktemp(f"tiny_{kind}")),
+                                ENGLISH_CORPUS, **shape) for kind in KINDS}
+
+
+@pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small Demo set (labels, poses, tiny mT5) laid out as config.py expects under data_root."""
     from demo.data import make_demo

@@ -1,7 +1,8 @@
 """Pooled beam search against Hugging Face's generate, batch by batch, token for token."""
 import pytest
 import torch
-from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration
+from transformers import (MBartConfig, MBartForConditionalGeneration, MT5Config,
+                          MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration)
 from transformers.modeling_outputs import BaseModelOutput
 
 import beam_search
@@ -13,15 +14,15 @@ class EosHead(torch.nn.Module):
     sentences end at varied steps; sin(1000 x) also turns any rounding difference between the
     two searches' decoder states into a different choice."""
 
-    def __init__(self, head):
+    def __init__(self, head, eos=1):
         super().__init__()
-        self.head = head
+        self.head, self.eos = head, eos
         self.register_buffer('direction', torch.randn(head.in_features))
 
     def forward(self, hidden):
         logits = self.head(hidden)
         wobble = torch.sin(1000 * (hidden * self.direction).sum(-1))
-        logits[..., 1] = logits.max(-1).values + wobble - 0.5
+        logits[..., self.eos] = logits.max(-1).values + wobble - 0.5
         return logits
 
 
@@ -120,3 +121,45 @@ def test_unsupported_settings_are_refused():
         list(beam_search.pooled_generate(mt5, encoded_batches(), 4, 5))
     assert beam_search.unsupported_settings(tiny_mt5().generation_config, 1) == \
         ["num_beams=1 (greedy search)"]
+
+
+def tiny_mbart(forced_bos=250):
+    """A random mBART-50-shaped model: scaled embeddings, a random final_logits_bias, decoding
+    from </s> (2) with a forced first token (the target language code) and a forced last </s>."""
+    torch.manual_seed(0)
+    config = MBartConfig(vocab_size=300, d_model=64, encoder_layers=1, decoder_layers=2,
+                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                         decoder_ffn_dim=128, max_position_embeddings=64, scale_embedding=True,
+                         pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                         forced_eos_token_id=2)
+    mbart = MBartForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        mbart.final_logits_bias.normal_()
+    mbart.generation_config.forced_bos_token_id = forced_bos
+    mbart.lm_head = EosHead(mbart.lm_head, eos=2)
+    return mbart
+
+
+@pytest.mark.parametrize("max_new_tokens", [12, 30])
+def test_pooled_equals_generate_for_mbart_with_forced_language_code(max_new_tokens):
+    """mBART decodes pooled too (no fallback to generate): its bias, forced BOS and forced EOS
+    give generate's ids; with 12 new tokens some sentences end on the forced </s>."""
+    mbart = tiny_mbart()
+    assert beam_search.unsupported_settings(mbart.generation_config, 4) == []
+    batches = encoded_batches()
+    expected = generate_each(mbart, batches, num_beams=4, max_new_tokens=max_new_tokens)
+    assert all((ids[:, :2] == torch.tensor([2, 250])).all() for ids in expected.values())
+    for pool_rows in (1, 1000):
+        with torch.no_grad():
+            pooled = dict(beam_search.pooled_generate(mbart, batches, 4, max_new_tokens,
+                                                      pool_rows))
+        assert all(torch.equal(pooled[key], expected[key]) for key in expected), pool_rows
+
+
+def test_forced_bos_changes_the_output():
+    """The comparison above would hold for an ignored forced BOS only if it changed nothing."""
+    batches = encoded_batches(sizes=(2,))
+    with torch.no_grad():
+        forced = dict(beam_search.pooled_generate(tiny_mbart(), batches, 3, 6))[0]
+        free = dict(beam_search.pooled_generate(tiny_mbart(None), batches, 3, 6))[0]
+    assert (forced[:, 1] == 250).all() and not (free[:, 1] == 250).all()

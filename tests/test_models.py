@@ -645,3 +645,59 @@ def test_gradient_checkpointing_keeps_loss_gradients_and_statistics(tiny_mt5_dir
                            num_beams=1)
     assert len(stgcn_block) == 4 * (1 if speed == 'all_on' else 2) + (1 if speed == 'all_on'
                                                                       else 2)
+
+
+@pytest.mark.parametrize('kind', ['mbart', 't5', 'byt5'])
+@pytest.mark.parametrize('target_logits', ['real', 'all'])
+def test_other_language_models_loss_equals_their_own(tiny_lm_dirs, kind, target_logits):
+    """The translator's cross-entropy on mBART, T5 (rescaled decoder outputs) and ByT5 equals
+    the model's own loss on the same inputs: its label shift, mBART's final_logits_bias and
+    scaled prompt embeddings, T5's rescaling."""
+    model = build(tiny_lm_dirs[kind], label_smoothing=0.0, target_logits=target_logits,
+                  embed_once='on').eval()
+    assert model.lm == kind
+    src, tgt = plain_batch()
+    out = model(src, tgt)
+    tok = model.mt5_tokenizer
+    labels = tok(tgt['gt_sentence'], return_tensors='pt', padding=True)['input_ids']
+    labels[labels == tok.pad_token_id] = -100
+    own = model.mt5_model(inputs_embeds=out['inputs_embeds'], attention_mask=out['attention_mask'],
+                          labels=labels, return_dict=True)
+    torch.testing.assert_close(out['loss'], own.loss, rtol=1e-5, atol=0)
+    prompt = tok.convert_ids_to_tokens(tok('Translate sign language video to English: ')
+                                       ['input_ids'])
+    if kind == 'mbart':  # source format: language code, prompt, </s>; targets likewise
+        assert prompt[0] == 'en_XX' and prompt[-1] == '</s>'
+        assert (labels[:, 0] == tok.convert_tokens_to_ids('en_XX')).all()
+
+
+@pytest.mark.parametrize('kind', ['mbart', 't5', 'byt5'])
+def test_other_language_models_decode_pooled_as_generate(tiny_lm_dirs, kind):
+    """Pooled beam search serves every model (no fallback); mBART's outputs start with </s>
+    and the forced target language code."""
+    import beam_search
+    model = build(tiny_lm_dirs[kind]).eval()
+    assert beam_search.unsupported_settings(model.mt5_model.generation_config, 2) == []
+    batches = [plain_batch(batch=3, frames=10, seed=1)[0], plain_batch(batch=2, frames=6,
+                                                                        seed=2)[0]]
+    pooled = model.generate_pooled(batches, max_new_tokens=5, num_beams=2, pool_rows=4)
+    for src, ids in zip(batches, pooled):
+        assert torch.equal(ids, model.generate(src, max_new_tokens=5, num_beams=2))
+        if kind == 'mbart':
+            code = model.mt5_tokenizer.convert_tokens_to_ids('en_XX')
+            assert (ids[:, 0] == 2).all() and (ids[:, 1] == code).all()
+
+
+def test_mbart_language_code_flag_and_checkpoint(tiny_lm_dirs, tmp_path):
+    """--lang_code sets mBART's source and target code; a checkpoint loads back exactly."""
+    model = build(tiny_lm_dirs['mbart'], lang_code='de_DE').eval()
+    code = model.mt5_tokenizer.convert_tokens_to_ids('de_DE')
+    assert model.mt5_model.generation_config.forced_bos_token_id == code
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'model': get_requires_grad_dict(model)}, path)
+    other = build(tiny_lm_dirs['mbart'], seed=3, lang_code='de_DE').eval()
+    load_checkpoint_weights(other, str(path))
+    src, tgt = plain_batch()
+    torch.testing.assert_close(other(src, tgt)['loss'], model(src, tgt)['loss'])
+    with pytest.raises(config.ConfigError, match='holds mbart, not t5'):
+        build(tiny_lm_dirs['mbart'], lm='t5')

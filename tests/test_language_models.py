@@ -1,0 +1,111 @@
+"""language_models.py: the model of a folder, its flags' refusals, and a tiny mBART trained,
+evaluated and used by translate.py end to end."""
+import json
+import os
+import re
+
+import pytest
+from conftest import default_args
+
+import config
+import flags
+import language_models
+
+
+def refused(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        flags.parse_args("fine_tuning.py", argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_folders_resolve_to_their_model(tiny_lm_dirs, tiny_mt5_dir):
+    assert language_models.resolve(tiny_mt5_dir) == 'mt5'
+    for kind, folder in tiny_lm_dirs.items():
+        assert language_models.resolve(folder) == kind
+        assert language_models.resolve(folder, kind) == kind
+    with pytest.raises(config.ConfigError, match="holds t5, not byt5"):
+        language_models.resolve(tiny_lm_dirs['t5'], 'byt5')
+
+
+def test_unknown_model_type_is_named(tmp_path):
+    (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'gpt2', 'd_model': 8}))
+    with pytest.raises(config.ConfigError, match="holds a 'gpt2' model"):
+        language_models.resolve(str(tmp_path))
+
+
+def test_flags_refused_where_they_cannot_act(tiny_lm_dirs, tiny_mt5_dir, capsys):
+    base = ["--dataset", "Demo"]
+    err = refused([*base, "--mt5_path", tiny_mt5_dir, "--lang_code", "de_DE"], capsys)
+    assert "--lang_code: only mBART takes a language code (the language model here is mt5)" in err
+    err = refused([*base, "--mt5_path", tiny_mt5_dir, "--lm", "mbart"], capsys)
+    assert "holds mt5, not mbart" in err
+    err = refused(["--dataset", "PhoenixTDemo", "--task", "CSLR", "--head", "ctc", "--lm", "t5"],
+                  capsys)
+    assert "--lm: a CTC recognizer (--head ctc) has no language model" in err
+    err = refused(["--dataset", "PhoenixTDemo", "--task", "G2T", "--mt5_path",
+                   tiny_lm_dirs['mbart']], capsys)
+    assert "--task G2T: gloss-to-text training is built on mT5" in err
+    args = flags.parse_args("fine_tuning.py", [*base, "--mt5_path", tiny_lm_dirs['mbart'],
+                                               "--lang_code", "de_DE"])
+    assert language_models.language_code(args) == 'de_DE'
+    assert language_models.language_code(default_args(dataset='PhoenixTDemo')) == 'de_DE'
+    assert language_models.language_code(default_args(dataset='CSL_Daily')) == 'zh_CN'
+
+
+def test_unknown_language_code_is_named(tiny_lm_dirs):
+    with pytest.raises(config.ConfigError, match="language code xx_YY is not in the vocabulary"):
+        language_models.read_tokenizer(tiny_lm_dirs['mbart'], 'mbart', 'xx_YY')
+
+
+def trainer_predictions(out, phase='test'):
+    pattern = re.compile(r'sample: (.*?), prediction: (.*)')
+    with open(os.path.join(out, f'{phase}_tmp_pres.txt'), encoding='utf-8') as f:
+        return [pattern.fullmatch(line.rstrip('\n')).groups() for line in f]
+
+
+def test_tiny_mbart_trains_evaluates_and_translates(demo_root, tiny_lm_dirs, tmp_path, capsys,
+                                                    in_process_trainer):
+    """fine_tuning.main trains a tiny mBART-50 for an epoch and evaluates it; translate.py on
+    the checkpoint, and on its exported folder, writes the trainer's test predictions."""
+    import fine_tuning
+    import translate
+    from datasets import load_labels
+    from demo.data import dataset_paths, tokenizer_sentences
+    from demo.tiny_lms import build_tiny_lm
+    with open(dataset_paths(os.path.join(demo_root, 'Demo'))['corpus'], encoding='utf-8') as f:
+        corpus = tokenizer_sentences([line.strip() for line in f if line.strip()])
+    mbart = build_tiny_lm('mbart', str(tmp_path / 'mbart'), corpus, vocab_size=256, d_model=32,
+                          d_ff=64, num_layers=1, num_heads=2)
+    out = tmp_path / 'run'
+    fine_tuning.main(flags.parse_args("fine_tuning.py", [
+        "--dataset", "Demo", "--data_root", demo_root, "--mt5_path", mbart,
+        "--output_dir", str(out), "--batch-size", "4", "--gradient-accumulation-steps", "1",
+        "--lr", "3e-3", "--num_workers", "0", "--dtype", "fp32", "--epochs", "1",
+        "--quick_break", "3", "--stgcn_channels", "8,16", "--hidden_dim", "16",
+        "--temporal_layers", "1", "--max_length", "32", "--num_beams", "2",
+        "--max_new_tokens", "8"]))
+    with open(out / 'log.txt') as f:
+        record = json.loads(f.readlines()[-1])
+    assert 'test_bleu4' in record and record['train_loss'] > 0
+    expected = trainer_predictions(out)
+    assert len(expected) == 8
+    capsys.readouterr()
+    demo = os.path.join(demo_root, 'Demo')
+    files = [os.path.join(demo, 'pose_format', e['pose_file'])
+             for e in load_labels(os.path.join(demo, 'labels.test'))]
+    export = tmp_path / 'exported'
+    translate.main(['--checkpoint', str(out / 'best_checkpoint.pth'), *files, '--num_beams', '2',
+                    '--batch_size', '4', '--device', 'cpu', '--export', str(export)])
+    lines = capsys.readouterr().out
+    rows = [line.split('\t') for line in lines.splitlines()]
+    assert rows == [[name, ' '.join(text.split())] for name, text in expected]
+    translate.main(['--model', str(export), *files, '--num_beams', '2', '--batch_size', '4',
+                    '--device', 'cpu', '--decode_pool', '0'])
+    assert capsys.readouterr().out == lines
+    with open(export / 'config.json') as f:
+        description = json.load(f)
+    assert description['mt5']['model_type'] == 'mbart'
+    tokenizer = language_models.read_tokenizer(str(export), 'mbart', 'en_XX')
+    assert description['generation']['forced_bos_token_id'] == \
+        tokenizer.convert_tokens_to_ids('en_XX')
