@@ -174,3 +174,30 @@ def test_pretraining_on_a_mix(demo_root, news_root, tmp_path, in_process_trainer
     record = log_records(out)[-1]
     assert "best_dev_CSL_News/bleu4" in record and "test_Demo/bleu4" in record
     assert record["train_steps"] == 6
+
+
+def test_a_mix_resumed_mid_epoch_trains_on_as_the_uninterrupted_run(demo_root, news_root,
+                                                                    tmp_path, in_process_trainer):
+    """A mid-epoch training state of a weighted mix continues with the same draws: the resumed
+    run's step losses are those of the run that was never stopped."""
+    import shutil
+    import fine_tuning
+
+    def run(out):
+        fine_tuning.main(flags.parse_args("fine_tuning.py", mix_args(
+            demo_root, news_root, out, "--mix_weights", "0.4,0.6", "--save_every_steps", "4",
+            "--keep_last", "10", "--print_freq", "1", "--seed", "3")))
+
+    def losses(out):
+        return {r["step"]: r["loss"] for r in map(json.loads, open(out / "log_steps.txt"))}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run(whole)
+    shutil.copytree(whole, resumed)
+    (resumed / "training_state" / "latest").write_text("epoch0-step8")
+    shutil.rmtree(resumed / "training_state" / "epoch0")
+    os.remove(resumed / "log_steps.txt")
+    run(resumed)
+    after = losses(resumed)
+    assert sorted(after) == list(range(8, 21))
+    assert after == pytest.approx({step: loss for step, loss in losses(whole).items()
+                                   if step >= 8}, rel=1e-6)
