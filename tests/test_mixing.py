@@ -164,8 +164,11 @@ def test_each_clip_keeps_its_datasets_prompt(demo_root, news_root, tmp_path):
     assert [p.strip() for p in prompts] == [p.strip() for p in tgt["prompt"]]
 
 
-def test_pretraining_on_a_mix(demo_root, news_root, tmp_path, in_process_trainer, capsys):
+def test_pretraining_on_a_mix(demo_root, news_root, tmp_path, in_process_trainer, capsys,
+                              monkeypatch):
     import pretraining
+    import utils
+    monkeypatch.setattr(utils, "close_distributed", lambda: None)  # the session's group stays
     out = tmp_path / "pre"
     argv = mix_args(demo_root, news_root, out, "--quick_break", "6")
     argv[argv.index("Demo+CSL_News")] = "CSL_News+Demo"
