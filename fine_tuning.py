@@ -22,6 +22,7 @@ import config  # noqa: E402
 import ds_config  # noqa: E402
 import engine as trainer  # noqa: E402
 import label_cache  # noqa: E402
+import mixing  # noqa: E402
 import preemption  # noqa: E402
 import reshard  # noqa: E402
 import resume_flags  # noqa: E402
@@ -37,7 +38,6 @@ from pose_encoder import check_checkpoint_file, load_encoder_weights  # noqa: E4
 from sample_checks import clip_identities, split_overlaps, validate_samples  # noqa: E402
 from samplers import ResumableDistributedSampler  # noqa: E402
 from store_parts import PartedStore  # noqa: E402
-from tasks import build_task  # noqa: E402
 
 
 SHOWN_PROBLEMS = 20  # skipped samples printed per split (bad_samples.txt lists them all)
@@ -45,7 +45,7 @@ SHOWN_PROBLEMS = 20  # skipped samples printed per split (bad_samples.txt lists 
 
 def resolve_run_paths(args, task):
     """Looks up and checks every path the run needs, before any model is built."""
-    paths = config.resolve_paths(args.dataset, args.data_root, args.pose_root, args.mt5_path)
+    paths = mixing.resolve_paths(args)  # a mix: each dataset's own, under "datasets"
     phases = ("dev", "test") if args.eval else config.PHASES
     config.validate_paths(paths, phases, need_mt5=task.needs_mt5,
                           need_poses=getattr(task, "needs_poses", True))
@@ -175,7 +175,7 @@ def make_loader(args, dataset, train):
         sampler = trainer.ShardedEvalSampler(len(dataset), utils.get_rank(), utils.get_world_size())
         return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                            **common)
-    batches = ResumableDistributedSampler(
+    batches = getattr(dataset, "make_sampler", ResumableDistributedSampler)(
         len(dataset), utils.get_world_size(), utils.get_rank(), shuffle=True, seed=args.seed,
         drop_last=True, batch_size=args.batch_size, bucket_by_length=args.bucket_by_length,
         lengths=dataset.lengths() if args.bucket_by_length else None, **rank_share(args, dataset))
@@ -420,18 +420,16 @@ def build_run(args):
     """Everything a run needs, in the order that stops early: the task and every path, the
     splits (every clip checked) with the task's targets, then the model and the engine.
     Returns (task, loaders, engine, Riemannian optimizer or None, skipped-samples summary)."""
-    spec = config.get_dataset(args.dataset)
+    spec = mixing.first_spec(args)
     args.language = spec.language  # stored with the checkpoints: the prompt's language
-    task = GlossTextTask(args, spec) if args.task == "G2T" else build_task(args, spec)
+    task = GlossTextTask(args, spec) if args.task == "G2T" else mixing.build_task(args, spec)
     paths = resolve_run_paths(args, task)
     run_folder.check_sharing(args)
     check_resume_changes(args)
     deepspeed_config = ds_config.build(args)
     ds_config.write_run_files(args, deepspeed_config)
     utils.set_seed(args.seed)
-    phases = ("dev", "test") if args.eval else config.PHASES
-    splits = (build_datasets(args, spec, paths, phases) if getattr(task, "needs_poses", True)
-              else task.build_splits(args, spec, paths, phases))
+    splits = mixing.build_splits(args, spec, paths, task, build_datasets)
     check_training_batches(args, splits)
     task.prepare(args, splits)
     model = build_model(args, task)

@@ -16,6 +16,7 @@ import augment
 import config_file
 import fusion
 import language_models
+import mix_flags
 import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
@@ -51,6 +52,7 @@ def get_args_parser():
     fusion.add_fusion_flags(p)  # --fusion hypernet and its settings
     augment.add_augment_flags(p)  # --aug_rotate, --aug_scale, ... (training poses)
     language_models.add_lm_flags(p, add_flag)  # --lm, --lang_code
+    mix_flags.add_mixing_flags(p, add_flag)  # --mix_weights, --best_dataset, --dataset_root
     return p
 
 
@@ -157,7 +159,8 @@ def add_data_flags(p):
     """Dataset, task and path flags (paths default to config.py)."""
     g = p.add_argument_group("data")
     add_flag(g, "--dataset", default="CSL_Daily",
-             help=f"registered dataset: {', '.join(config.DATASETS)}")
+             help=f"registered dataset: {', '.join(config.DATASETS)}; A+B trains on their "
+                  "mix (docs/mixed_corpora.md)")
     add_flag(g, "--task", default="SLT", choices=["SLT", "ISLR", "CSLR", "G2T"],
              help="SLT: sentences (BLEU, ROUGE); ISLR: one label (top-1); CSLR: glosses (WER); "
                   "G2T: gloss-to-text pretraining of mT5 (no poses)")
@@ -344,6 +347,7 @@ def refusals(args, explicit):
     problems += fusion.fusion_refusals(args, explicit)
     problems += augment.augment_refusals(args, explicit)
     problems += language_models.lm_refusals(args, explicit)
+    problems += mix_flags.mixing_refusals(args, explicit)
     problems += value_refusals(args)
     return problems
 
@@ -355,7 +359,9 @@ def model_refusals(args, explicit):
     if args.stgcn_channels[-1] != args.hidden_dim:
         problems.append(f"--hidden_dim {args.hidden_dim} must equal the last --stgcn_channels "
                         f"width {args.stgcn_channels[-1]}")
-    if args.dataset not in config.DATASETS:
+    if mix_flags.is_mixed(args):
+        pass  # a mix: mixing_refusals checks each of its datasets
+    elif args.dataset not in config.DATASETS:
         problems.append(f"--dataset {args.dataset}: unknown; known: {', '.join(config.DATASETS)} "
                         "(add one in config.py's DATASETS)")
     elif not config.DATASETS[args.dataset].supports(args.task):

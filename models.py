@@ -26,6 +26,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 import beam_search
 import config
 import fusion

@@ -25,6 +25,7 @@ HONOURED = {
     "gradient_clipping", "clip_grad", "clip_grad_norm_euclid", "clip_grad_norm_hyp",
     "save_one_batch", "save_batch_name", "max_unk_rate", "eval", "gradient_checkpointing",
     "config",  # the path only: the values it gave are compared flag by flag
+    "dataset_root",
 }
 MODEL = "the saved weights have the shape and meaning these flags gave them"
 DATA = "the saved sampler position counts batches of the saved data order"
@@ -42,7 +43,8 @@ REFUSED = {
                      "max_length", "pose_fps", "quick_break", "skip_bad_samples",
                      "max_frames_per_clip",
                      "max_tgt_len", "aug_rotate", "aug_scale", "aug_shift", "aug_speed",
-                     "aug_joint_dropout"), DATA),
+                     "aug_joint_dropout", "mix_weights"), DATA),
+    "best_dataset": "the saved best dev score was measured on this dataset of the mix",
     **dict.fromkeys(("opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "sched",
                      "zero_stage", "offload", "deepspeed_config", "dtype", "hyp_lr",
                      "hyp_stabilize", "manual_grad_clip"), OPTIMIZER),

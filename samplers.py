@@ -124,16 +124,21 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
         per_step = self.batch_size * self.num_replicas
         return list(self._order(epoch, self.num_replicas).reshape(self.num_batches, per_step))
 
-    def _order(self, epoch, group):
-        """The epoch's indices in batch order, num_batches steps of group * batch_size."""
-        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+    def _draw(self, rng, count):
+        """The epoch's `count` indices before length bucketing: a permutation of the dataset
+        (or the share), repeated from its start if short."""
         if self.share is None:
             order = rng.permutation(self.dataset_len) if self.shuffle \
                 else np.arange(self.dataset_len)
         else:
             order = self.share[rng.permutation(len(self.share))] if self.shuffle else self.share
+        return np.resize(order, count)
+
+    def _order(self, epoch, group):
+        """The epoch's indices in batch order, num_batches steps of group * batch_size."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         per_step = self.batch_size * group
-        order = np.resize(order, self.num_batches * per_step)  # repeats from the start if short
+        order = self._draw(rng, self.num_batches * per_step)
         if not self.bucket_by_length:
             return order
         chunk = per_step * self.bucket_size_multiplier
