@@ -77,6 +77,10 @@ def add_optimisation_flags(p):
     add_flag(g, "--opt-eps", type=positive, default=1.0e-9, help="Adam epsilon")
     add_flag(g, "--opt-betas", type=fraction, default=None, nargs="+", metavar="BETA",
              help="Adam beta1 beta2 (default: 0.9 0.999)")
+    add_flag(g, "--adam_kernel", default="fused", choices=["fused", "foreach", "loop"],
+             help="Adam/AdamW update: fused (one pass over each tensor), foreach, or loop "
+                  "(torch's per-tensor loop, what Uni-Sign's AdamW runs on a CPU); the same "
+                  "update up to float rounding")
     add_flag(g, "--clip-grad", type=non_negative, default=None, help="alias of --gradient-clipping when set")
     add_flag(g, "--momentum", type=fraction, default=0.9, help="SGD momentum (--opt sgd)")
     add_flag(g, "--weight-decay", type=non_negative, default=1e-4,
@@ -416,7 +420,9 @@ def schedule_refusals(args, explicit):
     optimizer = args.opt.lower()
     if optimizer == "sgd":
         problems += [f"{flag(d)} is an Adam setting; --opt is sgd"
-                     for d in ("opt_eps", "opt_betas") if d in explicit]
+                     for d in ("opt_eps", "opt_betas", "adam_kernel") if d in explicit]
+    elif args.offload and "adam_kernel" in explicit:
+        problems.append("--adam_kernel picks torch's Adam; --offload steps DeepSpeed's CPU Adam")
     elif "momentum" in explicit:
         problems.append(f"--momentum is an SGD setting; --opt is {args.opt}")
     return problems

@@ -25,7 +25,7 @@ HONOURED = {
     "gradient_clipping", "clip_grad", "clip_grad_norm_euclid", "clip_grad_norm_hyp",
     "save_one_batch", "save_batch_name", "max_unk_rate", "eval", "gradient_checkpointing",
     "config",  # the path only: the values it gave are compared flag by flag
-    "dataset_root",
+    "dataset_root", "adam_kernel",  # the same optimizer state, updated by another kernel
 }
 MODEL = "the saved weights have the shape and meaning these flags gave them"
 DATA = "the saved sampler position counts batches of the saved data order"

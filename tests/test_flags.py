@@ -151,6 +151,8 @@ def refusal(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,reason", [
+    (["--opt", "sgd", "--adam_kernel", "loop"], "--adam_kernel is an Adam setting; --opt is sgd"),
+    (["--offload", "--adam_kernel", "foreach"], "--adam_kernel picks torch's Adam; --offload"),
     (["--online_video", "clip.mp4"], "--online_video: fine_tuning.py does not translate videos; translate.py does"),
     (["--world_size", "4"], "launcher"), (["--dist_url", "tcp://x:1"], "launcher"),
     (["--alpha_reg", "0.1"], "never reads it"), (["--max_eval_samples", "9"], "never reads it"),

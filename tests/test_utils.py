@@ -107,3 +107,25 @@ def test_keep_freed_memory_keeps_large_blocks_resident():
     assert applied and released_mb < 8
     applied, released_mb = run("off")
     assert not applied and released_mb > 56
+
+
+def test_adam_kernels_give_the_same_steps():
+    """--adam_kernel fused (the default), foreach and loop: one update, float rounding aside;
+    float64 too, where the tests compare the math."""
+    assert utils.parse_args("t", []).adam_kernel == "fused"
+    for dtype in (torch.float32, torch.float64):
+        params = {}
+        for kernel in ("loop", "foreach", "fused"):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5)).to(dtype)
+            args = utils.parse_args("t", ["--adam_kernel", kernel, "--weight-decay", "0.1"])
+            optimizer = utils.create_optimizer(args, model)
+            assert optimizer.defaults["fused"] is (kernel == "fused" or None)
+            for _ in range(3):
+                optimizer.zero_grad()
+                model(torch.linspace(-1, 1, 12, dtype=dtype).view(2, 6)).pow(2).sum().backward()
+                optimizer.step()
+            params[kernel] = [p.detach().clone() for p in model.parameters()]
+        for kernel in ("foreach", "fused"):
+            for a, b in zip(params["loop"], params[kernel]):
+                assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), kernel
