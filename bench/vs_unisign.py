@@ -7,7 +7,8 @@ not shipped here), loads mT5 with its own `from_pretrained` call, and steps Adam
 parameter groups Uni-Sign's timm `create_optimizer` forms (no weight decay on biases and 1-D
 parameters), with DeepSpeed's config from Uni-Sign's own `utils.get_train_ds_config`. This
 trainer's side builds its model, optimizer (`utils.create_optimizer`) and DeepSpeed config
-(`ds_config.generated`) with the trainer's defaults. Uni-Sign's RGB branch is off, so the
+(`ds_config.generated`) with the trainer's defaults, and keeps freed memory for reuse on a CPU
+as the trainer does (--keep_freed_memory auto). Uni-Sign's RGB branch is off, so the
 torchvision it imports for that branch is replaced by an empty module when it is absent.
 
 mT5 has mt5-base's layer shapes (d_model 768, its 250,112-token vocabulary with the output layer
@@ -115,6 +116,7 @@ def our_side(opts, directory):
                                 '--gradient-accumulation-steps', '1'] + opts.ours_flags)
     model = SignTranslator(args)
     optimizer = utils.create_optimizer(args, model)
+    utils.keep_freed_memory(args.keep_freed_memory)  # as fine_tuning.main does
     targets = TextTargets(model.mt5_tokenizer, config.get_dataset('CSL_Daily').prompt,
                           max_tgt_len=50)
 

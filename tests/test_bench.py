@@ -174,3 +174,42 @@ def test_data_pipeline_reports_workers_per_gpu(capsys):
     assert table[1].split()[:2] == ['packed', 'store']
     assert all(int(line.split()[-1]) >= 1 for line in table)
     assert 'measured step time' in text and 'load average' in text
+
+
+def test_vs_unisign_needs_a_uni_sign_checkout(tmp_path, capsys):
+    import vs_unisign
+    with pytest.raises(SystemExit):
+        vs_unisign.parse_options(['--reference', str(tmp_path)])
+    assert 'no models.py (a Uni-Sign checkout is needed)' in capsys.readouterr().err
+
+
+def test_vs_unisign_splits_the_forward_by_module():
+    """Hooks charge each module's forward to its phase (pose parts, pose_proj, mT5 encoder and
+    decoder); nested modules of a phase are not counted twice."""
+    import torch
+    import vs_unisign
+    ticks = iter(range(1000))
+    model = torch.nn.Module()
+    model.proj_linear = torch.nn.ModuleDict({'body': torch.nn.Linear(2, 2)})
+    model.pose_proj = torch.nn.Linear(2, 2)
+    model.mt5_model = torch.nn.Module()
+    model.mt5_model.encoder = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model.mt5_model.decoder = torch.nn.Linear(2, 2)
+    spent = vs_unisign.phase_hooks(model, lambda: next(ticks))
+    x = torch.ones(1, 2)
+    model.mt5_model.decoder(model.mt5_model.encoder(model.pose_proj(model.proj_linear['body'](x))))
+    assert spent['pose encoder'] == 2 and spent['mT5 encoder'] == 1 and spent['decoder'] == 1
+
+
+def test_vs_unisign_report_gives_ratios_per_phase():
+    import vs_unisign
+
+    def run(scale, loss):
+        phases = {p: scale for p in vs_unisign.PHASES}
+        return [{'phases': phases, 'seconds': 6 * scale, 'cpu_seconds': 6 * scale,
+                 'peak_gb': 10 * scale, 'loss': loss}]
+    lines = vs_unisign.report({'unisign': run(2.0, 1.0), 'ours': run(1.0, 1.0 + 1e-7)}, [9, 7])
+    assert lines[0] == 'clips of 7 frames in the timed batches'
+    assert any(line.startswith('optimizer') and line.endswith('2.00x') for line in lines)
+    assert any(line.startswith('step, CPU time') and '12.000s' in line for line in lines)
+    assert 'relative difference 1.0e-07' in lines[-1]
