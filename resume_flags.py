@@ -38,7 +38,7 @@ REFUSED = {
                      "use_hyperbolic", "sst_num", "sst_dim", "sst_attention", "hyp_dim",
                      "hyp_text_cmp", "hyp_text_emb_src", "init_c", "finetune", "init_encoder",
                      "rgb_support", "hands_batch", "mapper", "init_lm", "fusion",
-                     "fusion_shortcut"), MODEL),
+                     "fusion_shortcut", "lm", "lang_code"), MODEL),
     **dict.fromkeys(("batch_size", "gradient_accumulation_steps", "seed", "bucket_by_length",
                      "max_length", "pose_fps", "quick_break", "skip_bad_samples",
                      "max_frames_per_clip",

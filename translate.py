@@ -34,6 +34,7 @@ import torch
 import beam_search
 import cli
 import model_export
+import progress
 import video_poses
 from config import ConfigError
 from ctc_head import GlossVocab
@@ -43,6 +44,7 @@ from run_folder import check_writable_file, check_writable_folder
 from tasks import check_unknown_rate, check_vocabulary, decode_batch
 
 POSE_EXTENSIONS = ('.pkl', '.pose')
+PROGRESS_EVERY = 100  # clips between progress lines on a stream that is not a terminal
 # Flags of the model's shape that a checkpoint without stored flags can be given here.
 MODEL_FLAGS = ('dataset', 'stgcn_channels', 'hidden_dim', 'temporal_layers', 'temporal_kernel')
 
@@ -282,7 +284,9 @@ def translate(model, clips, args, flags, info, out):
     """Writes one line per readable clip to `out`, in input order; returns (translated, skipped
     messages)."""
     skipped, done = [], 0
-    for name, path, text in clip_texts(model, clips, args, flags, info, skipped):
+    texts = progress.track(clip_texts(model, clips, args, flags, info, skipped), len(clips),
+                           'translating', PROGRESS_EVERY, stream=sys.stderr)
+    for name, path, text in texts:
         out.write(format_line(name, path, text, args.format))
         out.flush()
         done += 1

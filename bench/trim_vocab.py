@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cli import count  # noqa: E402
+
 FULL_VOCAB = 250112
 SHAPES = {'small': dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64),
           'base': dict(d_model=768, d_ff=2048, num_heads=12, d_kv=64)}
@@ -31,17 +34,17 @@ SHAPES = {'small': dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64),
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--shape', choices=sorted(SHAPES), default='small', help='mT5 layer shapes')
-    p.add_argument('--kept', type=int, default=3000, help='trimmed vocabulary size')
-    p.add_argument('--layers', type=int, default=1, help='encoder and decoder layers each')
-    p.add_argument('--batch', type=int, default=4, help='sentences per batch')
-    p.add_argument('--src_len', type=int, default=64, help='encoder positions (prompt + frames)')
-    p.add_argument('--tgt_len', type=int, default=24, help='target tokens per sentence')
-    p.add_argument('--steps', type=int, default=3, help='timed repetitions (after one warm-up)')
-    p.add_argument('--num_beams', type=int, default=4)
-    p.add_argument('--max_new_tokens', type=int, default=20)
-    p.add_argument('--threads', type=int, default=1, help='torch threads (CPU)')
+    p.add_argument('--kept', type=count, default=3000, help='trimmed vocabulary size')
+    p.add_argument('--layers', type=count, default=1, help='encoder and decoder layers each')
+    p.add_argument('--batch', type=count, default=4, help='sentences per batch')
+    p.add_argument('--src_len', type=count, default=64, help='encoder positions (prompt + frames)')
+    p.add_argument('--tgt_len', type=count, default=24, help='target tokens per sentence')
+    p.add_argument('--steps', type=count, default=3, help='timed repetitions (after one warm-up)')
+    p.add_argument('--num_beams', type=count, default=4)
+    p.add_argument('--max_new_tokens', type=count, default=20)
+    p.add_argument('--threads', type=count, default=1, help='torch threads (CPU)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--worker_vocab', type=int, help=argparse.SUPPRESS)
+    p.add_argument('--worker_vocab', type=count, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

@@ -38,6 +38,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from cli import count, seed  # noqa: E402  (imports nothing named like Uni-Sign's modules)
 SIDES = ('unisign', 'ours')
 PHASES = ('pose encoder', 'mT5 encoder', 'decoder', 'tokens, output layer, loss', 'backward',
           'optimizer')
@@ -266,10 +268,10 @@ def parse_options(argv=None):
                    help="a checkout of ZechengLi19/Uni-Sign (its models.py, stgcn_layers/, "
                         "utils.py, config.py)")
     p.add_argument('--size', default='small', choices=['small', 'base'])
-    p.add_argument('--batch_size', type=int, default=4)
-    p.add_argument('--steps', type=int, default=3, help="timed steps per side (after one warm-up)")
-    p.add_argument('--repeats', type=int, default=1, help="interleaved rounds of both sides")
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--batch_size', type=count, default=4)
+    p.add_argument('--steps', type=count, default=3, help="timed steps per side (after one warm-up)")
+    p.add_argument('--repeats', type=count, default=1, help="interleaved rounds of both sides")
+    p.add_argument('--seed', type=seed, default=0)
     p.add_argument('--zero_stage', type=int, default=2, choices=[0, 1, 2, 3])
     p.add_argument('--ours', dest='ours_flags', action='append', default=[],
                    help="a trainer flag for this trainer's side (repeat: --ours=--flag --ours=v)")

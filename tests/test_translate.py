@@ -180,9 +180,11 @@ def write_version_1(model, flags, info, folder, mt5_dir):
 def test_translator_loads_once_and_translates_as_the_command_line_prints(loud, capsys):
     path, demo_root = loud
     clips = os.path.join(demo_root, 'Demo', 'pose_format', 'demo_test_*.pkl')
-    stdout, _ = translate_here(capsys, '--checkpoint', path, clips, '--batch_size', '4')
+    stdout, stderr = translate_here(capsys, '--checkpoint', path, clips, '--batch_size', '4')
     expected = [tuple(line.split('\t')) for line in stdout.splitlines()]
     assert len(expected) == 8 and len({text for _, text in expected}) > 1
+    # progress off a terminal: plain lines on stderr, the first clip and the last
+    assert 'translating [1/8]' in stderr and 'translating [8/8]' in stderr
     translator = translate.Translator.load(str(path), '--batch_size', '4')
     assert translator.head == 'translator' and translator([clips]) == expected
     model, first = translator.model, clips.replace('*', expected[0][0][len('demo_test_'):])
