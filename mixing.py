@@ -234,9 +234,9 @@ class MixedTextTargets:
         tgt_input['labels'] = labels
 
 
-class MixedTask:
-    """The translator (TextTask) on a mix: one TextTask per dataset scores and writes its own
-    rows; the metrics are `NAME/metric`, and --best_dataset's dev metric picks the best
+class MixedTask(TextTask):
+    """The translator (TextTask, whose model and prediction it keeps) on a mix: one TextTask
+    per dataset scores and writes its own rows; the metrics are `NAME/metric`, and --best_dataset's dev metric picks the best
     checkpoint."""
     needs_mt5 = True
 
@@ -252,7 +252,7 @@ class MixedTask:
         """The tokenizer (its coverage checked per dataset), the per-clip-prompt targets, and
         each split's dataset sizes (the rows scored are in that order)."""
         from models import load_tokenizer
-        self.tokenizer = load_tokenizer(args.mt5_path)
+        self.tokenizer = load_tokenizer(args.mt5_path, args)
         check_vocabulary(args.mt5_path, self.tokenizer)
         checked = next(phase for phase in ("train", "dev", "test") if phase in splits)
         for name, part in zip(splits[checked].names, splits[checked].parts):
@@ -268,16 +268,6 @@ class MixedTask:
         levels = ", ".join(f"{name} {task.level}-level" for name, task in self.tasks.items())
         print(f"mix of {', '.join(self.names)}: scored per dataset ({levels}); the best "
               f"checkpoint is picked by dev {self.best_metric[0]}")
-
-    def build_model(self, args):
-        from models import SignTranslator
-        return SignTranslator(args, tokenizer=self.tokenizer)
-
-    def check_splits(self, args, model, splits):
-        pass
-
-    def predict(self, args, model, data_loader):
-        return trainer.predict(args, model, data_loader, self.tokenizer)
 
     def per_dataset(self, rows, phase):
         """(name, its rows) in the order of the phase's MixedDataset."""

@@ -19,7 +19,6 @@ forward computes exactly Uni-Sign's (or VAC's) loss. Their weights live under `r
 checkpoints without them load (the regularisers start fresh) and theirs load into a model
 without them.
 """
-import json
 import math
 import os
 
@@ -73,15 +72,7 @@ def check_mt5_folder(path, weights=True, lm='auto'):
 def check_mt5_config(path):
     """A config.json that is not a JSON object (cut short, or another file) stops here, before
     transformers fails on it with a traceback."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise config.ConfigError(f"{path} cannot be read as JSON ({error}): download the "
-                                 "model folder again") from None
-    if not isinstance(settings, dict) or "d_model" not in settings:
-        raise config.ConfigError(f"{path} is not an mT5 config (no d_model): download the "
-                                 "model folder again")
+    language_models.read_json(path, required="d_model")
 
 
 def load_mt5(path, lm='auto'):
