@@ -11,10 +11,9 @@ The model list holds the checkpoints (`*.pth` written by fine_tuning.py) and the
 by `translate.py --export` found under --models; a path typed in the text box is used instead.
 Each model is loaded once (again only when its files change) and translates exactly as
 `translate.py` does with the same checkpoint and file. Videos go through translate.py's own
-input handling and need its video pose-extraction extra (video_poses.py); without it the page
-says so.
+input handling, which extracts their poses in the video environment (`bash
+script/setup_video.sh`, docs/video.md); without it the page says so.
 """
-import importlib.util
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ for folder in (ROOT, HERE):
 
 import cli  # noqa: E402
 import translate  # noqa: E402
+import video_poses  # noqa: E402
 from config import ConfigError  # noqa: E402
 from keypoints import DataError  # noqa: E402
 
@@ -94,8 +94,12 @@ def files_stamp(path):
 
 
 def video_support():
-    """Whether translate.py can read videos here: its pose extraction module is installed."""
-    return importlib.util.find_spec('video_poses') is not None
+    """Whether translate.py can read videos here: the pose-extraction environment exists."""
+    try:
+        video_poses.video_python()
+    except video_poses.VideoError:
+        return False
+    return True
 
 
 def check_upload(path):
@@ -108,8 +112,8 @@ def check_upload(path):
     if lower.endswith(VIDEO_EXTENSIONS):
         if not video_support():
             raise AppError(f"{os.path.basename(path)}: video input needs the video "
-                           "pose-extraction extra (video_poses.py and its requirements), which "
-                           "this installation lacks; upload the clip's .pkl or .pose file "
+                           f"pose-extraction environment, which is not set up: create it with "
+                           f"`{video_poses.SETUP}`, or upload the clip's .pkl or .pose file "
                            "instead")
         return 'video'
     raise AppError(f"{os.path.basename(path)}: not a pose file (.pkl, .pose) or a video "

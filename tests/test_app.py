@@ -3,6 +3,7 @@ a free local port, driven through its HTTP API (gradio_client) and in headless C
 (playwright), against what translate.py prints for the same file and checkpoint."""
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -277,3 +278,14 @@ def test_an_uploaded_video_is_translated_and_its_skeleton_animated(models, perso
     garbage.write_bytes(os.urandom(3000))
     with pytest.raises(app.AppError, match='garbage.webm: unreadable video'):
         app.run_clip(app.ModelCache(['--device', 'cpu']), path, str(garbage), str(tmp_path))
+
+
+def test_video_support_follows_the_video_environment(tmp_path, monkeypatch):
+    """Videos are accepted where the pose-extraction python exists (SIGN_VIDEO_PYTHON or
+    .venv-video), and refused naming the setup command where it does not."""
+    monkeypatch.setenv('SIGN_VIDEO_PYTHON', str(tmp_path / 'absent' / 'python'))
+    assert not app.video_support()
+    with pytest.raises(app.AppError, match='not set up: create it with `bash script/setup_vid'):
+        app.check_upload(str(tmp_path / 'clip.mp4'))
+    monkeypatch.setenv('SIGN_VIDEO_PYTHON', sys.executable)
+    assert app.video_support() and app.check_upload(str(tmp_path / 'clip.mp4')) == 'video'
