@@ -186,7 +186,8 @@ def add_data_flags(p):
              help="mT5 directory (default from config.py)")
     add_flag(g, "--rgb_support", action="store_true", help="not supported: pose-only trainer")
     add_flag(g, "--online_video", default=None,
-             help="refused: extract poses from the video first, then use translate.py")
+             help="refused: translate.py translates videos (python translate.py --checkpoint "
+                  "CKPT.pth VIDEO.mp4)")
 
 
 def add_model_flags(p):
