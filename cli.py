@@ -153,6 +153,15 @@ fraction = float_range(0, 1, high_open=True)  # label smoothing, momentum, betas
 finite = float_range()
 
 
+def zero_stage(text):
+    """--zero_stage's value: 0 to 3, or auto (ds_config.resolve_zero_stage)."""
+    if text == "auto":
+        return text
+    if text not in ("0", "1", "2", "3"):
+        raise argparse.ArgumentTypeError(f"expected 0, 1, 2, 3 or auto, got {text!r}")
+    return int(text)
+
+
 def odd_count(text):
     """An odd integer >= 1 (a 'same'-padded temporal kernel)."""
     value = count(text)

@@ -52,6 +52,35 @@ def generated(args):
     return config
 
 
+def resolve_zero_stage(args, saved=None):
+    """Replaces --zero_stage auto by a stage, before anything is built; `saved`: the flags of
+    the training state the run resumes, if any."""
+    if args.zero_stage != AUTO:
+        return
+    args.zero_stage, why = auto_zero_stage(args, saved or {})
+    print(f"ZeRO stage {args.zero_stage} (--zero_stage auto: {why})")
+
+
+def auto_zero_stage(args, saved):
+    """(stage, reason): the resumed state's stage, the --deepspeed_config file's, ZeRO-2 where
+    it partitions something or carries --offload or fp16's loss scaling, and 0 on one rank.
+    On one rank ZeRO-1/2 partition nothing but keep a second fp32 copy of the weights and
+    flatten every gradient into it: stage 0 steps the weights in place, with the same update."""
+    if saved.get("zero_stage") in (0, 1, 2, 3):
+        return saved["zero_stage"], "the stage of the training state resumed"
+    if args.deepspeed_config:
+        found, stage = lookup(load_user_config(args.deepspeed_config), ("zero_optimization", "stage"))
+        if found and stage in (0, 1, 2, 3):
+            return stage, f"zero_optimization.stage of {args.deepspeed_config}"
+    if utils.get_world_size() > 1:
+        return 2, f"{utils.get_world_size()} ranks share the optimizer states"
+    if args.offload:
+        return 2, "--offload moves the ZeRO optimizer's states to CPU"
+    if args.dtype == "fp16":
+        return 2, "fp16's loss scaling runs in the ZeRO optimizer"
+    return 0, "one rank, where ZeRO would only copy the weights and gradients"
+
+
 def clip_flag(args):
     return "--clip_grad_norm_euclid" if args.manual_grad_clip else "--gradient-clipping"
 

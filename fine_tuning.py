@@ -216,6 +216,10 @@ def init_engine(args, model, steps_per_epoch, config):
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=config, dist_init_required=False)
+    if args.zero_stage == 0 and utils.get_world_size() == 1:
+        # With nothing to reduce, DeepSpeed's reduction would still flatten every gradient
+        # into one buffer, divide it by one and copy it back (seconds per step on a CPU).
+        engine.enable_backward_allreduce = False
     return engine
 
 
@@ -261,9 +265,11 @@ def check_resume_changes(args):
     """Before anything is built: the flags that differ from those of the training state the run
     will resume from, each honoured or refused (resume_flags.py)."""
     if args.resume == "none" or args.overwrite or not args.output_dir or args.eval:
+        ds_config.resolve_zero_stage(args)
         return {}  # --overwrite starts afresh: rank 0 removes the states the other ranks see
     tag = agreed_training_state(args)
     saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
+    ds_config.resolve_zero_stage(args, saved)
     if not saved:
         return {}
     changes = resume_flags.check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")

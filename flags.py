@@ -20,7 +20,7 @@ import mix_flags
 import progressive
 import regularizers
 from cli import (ArgumentParser, add_flag, count, count_list, float_range, fraction, int_range,
-                 non_negative, non_negative_int, odd_count, positive, seed)
+                 non_negative, non_negative_int, odd_count, positive, seed, zero_stage)
 from ctc_head import DEFAULT_CONV_TYPE, DEFAULT_LOSS_WEIGHTS, min_input_length
 from keypoints import DEFAULT_MAX_FRAMES
 from pose_encoder import SPEED_CHOICES, SPEED_DEFAULTS
@@ -120,8 +120,9 @@ def add_distributed_flags(p):
                   "less memory, more time; same gradients")
     add_flag(g, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
-    add_flag(g, "--zero_stage", type=int, default=2, choices=[0, 1, 2, 3],
-             help="DeepSpeed ZeRO stage")
+    add_flag(g, "--zero_stage", type=zero_stage, default="auto",
+             help="DeepSpeed ZeRO stage 0-3, or auto: 2 on several ranks (or with --offload, "
+                  "fp16 or a resumed ZeRO-2 state), 0 on one rank, where ZeRO only adds copies")
     add_flag(g, "--compute_fp32_loss", action="store_true",
              help="cross-entropy on float32 logits under bf16/fp16")
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gpu_demand, run from anywhere
 import demo.news  # noqa: E402
 import gpu_demand  # noqa: E402
 import cli  # noqa: E402

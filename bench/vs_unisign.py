@@ -1,14 +1,16 @@
 """One training step of Uni-Sign's own model code against this trainer's, side by side.
 
 Both sides get the same weights and the same batches, and both train the way their own scripts
-do: a DeepSpeed engine (ZeRO stage --zero_stage, fp32, one rank) over AdamW. Uni-Sign's side
+do: a DeepSpeed engine (fp32, one rank) over AdamW. Uni-Sign's side
 imports `models.Uni_Sign` from a checkout of ZechengLi19/Uni-Sign given with --reference (it is
 not shipped here), loads mT5 with its own `from_pretrained` call, and steps AdamW over the
 parameter groups Uni-Sign's timm `create_optimizer` forms (no weight decay on biases and 1-D
-parameters), with DeepSpeed's config from Uni-Sign's own `utils.get_train_ds_config`. This
-trainer's side builds its model, optimizer (`utils.create_optimizer`) and DeepSpeed config
-(`ds_config.generated`) with the trainer's defaults, and keeps freed memory for reuse on a CPU
-as the trainer does (--keep_freed_memory auto). Uni-Sign's RGB branch is off, so the
+parameters), with DeepSpeed's config from Uni-Sign's own `utils.get_train_ds_config` at --zero_stage (2,
+Uni-Sign's default). This trainer's side builds its model and DeepSpeed config
+(`ds_config.generated`, the ZeRO stage resolved as a run resolves it) with the trainer's
+defaults, its engine with `fine_tuning.init_engine` (the trainer's optimizer), and keeps freed
+memory for reuse on a CPU as the trainer does (--keep_freed_memory auto). Trainer flags go
+through --ours, e.g. --ours=--zero_stage=2. Uni-Sign's RGB branch is off, so the
 torchvision it imports for that branch is replaced by an empty module when it is absent.
 
 mT5 has mt5-base's layer shapes (d_model 768, its 250,112-token vocabulary with the output layer
@@ -100,7 +102,12 @@ def unisign_side(opts, directory):
             (no_decay if p.ndim <= 1 or name.endswith('.bias') else decay).append(p)
     groups = [{'params': no_decay, 'weight_decay': 0.0}, {'params': decay, 'weight_decay': 1e-4}]
     optimizer = torch.optim.AdamW(groups, lr=1e-3, eps=1e-9, weight_decay=0.0)
-    return model, optimizer, ds, lambda batch: batch
+
+    def make_engine(model, ds):  # as Uni-Sign's fine_tuning.py calls it
+        import deepspeed
+        return deepspeed.initialize(model=model, optimizer=optimizer, config=ds,
+                                    dist_init_required=False)[0]
+    return model, make_engine, ds, lambda batch: batch
 
 
 def our_side(opts, directory):
@@ -112,12 +119,11 @@ def our_side(opts, directory):
     from datasets import TextTargets
     from flags import parse_args
     from models import SignTranslator
-    args = parse_args('bench', ['--mt5_path', os.path.join(directory, 'mt5'),
-                                '--zero_stage', str(opts.zero_stage), '--dtype', 'fp32',
+    args = parse_args('bench', ['--mt5_path', os.path.join(directory, 'mt5'), '--dtype', 'fp32',
                                 '--batch-size', str(opts.batch_size),
                                 '--gradient-accumulation-steps', '1'] + opts.ours_flags)
+    ds_config.resolve_zero_stage(args)
     model = SignTranslator(args)
-    optimizer = utils.create_optimizer(args, model)
     utils.keep_freed_memory(args.keep_freed_memory)  # as fine_tuning.main does
     targets = TextTargets(model.mt5_tokenizer, config.get_dataset('CSL_Daily').prompt,
                           max_tgt_len=50)
@@ -126,7 +132,11 @@ def our_side(opts, directory):
         src, tgt = dict(batch[0]), dict(batch[1], gt_gloss=[''] * len(batch[1]['gt_sentence']))
         targets(src, tgt)
         return src, tgt
-    return model, optimizer, ds_config.generated(args), collate
+
+    def make_engine(model, ds):  # the trainer's own engine: its optimizer and one-rank path
+        import fine_tuning
+        return fine_tuning.init_engine(args, model, len(PHASES), ds)
+    return model, make_engine, ds_config.generated(args), collate
 
 
 # ------------------------------------------------------------------------------- the worker
@@ -173,12 +183,11 @@ def loss_without_dropout(model, batch):
 
 def run_side(opts, side):
     """Worker: builds one side, checks the loss of the first batch, then times --steps steps."""
-    import deepspeed
     torch.manual_seed(opts.seed)
     init_process_group()
     directory = opts.workdir
     build = unisign_side if side == 'unisign' else our_side
-    model, optimizer, ds, collate = build(opts, directory)
+    model, make_engine, ds, collate = build(opts, directory)
     model.load_state_dict(torch.load(os.path.join(directory, 'weights.pt')), strict=True)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     model.to(device).train()
@@ -188,8 +197,7 @@ def run_side(opts, side):
     first_loss = loss_without_dropout(model, batches[0])
     ds.update(train_micro_batch_size_per_gpu=opts.batch_size, gradient_accumulation_steps=1,
               gradient_clipping=1.0, steps_per_print=10 ** 9)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds,
-                                      dist_init_required=False)
+    engine = make_engine(model, ds)
     clock = time.process_time if device.type == 'cpu' else time.perf_counter
     spent = phase_hooks(model, clock)
     one_step(engine, batches[0], clock, spent)  # warm-up
@@ -272,7 +280,8 @@ def parse_options(argv=None):
     p.add_argument('--steps', type=count, default=3, help="timed steps per side (after one warm-up)")
     p.add_argument('--repeats', type=count, default=1, help="interleaved rounds of both sides")
     p.add_argument('--seed', type=seed, default=0)
-    p.add_argument('--zero_stage', type=int, default=2, choices=[0, 1, 2, 3])
+    p.add_argument('--zero_stage', type=int, default=2, choices=[0, 1, 2, 3],
+                   help="Uni-Sign's ZeRO stage (its scripts' default: 2)")
     p.add_argument('--ours', dest='ours_flags', action='append', default=[],
                    help="a trainer flag for this trainer's side (repeat: --ours=--flag --ours=v)")
     p.add_argument('--json', default='', help="also write the raw results here")
@@ -292,7 +301,7 @@ def main(argv=None):
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), size {opts.size}, "
-          f"batch {opts.batch_size}, {opts.steps} timed steps per side, ZeRO {opts.zero_stage}")
+          f"batch {opts.batch_size}, {opts.steps} timed steps per side, Uni-Sign's ZeRO stage {opts.zero_stage}")
     with tempfile.TemporaryDirectory() as directory:
         opts.workdir = directory
         frames = prepare(opts, directory)

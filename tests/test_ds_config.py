@@ -124,6 +124,37 @@ def test_the_trainer_writes_and_uses_the_effective_config(demo_root, tmp_path, m
     assert not list(out.glob("*.tmp-*"))
 
 
+@pytest.mark.parametrize("argv, saved, ranks, stage", [
+    ([], None, 1, 0),
+    ([], None, 4, 2),
+    (["--offload"], None, 1, 2),
+    (["--dtype", "fp16"], None, 1, 2),
+    (["--dtype", "bf16"], None, 1, 0),
+    ([], {"zero_stage": 2}, 1, 2),
+    ([], {"zero_stage": 0}, 8, 0),
+    (["--zero_stage", "3"], {"zero_stage": 2}, 1, 3),
+])
+def test_auto_zero_stage(argv, saved, ranks, stage, monkeypatch, capsys):
+    monkeypatch.setattr(ds_config.utils, "get_world_size", lambda: ranks)
+    args = parse(*argv)
+    ds_config.resolve_zero_stage(args, saved)
+    assert args.zero_stage == stage
+    assert ("--zero_stage auto" in capsys.readouterr().out) == ("--zero_stage" not in argv)
+
+
+def test_auto_zero_stage_takes_the_files_stage(tmp_path):
+    args = parse("--deepspeed_config", user_file(tmp_path, {"zero_optimization": {"stage": 1}}))
+    ds_config.resolve_zero_stage(args)
+    assert args.zero_stage == 1 and ds_config.build(args)["zero_optimization"]["stage"] == 1
+
+
+@pytest.mark.parametrize("value", ["4", "-1", "two", ""])
+def test_a_zero_stage_out_of_range_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        parse("--zero_stage", value)
+    assert "--zero_stage" in capsys.readouterr().err
+
+
 def test_a_bad_file_stops_the_trainer_before_the_model(demo_root, tmp_path, capsys,
                                                        in_process_trainer):
     import fine_tuning

@@ -40,6 +40,29 @@ def test_another_zero_stage_continues_with_the_same_losses(demo_root, tmp_path,
     assert checkpoint.latest_training_state(changed) == "epoch1"
 
 
+def test_one_rank_trains_without_zero_as_zero_2_does(demo_root, tmp_path, in_process_trainer,
+                                                    monkeypatch):
+    """--zero_stage auto on one rank: stage 0, no gradient reduction, ZeRO-2's losses; a resume
+    keeps the stage the state was saved under."""
+    import fine_tuning
+    engines = []
+    init_engine = fine_tuning.init_engine
+    monkeypatch.setattr(fine_tuning, "init_engine",
+                        lambda *a: engines.append(init_engine(*a)) or engines[-1])
+    auto, zero2 = tmp_path / "auto", tmp_path / "zero2"
+    run_in_process(demo_root, zero2, "--epochs", "1", "--zero_stage", "2")
+    run_in_process(demo_root, auto, "--epochs", "2")
+    assert json.loads((auto / "ds_config.json").read_text())["zero_optimization"]["stage"] == 0
+    assert json.loads((auto / "args.json").read_text())["zero_stage"] == 0
+    assert not engines[-1].enable_backward_allreduce
+    expected, got = step_losses(zero2), step_losses(auto)
+    assert [got[key] for key in sorted(expected)] == pytest.approx(
+        [expected[key] for key in sorted(expected)], rel=1e-5)
+    run_in_process(demo_root, zero2, "--epochs", "2")
+    assert json.loads((zero2 / "args.json").read_text())["zero_stage"] == 2
+    assert engines[-1].enable_backward_allreduce
+
+
 def test_two_ranks_state_resumes_on_one_rank(demo_root, tmp_path):
     out = tmp_path / "run"
     first = [*DEEPSPEED, "--num_gpus", "2", "--master_port", free_port(), "fine_tuning.py",

@@ -24,7 +24,7 @@ def test_uni_sign_defaults():
     assert (args.batch_size, args.gradient_accumulation_steps, args.epochs) == (16, 8, 20)
     assert (args.lr, args.opt, args.label_smoothing, args.max_length) == (1e-3, "adamw", 0.2, 256)
     assert args.stgcn_channels == [64, 128, 256] and args.hidden_dim == 256
-    assert (args.zero_stage, args.task, args.dataset) == (2, "SLT", "CSL_Daily")
+    assert (args.zero_stage, args.task, args.dataset) == ("auto", "SLT", "CSL_Daily")
 
 
 def test_inconsistent_widths_are_refused(capsys):
