@@ -57,6 +57,8 @@ from poses import collate_clips  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator  # noqa: E402
 from samplers import ResumableDistributedSampler, padding_fraction  # noqa: E402
 from utils import keep_freed_memory  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_phases import PHASES, per_step, phase_hooks, split_lines  # noqa: E402
 
 JOINTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
 MT5_SHAPES = {  # d_ff, heads and d_kv of mt5-base; 'tiny' is for smoke runs
@@ -189,13 +191,30 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def train_step(model, batch, device, bf16, optimizer=None):
+def phase_clock(device):
+    """CPU time on a CPU; on CUDA the wall clock once the queued kernels are done."""
+    if device.type == 'cpu':
+        return time.process_time
+    return lambda: (torch.cuda.synchronize(), time.perf_counter())[1]
+
+
+def train_step(model, batch, device, bf16, optimizer=None, clock=None, spent=None):
+    """One step; with `clock`, adds the backward and optimizer times to `spent` and returns
+    the forward's."""
+    clock = clock or time.perf_counter
+    spent = spent if spent is not None else dict.fromkeys(PHASES, 0.0)
     model.zero_grad(set_to_none=True)
+    begin = clock()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = model(*batch)['loss']
+    forward, begin = clock() - begin, clock()
     loss.backward()
+    spent['backward'] += clock() - begin
+    begin = clock()
     if optimizer is not None:
         optimizer.step()
+    spent['optimizer'] += clock() - begin
+    return forward
 
 
 def run_row(opts, row):
@@ -221,9 +240,12 @@ def run_row(opts, row):
         train_step(model, batch, device, bf16, optimizer)
     synchronize(device)
     warmup = time.perf_counter() - start
+    clock = phase_clock(device)
+    spent = (dict.fromkeys(PHASES, 0.0) if speed.get('compile_encoder')  # hooks break graphs
+             else phase_hooks(model, clock))
     start, start_cpu = time.perf_counter(), time.process_time()
-    for batch in batches:
-        train_step(model, batch, device, bf16, optimizer)
+    forward = sum(train_step(model, batch, device, bf16, optimizer, clock, spent)
+                  for batch in batches)
     synchronize(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     if device.type == 'cuda':
@@ -236,6 +258,8 @@ def run_row(opts, row):
               'steps': len(batches),
               'warmup_s': warmup, 'peak_mb': peak, 'rise_mb': rise,
               'padding': padding_fraction(indices, lengths)}
+    if not speed.get('compile_encoder'):
+        result['phases'] = per_step(spent, forward, len(batches))
     if opts.count_flops or device.type == 'cuda':
         result['flops'] = count_flops(model, batches, device, bf16)
     return result
@@ -400,6 +424,20 @@ def summarise(results, device, peak_flops):
     return lines
 
 
+def phase_table(results, device):
+    """Seconds per step of each phase (CPU time on a CPU), Uni-Sign's configuration against
+    the trainer's defaults (or the fastest exact row run), medians over the rounds."""
+    shown = [row for row in ('defaults', 'all_on', *results) if row != 'baseline'
+             and row in results and 'phases' in results[row][0]][:1]
+    if not shown or 'phases' not in results['baseline'][0]:
+        return []
+    clock = 'CPU time' if device.type == 'cpu' else 'wall clock'
+    splits = [{phase: statistics.median(r['phases'][phase] for r in results[row])
+               for phase in PHASES} for row in ('baseline', shown[0])]
+    return [f"\nwhere a step goes ({clock}; ratio: baseline / {shown[0]})",
+            *split_lines(['baseline', shown[0]], splits)]
+
+
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     add_flag(p, '--size', default='small', choices=list(MT5_SHAPES))
@@ -460,6 +498,7 @@ def main(argv=None):
           f"{opts.batch_size}, {opts.steps} batches per row, median of {opts.repeats} round(s), "
           f"device {device.type}; MFU vs dense bf16 peak")
     print('\n'.join(summarise(results, device, gpu_peak(device, opts.peak_tflops))))
+    print('\n'.join(phase_table(results, device)))
     rel = abs(losses['all_on'] - losses['baseline']) / abs(losses['baseline'])
     print(f"loss on one batch: baseline {losses['baseline']:.6f}, all on {losses['all_on']:.6f}, "
           f"relative difference {rel:.1e}")

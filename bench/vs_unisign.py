@@ -42,12 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from cli import count, seed  # noqa: E402  (imports nothing named like Uni-Sign's modules)
+from step_phases import PHASES, per_step, phase_hooks  # noqa: E402
 SIDES = ('unisign', 'ours')
-PHASES = ('pose encoder', 'mT5 encoder', 'decoder', 'tokens, output layer, loss', 'backward',
-          'optimizer')
-POSE_MODULES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.')
-HOOKED = {'mt5_model.encoder': 'mT5 encoder', 'mt5_model.decoder': 'decoder',
-          'pose_proj': 'pose encoder'}
 
 
 # --------------------------------------------------------------------------- shared inputs
@@ -141,26 +137,6 @@ def our_side(opts, directory):
 
 # ------------------------------------------------------------------------------- the worker
 
-def phase_hooks(model, clock):
-    """Forward-time accumulators per phase, filled by hooks on the modules of each phase."""
-    spent = dict.fromkeys(PHASES, 0.0)
-    for name, module in model.named_modules():
-        phase = HOOKED.get(name)
-        if phase is None and name.startswith(POSE_MODULES) and name.count('.') == 1:
-            phase = 'pose encoder'
-        if phase is None:
-            continue
-
-        def start(module, inputs, phase=phase):
-            module._bench_started = clock()
-
-        def stop(module, inputs, output, phase=phase):
-            spent[phase] += clock() - module._bench_started
-        module.register_forward_pre_hook(start)
-        module.register_forward_hook(stop)
-    return spent
-
-
 def init_process_group():
     import deepspeed
     os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1')
@@ -207,13 +183,11 @@ def run_side(opts, side):
     start, start_cpu = time.perf_counter(), time.process_time()
     forward = sum(one_step(engine, batch, clock, spent) for batch in batches[1:])
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    spent['tokens, output layer, loss'] = forward - sum(
-        spent[p] for p in ('pose encoder', 'mT5 encoder', 'decoder'))
     steps = len(batches) - 1
     peak = (torch.cuda.max_memory_allocated() if device.type == 'cuda'
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
     return {'side': side, 'seconds': seconds / steps, 'cpu_seconds': cpu / steps,
-            'phases': {p: v / steps for p, v in spent.items()}, 'peak_gb': peak,
+            'phases': per_step(spent, forward, steps), 'peak_gb': peak,
             'loss': first_loss}
 
 

@@ -23,6 +23,9 @@ def test_train_step_bench_prints_rows_and_the_loss_check(capsys, tmp_path, monke
     relative = float(text.split('relative difference ')[1].split()[0])
     assert relative < 1e-5
     assert out_json.exists()
+    split = text.split('where a step goes (CPU time; ratio: baseline / all_on)')[1].splitlines()
+    assert [line.split('  ')[0] for line in split[2:8]] == list(train_step.PHASES)
+    assert all(float(line.split()[-3].rstrip('s')) >= 0 for line in split[2:8])
 
 
 def test_train_step_pool_covers_the_same_clips_both_ways():
