@@ -63,9 +63,10 @@ def resolve_zero_stage(args, saved=None):
 
 def auto_zero_stage(args, saved):
     """(stage, reason): the resumed state's stage, the --deepspeed_config file's, ZeRO-2 where
-    it partitions something or carries --offload or fp16's loss scaling, and 0 on one rank.
-    On one rank ZeRO-1/2 partition nothing but keep a second fp32 copy of the weights and
-    flatten every gradient into it: stage 0 steps the weights in place, with the same update."""
+    it partitions something, carries --offload or keeps master weights for bf16/fp16 anyway,
+    and 0 for float32 on one rank. There ZeRO-1/2 partition nothing but keep a second float32
+    copy of the weights and flatten every gradient into it: stage 0 steps the weights in place,
+    with the same update, and its state resumes on any number of ranks as it is."""
     if saved.get("zero_stage") in (0, 1, 2, 3):
         return saved["zero_stage"], "the stage of the training state resumed"
     if args.deepspeed_config:
@@ -76,9 +77,9 @@ def auto_zero_stage(args, saved):
         return 2, f"{utils.get_world_size()} ranks share the optimizer states"
     if args.offload:
         return 2, "--offload moves the ZeRO optimizer's states to CPU"
-    if args.dtype == "fp16":
-        return 2, "fp16's loss scaling runs in the ZeRO optimizer"
-    return 0, "one rank, where ZeRO would only copy the weights and gradients"
+    if args.dtype in ("bf16", "fp16"):
+        return 2, f"{args.dtype} keeps float32 master weights under any stage"
+    return 0, "one rank in float32, where ZeRO would only copy the weights and gradients"
 
 
 def clip_flag(args):

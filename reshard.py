@@ -8,7 +8,8 @@ for the new layout. Every file of the state is first read with the weights-only 
 (checkpoint.load_state_file), because the converter unpickles with no such guard.
 
 What converts: the number of ranks under ZeRO 1, 2 or 3, and the stage between 1 and 2 (this
-DeepSpeed's universal loader for stage 3 reads only what its stage-3 converter writes). A state
+DeepSpeed's universal loader for stage 3 reads only what its stage-3 converter writes). A
+float32 state without ZeRO (stage 0) needs no conversion: each rank loads it whole. A state
 saved in mid-epoch keeps its number of ranks: its sampler position counts the old global
 batches (resume from an epoch's end instead).
 """
@@ -39,6 +40,21 @@ def convertible(changes, tag):
             f"the training state {tag} was saved under ZeRO stage {old}; DeepSpeed's universal "
             f"checkpoint carries a state between stages 1 and 2 only, not to stage {new}: rerun "
             f"with --zero_stage {old}, use another --output_dir, or start afresh with --overwrite")
+    check_epoch_end(changes, tag)
+    return True
+
+
+def loads_as_saved(changes, tag, args):
+    """Whether a float32 state saved without ZeRO (stage 0: every rank holds the whole optimizer
+    state) resumes on another number of ranks as it is, with no conversion."""
+    if set(changes) != {"world_size"} or args.zero_stage != 0 or args.dtype != "fp32":
+        return False
+    check_epoch_end(changes, tag)
+    return True
+
+
+def check_epoch_end(changes, tag):
+    """ConfigError when the number of ranks changes for a state saved in mid-epoch."""
     if "world_size" in changes:
         old, new = changes["world_size"]
         if "-step" in tag:
@@ -47,7 +63,6 @@ def convertible(changes, tag):
                 f"counts their batches; this run has {new}: resume it with {old} ranks (an epoch's "
                 "end can be resumed with any number), use another --output_dir, or start afresh "
                 "with --overwrite")
-    return True
 
 
 def universal_tag(output_dir, tag):

@@ -75,7 +75,9 @@ def check_changes(saved, args, state_path):
     changes = changed_flags(saved, args)
     refused = {name: change for name, change in changes.items() if name in REFUSED}
     how = "honoured"
-    if reshard.convertible(refused, os.path.basename(state_path)):
+    if reshard.loads_as_saved(refused, os.path.basename(state_path), args):
+        refused, how = {}, "a state without ZeRO loads whole on every rank"
+    elif reshard.convertible(refused, os.path.basename(state_path)):
         args.load_universal, refused = True, {}
         how = "through DeepSpeed's universal checkpoint"
     if refused:

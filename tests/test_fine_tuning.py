@@ -187,7 +187,7 @@ def test_a_damaged_training_state_is_named(demo_root, tmp_path, in_process_train
     argv = train_args(demo_root, out) + ["--epochs", "1", "--quick_break", "2"]
     fine_tuning.main(flags.parse_args("fine_tuning.py", argv))
     state = out / "training_state" / "epoch0"
-    for path in state.rglob("*optim_states.pt"):
+    for path in state.rglob("*_states.pt"):
         path.write_bytes(path.read_bytes()[:64])
     argv[argv.index("--epochs") + 1] = "2"
     with pytest.raises(SystemExit) as stop:

@@ -63,6 +63,23 @@ def test_one_rank_trains_without_zero_as_zero_2_does(demo_root, tmp_path, in_pro
     assert engines[-1].enable_backward_allreduce
 
 
+def test_a_one_rank_state_without_zero_resumes_on_two_ranks_as_it_is(demo_root, tmp_path):
+    out = tmp_path / "run"
+    first = [sys.executable, "fine_tuning.py", *train_args(demo_root, out, "--epochs", "1",
+                                                           "--quick_break", "3")]
+    proc = run_command(first, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ZeRO stage 0 (--zero_stage auto: one rank in float32" in proc.stdout
+    again = [*DEEPSPEED, "--num_gpus", "2", "--master_port", free_port(), "fine_tuning.py",
+             *train_args(demo_root, out, "--epochs", "2", "--quick_break", "3")]
+    proc = run_command(again, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--world_size 1 -> 2 (a state without ZeRO loads whole on every rank)" in proc.stdout
+    assert "resumed from" in proc.stdout and not (out / "training_state" / "epoch0.universal").exists()
+    assert json.loads((out / "args.json").read_text())["zero_stage"] == 0
+    assert [record["epoch"] for record in read_log(out)] == [0, 1]
+
+
 def test_two_ranks_state_resumes_on_one_rank(demo_root, tmp_path):
     out = tmp_path / "run"
     first = [*DEEPSPEED, "--num_gpus", "2", "--master_port", free_port(), "fine_tuning.py",
