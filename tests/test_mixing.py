@@ -7,16 +7,11 @@ import re
 
 import numpy as np
 import pytest
+from conftest import mix_args
 
 import config
 import flags
 from mixing import MixedSampler, quotas
-
-TINY = ["--epochs", "1", "--batch-size", "4", "--gradient-accumulation-steps", "1",
-        "--num_workers", "0", "--dtype", "fp32", "--stgcn_channels", "8,16", "--hidden_dim",
-        "16", "--temporal_layers", "1", "--max_length", "32", "--num_beams", "1",
-        "--max_new_tokens", "4"]
-
 
 def test_quotas_follow_the_weights_and_add_up():
     assert quotas(40, [30, 10]).tolist() == [30, 10]
@@ -71,21 +66,6 @@ def test_flags_and_mixes_that_cannot_act_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         flags.parse_args("fine_tuning.py", argv)
     assert message in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def news_root(tmp_path_factory):
-    """A small CSL-News-shaped set in its own root (40 clips: 39 train, 1 held out)."""
-    from demo.news import make_news
-    root = str(tmp_path_factory.mktemp("news"))
-    make_news(root, n=40, seed=0)
-    return root
-
-
-def mix_args(demo_root, news_root, out, *extra, script="fine_tuning.py"):
-    return ["--dataset", "Demo+CSL_News", "--data_root", demo_root, "--dataset_root",
-            f"CSL_News={news_root}", "--mt5_path", os.path.join(demo_root, "Demo", "mt5"),
-            "--output_dir", str(out), *TINY, *extra]
 
 
 def test_the_mix_needs_one_mt5_folder(demo_root, news_root, tmp_path, in_process_trainer):
