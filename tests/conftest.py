@@ -64,28 +64,6 @@ def demo_root(tmp_path_factory):
     return str(data_root)
 
 
-@pytest.fixture(scope="session")
-def news_root(tmp_path_factory):
-    """A small CSL-News-shaped set in its own root (40 clips: 39 train, 1 held out)."""
-    from demo.news import make_news
-    root = str(tmp_path_factory.mktemp("news"))
-    make_news(root, n=40, seed=0)
-    return root
-
-
-MIX_TINY_RUN = ["--epochs", "1", "--batch-size", "4", "--gradient-accumulation-steps", "1",
-                "--num_workers", "0", "--dtype", "fp32", "--stgcn_channels", "8,16",
-                "--hidden_dim", "16", "--temporal_layers", "1", "--max_length", "32",
-                "--num_beams", "1", "--max_new_tokens", "4"]
-
-
-def mix_args(demo_root, news_root, out, *extra):
-    """fine_tuning.py's flags of a one-epoch tiny run on the mix Demo+CSL_News."""
-    return ["--dataset", "Demo+CSL_News", "--data_root", demo_root, "--dataset_root",
-            f"CSL_News={news_root}", "--mt5_path", os.path.join(demo_root, "Demo", "mt5"),
-            "--output_dir", str(out), *MIX_TINY_RUN, *extra]
-
-
 @pytest.fixture
 def data_root(demo_root, tmp_path):
     """A private copy of the Demo labels and poses (the tiny mT5 is shared through a link), for
@@ -123,6 +101,14 @@ def in_process_trainer():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def trainer_predictions(out, phase="test"):
+    """[(clip name, prediction)] of the trainer's {phase}_tmp_pres.txt in the folder `out`."""
+    import re
+    pattern = re.compile(r"sample: (.*?), prediction: (.*)")
+    with open(os.path.join(out, f"{phase}_tmp_pres.txt"), encoding="utf-8") as f:
+        return [pattern.fullmatch(line.rstrip("\n")).groups() for line in f]
 
 
 def default_args(**overrides):

@@ -2,11 +2,10 @@
 and mbart-large-cc25's layouts) trained, evaluated and used by translate.py end to end."""
 import json
 import os
-import re
 
 import pytest
 import torch
-from conftest import default_args
+from conftest import default_args, trainer_predictions
 
 import beam_search
 import config
@@ -59,12 +58,6 @@ def test_flags_refused_where_they_cannot_act(tiny_lm_dirs, tiny_mt5_dir, capsys)
 def test_unknown_language_code_is_named(tiny_lm_dirs):
     with pytest.raises(config.ConfigError, match="language code xx_YY is not in the vocabulary"):
         language_models.read_tokenizer(tiny_lm_dirs['mbart'], 'mbart', 'xx_YY')
-
-
-def trainer_predictions(out, phase='test'):
-    pattern = re.compile(r'sample: (.*?), prediction: (.*)')
-    with open(os.path.join(out, f'{phase}_tmp_pres.txt'), encoding='utf-8') as f:
-        return [pattern.fullmatch(line.rstrip('\n')).groups() for line in f]
 
 
 def test_tiny_mbart_trains_evaluates_and_translates(demo_root, tiny_lm_dirs, tmp_path, capsys,

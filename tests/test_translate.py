@@ -1,6 +1,4 @@
-"""translate.py through its command line, with a checkpoint trained briefly on the Demo set, and
-one trained on the mix of the Demo set and a CSL-News-shaped set."""
-import glob
+"""translate.py through its command line, with a checkpoint trained briefly on the Demo set."""
 import json
 import os
 import re
@@ -13,7 +11,7 @@ import torch
 import model_export
 import mt5_layout
 import translate
-from conftest import foreign_tokenizer_mt5
+from conftest import foreign_tokenizer_mt5, trainer_predictions
 from datasets import S2T_Dataset, load_labels, read_pose
 from mediapipe_pose import wholebody_to_holistic, write_pose
 
@@ -39,12 +37,6 @@ def trained(demo_root, tmp_path_factory):
                '--max_new_tokens', '12', timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, demo_root
-
-
-def trainer_predictions(out, phase='test'):
-    pattern = re.compile(r'sample: (.*?), prediction: (.*)')
-    with open(out / f'{phase}_tmp_pres.txt', encoding='utf-8') as f:
-        return [pattern.fullmatch(line.rstrip('\n')).groups() for line in f]
 
 
 def test_batches_equal_the_trainers_evaluation_batches(demo_root):
@@ -442,83 +434,3 @@ def test_video_flags_without_a_video_and_a_missing_video_environment_stop(ctc_ch
     monkeypatch.setenv('SIGN_VIDEO_PYTHON', str(tmp_path / 'absent' / 'python'))
     with pytest.raises(translate.UsageError, match='create it with `bash script/setup_video.sh`'):
         translate_here(capsys, '--checkpoint', path, video)
-
-
-@pytest.fixture(scope='module')
-def mixed(demo_root, news_root, tmp_path_factory, in_process_trainer):
-    """Output dir of one tiny epoch on the mix Demo+CSL_News (English and Chinese prompts), with
-    the trainer's per-dataset test predictions."""
-    import fine_tuning
-    import flags
-    from conftest import mix_args
-    out = tmp_path_factory.mktemp('mixed') / 'run'
-    fine_tuning.main(flags.parse_args('fine_tuning.py', mix_args(
-        demo_root, news_root, out, '--max_new_tokens', '8', '--lr', '3e-3')))
-    return out
-
-
-def mix_test_clips(out, name, root):
-    """([(pose file's name, trainer's prediction)], pose files) of a dataset's test split in
-    the mix."""
-    import config
-    spec = config.get_dataset(name)
-    entries = {e['name']: e['pose_file'] for e in load_labels(
-        os.path.join(root, spec.labels['test']), spec.label_format)}
-    files = [os.path.join(root, name, 'pose_format', entries[clip])
-             for clip, _ in trainer_predictions(out, f'test_{name}')]
-    expected = [(os.path.splitext(os.path.basename(path))[0], ' '.join(text.split()))
-                for path, (_, text) in zip(files, trainer_predictions(out, f'test_{name}'))]
-    return expected, files
-
-
-def unspaced(rows):
-    """Rows with the spaces of their text removed: the trainer writes the predictions of a
-    character-scored dataset (CSL-News) one character apart."""
-    return [(clip, ''.join(text.split())) for clip, text in rows]
-
-
-def translated(capsys, *argv):
-    translate.main([*argv, '--num_beams', '1', '--batch_size', BATCH, '--device', 'cpu'])
-    printed = capsys.readouterr()
-    return [tuple(line.split('\t')) for line in printed.out.splitlines()], printed.err
-
-
-def test_a_mix_checkpoint_translates_each_dataset_with_its_prompt(mixed, demo_root, news_root,
-                                                                 tmp_path, capsys):
-    """--dataset NAME gives the clips the prompt of their dataset in the mix, as the trainer
-    did: translate.py writes the trainer's test predictions of each dataset (from the checkpoint
-    and from its exported folder); by default the first dataset's, said on stderr."""
-    checkpoint = str(mixed / 'best_checkpoint.pth')
-    demo, demo_files = mix_test_clips(mixed, 'Demo', demo_root)
-    news, news_files = mix_test_clips(mixed, 'CSL_News', news_root)
-    capsys.readouterr()
-    rows, err = translated(capsys, '--checkpoint', checkpoint, *demo_files)
-    assert rows == demo
-    assert "translating clips of Demo (the mix's first dataset" in err
-    assert "'Translate sign language video to English: '" in err
-    export = tmp_path / 'exported'
-    rows, err = translated(capsys, '--checkpoint', checkpoint, *news_files, '--dataset',
-                           'CSL_News', '--export', str(export))
-    assert unspaced(rows) == unspaced(news)
-    assert "translating clips of CSL_News (--dataset" in err and 'to Chinese: ' in err
-    assert translated(capsys, '--model', str(export), *news_files, '--dataset', 'CSL_News')[0] \
-        == rows
-    chinese = translate.Translator.load(checkpoint, '--dataset', 'CSL_News', '--device', 'cpu')
-    assert chinese.model.prompt == 'Translate sign language video to Chinese: '
-    assert translate.Translator.load(str(export), '--device', 'cpu').model.prompt == \
-        'Translate sign language video to English: '
-
-
-@pytest.mark.parametrize('source', ['--checkpoint', '--model'])
-def test_a_dataset_outside_the_mix_is_refused_naming_the_choices(mixed, demo_root, tmp_path,
-                                                                  source):
-    clip = sorted(glob.glob(os.path.join(demo_root, 'Demo', 'pose_format', '*.pkl')))[0]
-    checkpoint = str(mixed / 'best_checkpoint.pth')
-    path = checkpoint
-    if source == '--model':
-        path = str(tmp_path / 'exported')
-        translate.main(['--checkpoint', checkpoint, '--export', path, '--device', 'cpu'])
-    with pytest.raises(translate.UsageError, match=re.escape(
-            "--dataset How2Sign is not a dataset of the mix the model was trained on "
-            "(Demo+CSL_News); choose one of Demo, CSL_News")):
-        translate.main([source, path, clip, '--dataset', 'How2Sign', '--device', 'cpu'])
