@@ -9,12 +9,15 @@ with the folder. What each model gets:
   pose embeddings, SentencePiece targets ending in </s>; decoding starts from <pad>.
 - T5 / Flan-T5: the same text prompt and targets (T5's own task-prefix style).
 - ByT5: the same prompt and targets, as UTF-8 bytes (ByT5Tokenizer, no vocabulary file).
-- mBART: the tokenizer's source format around the prompt, "<src code> prompt </s>", then the
-  pose embeddings; targets in the target format of the folder's tokenizer. mBART-50
-  (MBart50Tokenizer, the default): "<tgt code> text </s>", decoding from </s> with the target
-  language code forced as the first token (forced BOS); mbart-large-cc25 (MBartTokenizer, as
-  GFSLT-VLP and SignCL use it): "text </s> <tgt code>", decoding from the target code. Source and
-  target codes are the dataset language's (de_DE, zh_CN, en_XX), or --lang_code.
+- mBART: the prompt in the source format of the folder's tokenizer, then the pose embeddings;
+  targets in its target format. mBART-50 (MBart50Tokenizer, the default): source
+  "<src code> prompt </s>", targets "<tgt code> text </s>", decoding from </s> with the target
+  language code forced as the first token (forced BOS); mbart-large-cc25 (MBartTokenizer, named
+  by the folder's tokenizer_config.json; as GFSLT-VLP and SignCL use it): source
+  "prompt </s> <src code>", targets "text </s> <tgt code>", so the decoder inputs (the targets
+  shifted, the last code wrapped to the front) are "<tgt code> text </s>" and decoding starts
+  from the target code. Source and target codes are the dataset language's (de_DE, zh_CN,
+  en_XX), or --lang_code.
 
 `output_logits` is the models' vocabulary projection on decoder states: T5's rescaling of tied
 models and mBART's final_logits_bias included, as their forward applies them.

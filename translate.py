@@ -14,6 +14,9 @@ recursively for .pkl and .pose); clips are named by their path below the folder,
 file name, without extension. Videos (.mp4 .avi .mov .mkv .webm .m4v) are inputs too: their
 poses are extracted first (video_poses.py, in the environment `bash script/setup_video.sh`
 makes). Output: `name<TAB>text` lines, or JSON lines with --format jsonl.
+A model trained on a mix of datasets (`--dataset A+B`, mixing.py) saw each clip with its own
+dataset's prompt: --dataset NAME says which dataset of the mix the clips belong to (default: the
+first), and its prompt is the one given.
 In another program, `Translator` loads a model once and translates lists of inputs:
 
     translator = Translator.load('out/x/best_checkpoint.pth', '--device', 'cpu')
@@ -33,12 +36,14 @@ import torch
 
 import beam_search
 import cli
+import config
 import model_export
 import progress
 import video_poses
 from config import ConfigError
 from ctc_head import GlossVocab
 from keypoints import DataError
+from mix_flags import dataset_names
 from poses import clip_parts, collate_clips, read_pose
 from run_folder import check_writable_file, check_writable_folder
 from tasks import check_unknown_rate, check_vocabulary, decode_batch
@@ -93,7 +98,9 @@ def parse_args(argv=None, inputs_required=True):
     cli.add_flag(g, '--output', metavar='FILE', help='output file (default: standard output)')
     g = p.add_argument_group('checkpoints without stored flags')
     cli.add_flag(g, '--dataset',
-                    help='prompt language / flags for checkpoints without stored flags')
+                    help="prompt language / flags for checkpoints without stored flags; for a "
+                         "model trained on a mix (--dataset A+B): the dataset of the mix the "
+                         "clips belong to, whose prompt is given (default: the first)")
     cli.add_flag(g, '--stgcn_channels', type=cli.count_list, help='ST-GCN widths')
     cli.add_flag(g, '--hidden_dim', type=cli.count, help='width of each body part\'s features')
     cli.add_flag(g, '--temporal_layers', type=cli.count, help='temporal ST-GCN blocks')
@@ -130,9 +137,12 @@ def load_from_checkpoint(path, args, overrides):
     if not os.path.isfile(path):
         raise UsageError(f"--checkpoint {path} does not exist")
     saved = load_checkpoint_file(path)
-    flags = model_export.model_flags(saved.get('args') if isinstance(saved, dict) else None,
-                                     overrides)
+    stored = saved.get('args') if isinstance(saved, dict) else None
+    if is_mix(stored):  # --dataset picks a dataset of the mix, kept in the flags as trained
+        overrides = dict(overrides, dataset=None)
+    flags = model_export.model_flags(stored, overrides)
     refuse_flags(args, flags, f"--checkpoint {path}")
+    mix_member(args, flags)
     if flags.task == 'G2T':
         raise UsageError(f"--checkpoint {path} is a gloss-to-text model (--task G2T): it reads "
                          "glosses, not poses; start a translator's mT5 from it with "
@@ -161,20 +171,54 @@ def load_model(args):
         overrides['ctc_beam'] = args.ctc_beam
         model, flags, info = load_from_checkpoint(args.checkpoint, args, overrides)
     else:
-        fixed = [f"--{name}" for name in (*MODEL_FLAGS, 'mt5_path') if getattr(args, name)]
+        stored = model_export.read_flags(args.model)
+        fixed = [f"--{name}" for name in (*MODEL_FLAGS, 'mt5_path') if getattr(args, name)
+                 and not (name == 'dataset' and is_mix(stored))]
         if fixed:
             raise UsageError(f"{', '.join(fixed)} cannot act on --model {args.model}: an "
                              "exported folder holds its own flags, tokenizer and mT5 config")
-        flags = model_export.model_flags(model_export.read_flags(args.model))
+        flags = model_export.model_flags(stored)
         refuse_flags(args, flags, f"--model {args.model}")
+        mix_member(args, flags)
         model, flags, info = model_export.load_exported(args.model)
         flags.ctc_beam = args.ctc_beam or flags.ctc_beam
     if model_export.head_of(flags) == 'translator':
+        use_prompt_of(model, args, flags)
         check_vocabulary(flags.mt5_path, model.mt5_tokenizer, model.mt5_model.config.vocab_size)
         max_unk_rate = flags.max_unk_rate if args.max_unk_rate is None else args.max_unk_rate
         check_unknown_rate(flags.mt5_path, model.mt5_tokenizer, [model.prompt], max_unk_rate,
                            "prompt")
     return model, flags, info
+
+
+def is_mix(stored):
+    """Whether stored flags are those of a model trained on a mix of datasets."""
+    return isinstance(stored, dict) and isinstance(stored.get('dataset'), str) and \
+        len(dataset_names(stored['dataset'])) > 1
+
+
+def mix_member(args, flags):
+    """The dataset of the model's mix the clips belong to (--dataset, default the first);
+    None for a model of one dataset."""
+    names = dataset_names(flags.dataset)
+    if len(names) == 1:
+        return None
+    if args.dataset is not None and args.dataset not in names:
+        raise UsageError(f"--dataset {args.dataset} is not a dataset of the mix the model was "
+                         f"trained on ({flags.dataset}); choose one of {', '.join(names)}")
+    return args.dataset or names[0]
+
+
+def use_prompt_of(model, args, flags):
+    """For a mix's model, its prompt becomes that of the clips' dataset, said on stderr."""
+    name = mix_member(args, flags)
+    if name is None:
+        return
+    spec = config.get_dataset(name)
+    model.lang, model.prompt = spec.language, spec.prompt
+    how = '--dataset' if args.dataset else "the mix's first dataset; --dataset NAME picks another"
+    print(f"translating clips of {name} ({how}; the model was trained on {flags.dataset}): "
+          f"prompt {spec.prompt!r}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -3,37 +3,39 @@
 Each is an ordinary Hugging Face folder loaded by `from_pretrained` as the real models are:
 - mbart: mBART-50's layout (tied output layer, scaled embeddings, final_logits_bias, 52 language
   codes after the SentencePiece pieces); its tokenizer is MBart50Tokenizer on a SentencePiece
-  model trained here (sentencepiece.bpe.model is kept beside tokenizer.json);
+  model trained here (sentencepiece.bpe.model is kept beside tokenizer.json); with `cc25`
+  (`--cc25`) mbart-large-cc25's instead: MBartTokenizer (tokenizer_config.json names it) and its
+  25 language codes, put after the text ("text </s> en_XX");
 - t5: T5 v1.0's layout (ReLU feed-forward, tied output layer, decoder outputs rescaled);
 - byt5: ByT5's layout (gated GELU, untied output layer); ByT5Tokenizer needs no file.
 
     python -m demo.tiny_lms --lm mbart --corpus sentences.txt --out pretrained_weight/tiny-mbart
+    python -m demo.tiny_lms --lm mbart --cc25 --corpus sentences.txt --out pretrained_weight/tiny-cc25
 """
 import argparse
 import os
 
 import torch
 from transformers import (ByT5Tokenizer, MBart50Tokenizer, MBartConfig,
-                          MBartForConditionalGeneration, T5Config, T5ForConditionalGeneration,
-                          T5Tokenizer)
+                          MBartForConditionalGeneration, MBartTokenizer, T5Config,
+                          T5ForConditionalGeneration, T5Tokenizer)
 
 import cli
-import mt5_layout
 from cli import add_flag
-from demo.tiny_mt5 import train_spiece
+from demo.tiny_mt5 import train_spiece, untie_output_layer
 
 KINDS = ('mbart', 't5', 'byt5')
 
 
-def spiece_tokenizer(kind, out_dir, sentences, vocab_size):
-    """The SentencePiece model trained on the sentences, through the model's tokenizer class."""
-    name, cls = (('sentencepiece.bpe.model', MBart50Tokenizer) if kind == 'mbart'
-                 else ('spiece.model', T5Tokenizer))
+def spiece_tokenizer(kind, out_dir, sentences, vocab_size, cc25=False):
+    """The SentencePiece model trained on the sentences, through the model's tokenizer class
+    (saved, its class is what tokenizer_config.json names: MBartTokenizer marks cc25)."""
+    name = 'sentencepiece.bpe.model' if kind == 'mbart' else 'spiece.model'
     with open(os.path.join(out_dir, name), 'wb') as f:
         f.write(train_spiece(sentences, vocab_size))
     if kind == 'mbart':
-        return cls.from_pretrained(out_dir)
-    return cls.from_pretrained(out_dir, extra_ids=0, legacy=False)
+        return (MBartTokenizer if cc25 else MBart50Tokenizer).from_pretrained(out_dir)
+    return T5Tokenizer.from_pretrained(out_dir, extra_ids=0, legacy=False)
 
 
 def tiny_config(kind, vocab, d_model, d_ff, num_layers, num_heads):
@@ -54,27 +56,29 @@ def tiny_config(kind, vocab, d_model, d_ff, num_layers, num_heads):
 
 
 def build_tiny_lm(kind, out_dir, sentences, vocab_size=256, d_model=128, d_ff=256, num_layers=2,
-                  num_heads=4, seed=0):
-    """Writes a tokenizer and random weights of `kind` (mbart, t5, byt5) to `out_dir`."""
+                  num_heads=4, seed=0, cc25=False):
+    """Writes a tokenizer and random weights of `kind` (mbart, t5, byt5) to `out_dir`; `cc25`
+    gives mbart mbart-large-cc25's tokenizer in place of mBART-50's."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    if cc25 and kind != 'mbart':
+        raise ValueError("cc25 is a layout of mbart only")
     os.makedirs(out_dir, exist_ok=True)
     if kind == 'byt5':
         tokenizer = ByT5Tokenizer()
     else:
-        tokenizer = spiece_tokenizer(kind, out_dir, sentences, vocab_size)
+        tokenizer = spiece_tokenizer(kind, out_dir, sentences, vocab_size, cc25)
     tokenizer.save_pretrained(out_dir)
     config = tiny_config(kind, len(tokenizer), d_model, d_ff, num_layers, num_heads)
     torch.manual_seed(seed)
     cls = MBartForConditionalGeneration if kind == 'mbart' else T5ForConditionalGeneration
     model = cls(config)
     # Logits near log(vocab) at the start, as in demo/tiny_mt5.py.
-    with torch.no_grad():
-        if config.tie_word_embeddings:
+    if config.tie_word_embeddings:
+        with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0.0, d_model ** -0.5)
-        else:
-            mt5_layout.set_tied(model, False)
-            model.lm_head.weight.normal_(0.0, d_model ** -0.5)
+    else:
+        untie_output_layer(model, d_model)
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -88,11 +92,16 @@ def main():
              help="SentencePiece pieces (mbart, t5; ByT5 has its 384 byte ids)")
     add_flag(parser, "--d_model", type=cli.count, default=128)
     add_flag(parser, "--num_layers", type=cli.count, default=2)
+    add_flag(parser, "--cc25", action="store_true",
+             help="mbart only: mbart-large-cc25's tokenizer (MBartTokenizer) in place of "
+                  "mBART-50's")
     args = parser.parse_args()
+    if args.cc25 and args.lm != 'mbart':
+        parser.error("--cc25: only --lm mbart has the cc25 layout")
     with open(args.corpus, encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     build_tiny_lm(args.lm, args.out, sentences, vocab_size=args.vocab_size, d_model=args.d_model,
-                  d_ff=2 * args.d_model, num_layers=args.num_layers)
+                  d_ff=2 * args.d_model, num_layers=args.num_layers, cc25=args.cc25)
     print(args.out)
 
 

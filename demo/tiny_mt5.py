@@ -58,14 +58,20 @@ def build_tiny_mt5(out_dir, sentences, vocab_size=256, d_model=128, d_ff=256,
     # An output layer with std 1 gave this demo a first cross-entropy near 60; std d_model**-0.5
     # starts near log(vocab), as a pretrained checkpoint would, so a from-scratch run does not
     # spend its first epochs unlearning it. Tied, the embedding is scaled with it.
-    with torch.no_grad():
-        if tie:
+    if tie:
+        with torch.no_grad():
             model.lm_head.weight.mul_(d_model ** -0.5)
-        else:
-            mt5_layout.set_tied(model, False)
-            model.lm_head.weight.normal_(0.0, d_model ** -0.5)
+    else:
+        untie_output_layer(model, d_model)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def untie_output_layer(model, d_model):
+    """Gives the model an output layer of its own, drawn with std d_model**-0.5."""
+    mt5_layout.set_tied(model, False)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, d_model ** -0.5)
 
 
 def main():

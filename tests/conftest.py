@@ -47,6 +47,14 @@ def tiny_lm_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_cc25_dir(tmp_path_factory):
+    """A tiny mBART in mbart-large-cc25's layout (MBartTokenizer), on the English corpus."""
+    from demo.tiny_lms import build_tiny_lm
+    return build_tiny_lm("mbart", str(tmp_path_factory.mktemp("tiny_cc25")), ENGLISH_CORPUS,
+                         vocab_size=96, d_model=32, d_ff=64, num_layers=1, num_heads=2, cc25=True)
+
+
+@pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small Demo set (labels, poses, tiny mT5) laid out as config.py expects under data_root."""
     from demo.data import make_demo
@@ -93,6 +101,14 @@ def in_process_trainer():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def trainer_predictions(out, phase="test"):
+    """[(clip name, prediction)] of the trainer's {phase}_tmp_pres.txt in the folder `out`."""
+    import re
+    pattern = re.compile(r"sample: (.*?), prediction: (.*)")
+    with open(os.path.join(out, f"{phase}_tmp_pres.txt"), encoding="utf-8") as f:
+        return [pattern.fullmatch(line.rstrip("\n")).groups() for line in f]
 
 
 def default_args(**overrides):

@@ -1,15 +1,20 @@
 """Mixed corpora: the sampler's quotas and resume, the refusals, and training, evaluation and
 pretraining on the Demo set mixed with a CSL-News-shaped set (English word-level, Chinese
-char-level scoring) through fine_tuning.main and pretraining.main."""
+char-level scoring) through fine_tuning.main and pretraining.main; translate.py on the mix's
+checkpoint, each dataset's clips with its own prompt."""
+import glob
 import json
 import os
 import re
 
 import numpy as np
 import pytest
+from conftest import trainer_predictions
 
 import config
 import flags
+import translate
+from labels import load_labels
 from mixing import MixedSampler, quotas
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--gradient-accumulation-steps", "1",
@@ -204,3 +209,80 @@ def test_a_mix_resumed_mid_epoch_trains_on_as_the_uninterrupted_run(demo_root, n
     assert sorted(after) == list(range(8, 21))
     assert after == pytest.approx({step: loss for step, loss in losses(whole).items()
                                    if step >= 8}, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mixed(demo_root, news_root, tmp_path_factory, in_process_trainer):
+    """Output dir of one tiny epoch on the mix Demo+CSL_News (English and Chinese prompts), with
+    the trainer's per-dataset test predictions."""
+    import fine_tuning
+    out = tmp_path_factory.mktemp("mixed") / "run"
+    fine_tuning.main(flags.parse_args("fine_tuning.py", mix_args(
+        demo_root, news_root, out, "--max_new_tokens", "8", "--lr", "3e-3")))
+    return out
+
+
+def mix_test_clips(out, name, root):
+    """([(pose file's name, trainer's prediction)], pose files) of a dataset's test split in
+    the mix."""
+    spec = config.get_dataset(name)
+    entries = {e["name"]: e["pose_file"] for e in load_labels(
+        os.path.join(root, spec.labels["test"]), spec.label_format)}
+    files = [os.path.join(root, name, "pose_format", entries[clip])
+             for clip, _ in trainer_predictions(out, f"test_{name}")]
+    expected = [(os.path.splitext(os.path.basename(path))[0], " ".join(text.split()))
+                for path, (_, text) in zip(files, trainer_predictions(out, f"test_{name}"))]
+    return expected, files
+
+
+def unspaced(rows):
+    """Rows with the spaces of their text removed: the trainer writes the predictions of a
+    character-scored dataset (CSL-News) one character apart."""
+    return [(clip, "".join(text.split())) for clip, text in rows]
+
+
+def translated(capsys, *argv):
+    translate.main([*argv, "--num_beams", "1", "--batch_size", "4", "--device", "cpu"])
+    printed = capsys.readouterr()
+    return [tuple(line.split("\t")) for line in printed.out.splitlines()], printed.err
+
+
+def test_a_mix_checkpoint_translates_each_dataset_with_its_prompt(mixed, demo_root, news_root,
+                                                                 tmp_path, capsys):
+    """--dataset NAME gives the clips the prompt of their dataset in the mix, as the trainer
+    did: translate.py writes the trainer's test predictions of each dataset (from the checkpoint
+    and from its exported folder); by default the first dataset's, said on stderr."""
+    checkpoint = str(mixed / "best_checkpoint.pth")
+    demo, demo_files = mix_test_clips(mixed, "Demo", demo_root)
+    news, news_files = mix_test_clips(mixed, "CSL_News", news_root)
+    capsys.readouterr()
+    rows, err = translated(capsys, "--checkpoint", checkpoint, *demo_files)
+    assert rows == demo
+    assert "translating clips of Demo (the mix's first dataset" in err
+    assert "'Translate sign language video to English: '" in err
+    export = tmp_path / "exported"
+    rows, err = translated(capsys, "--checkpoint", checkpoint, *news_files, "--dataset",
+                           "CSL_News", "--export", str(export))
+    assert unspaced(rows) == unspaced(news)
+    assert "translating clips of CSL_News (--dataset" in err and "to Chinese: " in err
+    assert translated(capsys, "--model", str(export), *news_files, "--dataset", "CSL_News")[0] \
+        == rows
+    chinese = translate.Translator.load(checkpoint, "--dataset", "CSL_News", "--device", "cpu")
+    assert chinese.model.prompt == "Translate sign language video to Chinese: "
+    assert translate.Translator.load(str(export), "--device", "cpu").model.prompt == \
+        "Translate sign language video to English: "
+
+
+@pytest.mark.parametrize("source", ["--checkpoint", "--model"])
+def test_a_dataset_outside_the_mix_is_refused_naming_the_choices(mixed, demo_root, tmp_path,
+                                                                  source):
+    clip = sorted(glob.glob(os.path.join(demo_root, "Demo", "pose_format", "*.pkl")))[0]
+    checkpoint = str(mixed / "best_checkpoint.pth")
+    path = checkpoint
+    if source == "--model":
+        path = str(tmp_path / "exported")
+        translate.main(["--checkpoint", checkpoint, "--export", path, "--device", "cpu"])
+    with pytest.raises(translate.UsageError, match=re.escape(
+            "--dataset How2Sign is not a dataset of the mix the model was trained on "
+            "(Demo+CSL_News); choose one of Demo, CSL_News")):
+        translate.main([source, path, clip, "--dataset", "How2Sign", "--device", "cpu"])

@@ -11,7 +11,7 @@ import torch
 import model_export
 import mt5_layout
 import translate
-from conftest import foreign_tokenizer_mt5
+from conftest import foreign_tokenizer_mt5, trainer_predictions
 from datasets import S2T_Dataset, load_labels, read_pose
 from mediapipe_pose import wholebody_to_holistic, write_pose
 
@@ -37,12 +37,6 @@ def trained(demo_root, tmp_path_factory):
                '--max_new_tokens', '12', timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, demo_root
-
-
-def trainer_predictions(out, phase='test'):
-    pattern = re.compile(r'sample: (.*?), prediction: (.*)')
-    with open(out / f'{phase}_tmp_pres.txt', encoding='utf-8') as f:
-        return [pattern.fullmatch(line.rstrip('\n')).groups() for line in f]
 
 
 def test_batches_equal_the_trainers_evaluation_batches(demo_root):
