@@ -57,6 +57,8 @@ def close_distributed():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        from deepspeed.utils import groups
+        groups._WORLD_GROUP = None  # its clone of the destroyed group; a later run makes one anew
 
 
 def keep_freed_memory(mode="auto"):

@@ -104,10 +104,10 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 kill = os.environ.get("KILL_DURING")
-if kill == "optimizer state of epoch1":
+if kill == "training state of epoch1":
     original_save = TorchCheckpointEngine.save
     def save(self, state_dict, path):
-        if "epoch1" in path and "optim" in path:
+        if "epoch1" in path and path.endswith("_states.pt"):
             with open(path, "wb") as f:
                 f.write(b"half a file")
             die()
@@ -134,7 +134,7 @@ def test_run_killed_while_saving_resumes_from_the_previous_state(demo_root, tmp_
              "--skip_test_eval"]
     out = tmp_path / "killed"
     cmd = [sys.executable, str(script), *train_args(demo_root, out, *flags)]
-    for kill in ("optimizer state of epoch1", "latest pointer to epoch1"):
+    for kill in ("training state of epoch1", "latest pointer to epoch1"):
         monkeypatch.setenv("KILL_DURING", kill)
         proc = run(cmd, tmp_path)
         assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]

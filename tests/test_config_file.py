@@ -63,7 +63,7 @@ def test_a_switch_set_false_is_left_off(tmp_path):
     ("stgcn_channels: {a: 1}\n", "stgcn_channels: expected one value, got dict"),
     ("use_signcl: 3\n", "use_signcl: expected true or false, got 3"),
     ("dtype: fp64\n", "dtype: expected one of bf16, fp16, fp32, got fp64"),
-    ("zero_stage: 5\n", "zero_stage: expected one of 0, 1, 2, 3, got 5"),
+    ("zero_stage: 5\n", "zero_stage: expected 0, 1, 2, 3 or auto, got '5'"),
     ("num_beams: true\n", "num_beams: expected a value, got true"),
     ("max_new_tokens:\n", "max_new_tokens: no value given"),
     ("batch_size: 2\nbatch-size: 3\n", "batch-size: given twice (also as batch_size)"),
