@@ -140,6 +140,11 @@ def load_from_checkpoint(path, args, overrides):
     stored = saved.get('args') if isinstance(saved, dict) else None
     if is_mix(stored):  # --dataset picks a dataset of the mix, kept in the flags as trained
         overrides = dict(overrides, dataset=None)
+    elif args.dataset and isinstance(stored, dict) and stored.get('language') \
+            and stored.get('dataset') not in (None, args.dataset):
+        raise UsageError(f"--dataset {args.dataset} cannot act on --checkpoint {path}: it stores "
+                         f"its dataset ({stored['dataset']}) and prompt language; --dataset is "
+                         "for checkpoints without stored flags, and for models of a mix")
     flags = model_export.model_flags(stored, overrides)
     refuse_flags(args, flags, f"--checkpoint {path}")
     mix_member(args, flags)

@@ -247,6 +247,11 @@ def test_damaged_checkpoints_and_exported_folders_are_named(trained, tmp_path, c
         translate_here(capsys, '--checkpoint', no_weights, '--mt5_path',
                        os.path.join(demo_root, 'Demo', 'mt5'), pkl)
 
+    with pytest.raises(translate.UsageError, match=re.escape(
+            '--dataset CSL_Daily cannot act on --checkpoint') + '.*stores its dataset \\(Demo\\)'):
+        translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--dataset',
+                       'CSL_Daily', pkl)
+
     exported = tmp_path / 'exported'
     translate_here(capsys, '--checkpoint', out / 'best_checkpoint.pth', '--export', exported)
     config_json = (exported / 'config.json').read_text()
