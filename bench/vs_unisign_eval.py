@@ -222,7 +222,7 @@ def parse_options(argv=None):
     p.add_argument('--batches', type=count, default=8)
     p.add_argument('--num_beams', type=count, default=4)
     p.add_argument('--max_new_tokens', type=count, default=20)
-    p.add_argument('--eos_scale', type=non_negative, default=40.0,
+    p.add_argument('--eos_scale', type=non_negative, default=4.0,
                    help="factor on the output layer's EOS row (sentences end at varied lengths)")
     p.add_argument('--seed', type=seed, default=0)
     p.add_argument('--ours', dest='ours_flags', action='append', default=[],
