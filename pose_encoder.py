@@ -237,11 +237,16 @@ def first_sentence(error):
 
 def load_checkpoint_file(path):
     """What a torch checkpoint file holds, loaded without running code from it; a missing,
-    truncated or foreign file raises ConfigError naming it."""
+    truncated or foreign file raises ConfigError naming it.
+
+    Files of torch's zip format are memory-mapped: their tensors are read from the page cache as
+    they are copied into a model, never allocated on the heap, where (with the allocator keeping
+    freed memory, utils.keep_freed_memory) a whole model's worth would stay resident."""
     if os.path.isdir(path):
         raise ConfigError(f"checkpoint {path} is a folder, not a checkpoint file")
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True,
+                          mmap=zipfile.is_zipfile(path))
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path} does not exist") from None
     except Exception as error:  # torch raises several kinds for damaged or foreign files

@@ -28,7 +28,6 @@ built) on CPU, torch.cuda.max_memory_allocated on CUDA.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from train_step import (MT5_SHAPES, build_model, machine_description, make_batch
 import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED  # noqa: E402
+from peak_memory import peak_memory_mb, reset_peak_memory  # noqa: E402
 
 ROWS = {  # name: (speed switches, mode, pre-tokenised batches)
     'unisign': (UNISIGN_SPEED, 'two_pass', False),
@@ -83,27 +83,6 @@ def mean_longest_reference(opts, tokenizer):
     _, sentences, _, batch_indices = make_pool(opts)
     longest = [max(len(tokenizer(sentences[i]).input_ids) for i in ix) for ix in batch_indices]
     return round(statistics.mean(longest))
-
-
-def reset_peak_memory(device):
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 resets the peak resident set size (VmHWM)
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device):
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    try:
-        with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM')) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_row(opts, row):

@@ -216,3 +216,45 @@ def test_vs_unisign_report_gives_ratios_per_phase():
     assert any(line.startswith('optimizer') and line.endswith('2.00x') for line in lines)
     assert any(line.startswith('step, CPU time') and '12.000s' in line for line in lines)
     assert 'relative difference 1.0e-07' in lines[-1]
+
+
+def test_vs_unisign_eval_needs_a_uni_sign_checkout(tmp_path, capsys):
+    import vs_unisign_eval
+    with pytest.raises(SystemExit):
+        vs_unisign_eval.parse_options(['--reference', str(tmp_path)])
+    assert 'no models.py (a Uni-Sign checkout is needed)' in capsys.readouterr().err
+
+
+def test_vs_unisign_eval_counts_lengths_and_finds_differing_sentences():
+    import vs_unisign_eval
+    eos = 1
+    ids = [[0, 5, 1, 1], [0, 5, 6, 7], [0, 1, 1, 1]]
+    assert vs_unisign_eval.generated_lengths(ids, eos) == [2, 3, 1]
+    assert vs_unisign_eval.first_difference(ids, [list(row) for row in ids]) is None
+    assert vs_unisign_eval.first_difference(ids, ids[:1] + [[0, 5, 6, 8]] + ids[2:]) == 1
+    assert vs_unisign_eval.first_difference(ids, ids[:2]) == 2
+
+
+def test_vs_unisign_eval_scales_the_eos_row_of_an_untied_output_layer():
+    import torch
+    import vs_unisign_eval
+    shared = torch.ones(3, 2)
+    weights = {'mt5_model.shared.weight': shared, vs_unisign_eval.LM_HEAD: torch.ones(3, 2)}
+    vs_unisign_eval.scale_row(weights, vs_unisign_eval.LM_HEAD, 1, 4.0)
+    assert weights[vs_unisign_eval.LM_HEAD].tolist() == [[1, 1], [4, 4], [1, 1]]
+    with pytest.raises(ValueError, match='tied'):
+        vs_unisign_eval.scale_row({'mt5_model.shared.weight': shared,
+                                   vs_unisign_eval.LM_HEAD: shared}, vs_unisign_eval.LM_HEAD, 1, 4.0)
+
+
+def test_vs_unisign_eval_report_gives_ratios_and_lengths():
+    import vs_unisign_eval
+    opts = vs_unisign_eval.argparse.Namespace(batches=2, batch_size=2, num_beams=4,
+                                              max_new_tokens=20, eos_scale=4.0)
+    side = {'seconds': 2.0, 'cpu_seconds': 4.0, 'peak_gb': 2.0, 'ready_gb': 1.5}
+    fast = dict(side, seconds=1.0, cpu_seconds=1.0, peak_gb=1.0)
+    lines = vs_unisign_eval.report(opts, {'unisign': side, 'ours': fast}, [6, 6, 20, 10])
+    text = '\n'.join(lines)
+    assert 'min 6, median 8, max 20; 6: 2, 10: 1, 20: 1' in text
+    assert any(line.startswith('CPU time') and '4.00x' in line for line in lines)
+    assert any(line.startswith('peak memory') and '0.50x' in line for line in lines)

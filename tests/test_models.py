@@ -235,6 +235,18 @@ def test_checkpoint_round_trip_drops_rgb_keys(tiny_mt5_dir, tmp_path):
     assert load_checkpoint_weights(fresh, state)['dropped_rgb_keys'] == []  # bare state dict
 
 
+@pytest.mark.parametrize('zip_format', [True, False])
+def test_checkpoints_of_either_torch_format_load(tiny_mt5_dir, tmp_path, zip_format):
+    """Zip files are memory-mapped, legacy ones read whole: the weights are the same."""
+    state = build(tiny_mt5_dir, seed=1).state_dict()
+    path = tmp_path / 'weights.pth'
+    torch.save({'model': state}, path, _use_new_zipfile_serialization=zip_format)
+    fresh = build(tiny_mt5_dir, seed=2)
+    assert load_checkpoint_weights(fresh, str(path))['loaded_keys'] == len(state)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
 @pytest.mark.parametrize('saved, built', [('tiny_mt5_dir', 'tied_mt5_dir'),
                                          ('tied_mt5_dir', 'tiny_mt5_dir')])
 def test_checkpoint_weights_bring_their_layout(request, tmp_path, saved, built):
