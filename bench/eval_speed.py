@@ -38,7 +38,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import (MT5_SHAPES, build_model, machine_description, make_batch,  # noqa: E402
-                        make_pool, make_tokenizer, synchronize, to_device)
+                        make_pool, make_tokenizer, phase_clock, synchronize, to_device)
+from step_phases import EVAL_PHASES, eval_split, phase_hooks, split_lines  # noqa: E402
 import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED  # noqa: E402
@@ -96,13 +97,15 @@ def run_row(opts, row):
     model.set_speed(**speed)
     batches = make_batches(opts, tokenizer, pretokenized, device)
     reset_peak_memory(device)
-    cpu_start = time.process_time()
+    clock = phase_clock(device)
+    spent = phase_hooks(model, clock)
+    cpu_start, begin = time.process_time(), clock()
     ids, seconds = evaluate_batches(model, batches, mode, opts, device)
-    cpu_seconds = time.process_time() - cpu_start
+    cpu_seconds, total = time.process_time() - cpu_start, clock() - begin
     with open(opts.ids_file, 'w') as f:
         json.dump(ids, f)
     return dict(seconds=seconds, cpu_seconds=cpu_seconds, sentences=len(ids),
-                peak_mb=peak_memory_mb(device))
+                peak_mb=peak_memory_mb(device), phases=eval_split(spent, total))
 
 
 def run_worker(opts, row, ids_file):
@@ -184,6 +187,13 @@ def summarise(opts, results, outputs):
         identical &= same
         lines.append(f"{row:18s} {rate:11.3f} {rate / base['seconds']:8.2f}x "
                      f"{cpu_rate / base['cpu_seconds']:11.2f}x {peak:8.0f}  {'yes' if same else 'NO'}")
+    splits = [{phase: statistics.median(r['phases'][phase] for r in results[row])
+               for phase in EVAL_PHASES} for row in ('unisign', 'one_pass_pooled')
+              if row in results]
+    if len(splits) == 2:
+        clock = 'CPU time' if opts.device == 'cpu' else 'wall clock'
+        lines += [f"where the time goes ({clock}, all batches; ratio: unisign / one_pass_pooled)",
+                  *split_lines(['unisign', 'pooled'], splits, EVAL_PHASES, 'in all')]
     distinct = len({tuple(ids) for ids in outputs['unisign']})
     lines.append(f"distinct outputs: {distinct} of {len(outputs['unisign'])} clips")
     return lines, identical

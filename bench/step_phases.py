@@ -1,10 +1,12 @@
-"""Where a training step's time goes: forward hooks charge each module's time to the pose
-encoder, the mT5 encoder or the decoder; the rest of the forward (prompt and target tokens,
-output layer, loss), the backward and the optimizer step are timed around them. Shared by the
-benches that compare a step with Uni-Sign's."""
+"""Where a training step's or an evaluation's time goes: forward hooks charge each module's time
+to the pose encoder, the mT5 encoder or the decoder; the rest of a training forward (prompt and
+target tokens, output layer, loss), the backward and the optimizer step are timed around them,
+and in evaluation the rest is the output layer and the beam search. Shared by the benches that
+compare with Uni-Sign's computation."""
 PHASES = ('pose encoder', 'mT5 encoder', 'decoder', 'tokens, output layer, loss', 'backward',
           'optimizer')
 FORWARD_PARTS = PHASES[:3]
+EVAL_PHASES = (*FORWARD_PARTS, 'output layer, search')
 POSE_MODULES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.')
 HOOKED = {'mt5_model.encoder': 'mT5 encoder', 'mt5_model.decoder': 'decoder',
           'pose_proj': 'pose encoder'}
@@ -37,10 +39,18 @@ def per_step(spent, forward, steps):
     return {phase: seconds / steps for phase, seconds in split.items()}
 
 
-def split_lines(names, splits):
-    """Table lines: seconds per step of each phase for each side, and the first over the last."""
-    lines = [f"{'per step':28s} " + ' '.join(f'{name:>12s}' for name in names) + '    ratio']
-    for phase in PHASES:
+def eval_split(spent, total):
+    """Seconds of each evaluation phase, the rest of `total` charged to the output layer and
+    the search."""
+    split = {phase: spent[phase] for phase in FORWARD_PARTS}
+    split['output layer, search'] = total - sum(split.values())
+    return split
+
+
+def split_lines(names, splits, phases=PHASES, unit='per step'):
+    """Table lines: seconds of each phase for each side, and the first over the last."""
+    lines = [f"{unit:28s} " + ' '.join(f'{name:>12s}' for name in names) + '    ratio']
+    for phase in phases:
         values = [split[phase] for split in splits]
         lines.append(f"{phase:28s} " + ' '.join(f'{v:11.3f}s' for v in values)
                      + f" {values[0] / max(values[-1], 1e-9):7.2f}x")

@@ -54,6 +54,9 @@ def test_eval_speed_bench_generates_identical_ids(capsys):
     text = capsys.readouterr().out
     for row in eval_speed.ROWS:
         assert f'\n{row} ' in text and 'NO' not in text.split(row, 2)[-1].splitlines()[0]
+    split = text.split('ratio: unisign / one_pass_pooled)\n')[1].splitlines()
+    assert [line.split('  ')[0] for line in split[1:5]] == list(eval_speed.EVAL_PHASES)
+    assert float(split[1].split()[-3].rstrip('s')) > 0  # the pose encoder ran under the hooks
 
 
 def test_gradient_checkpointing_bench_prints_ratios_against_the_plain_run(capsys):
