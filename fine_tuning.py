@@ -24,7 +24,6 @@ import engine as trainer  # noqa: E402
 import label_cache  # noqa: E402
 import mixing  # noqa: E402
 import preemption  # noqa: E402
-import reshard  # noqa: E402
 import resume_flags  # noqa: E402
 import riemannian  # noqa: E402
 import run_folder  # noqa: E402
@@ -261,38 +260,6 @@ def resume_if_possible(args, engine, sampler, hyp_optimizer=None):
     return state["epoch"], state.get("best"), True
 
 
-def check_resume_changes(args):
-    """Before anything is built: the flags that differ from those of the training state the run
-    will resume from, each honoured or refused (resume_flags.py)."""
-    if args.resume == "none" or args.overwrite or not args.output_dir or args.eval:
-        ds_config.resolve_zero_stage(args)
-        return {}  # --overwrite starts afresh: rank 0 removes the states the other ranks see
-    tag = agreed_training_state(args)
-    saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
-    ds_config.resolve_zero_stage(args, saved)
-    if not saved:
-        return {}
-    changes = resume_flags.check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")
-    if getattr(args, "load_universal", False):
-        args.resume_tag = reshard.universal_tag(args.output_dir, tag)
-    return changes
-
-
-def agreed_training_state(args):
-    """The tag of the training state every rank resumes from (each reads `latest` in its own
-    node's folder); ConfigError when the ranks see different ones."""
-    tag = checkpoint.latest_training_state(args.output_dir)
-    tags = utils.all_gather_objects(tag)
-    if len(set(tags)) > 1:
-        seen = ", ".join(f"rank {rank}: {t or 'none'}" for rank, t in enumerate(tags))
-        raise config.ConfigError(
-            f"the ranks see different training states in --output_dir {args.output_dir} "
-            f"({seen}): with one folder per node (--node_local_storage) every node's folder "
-            "must hold the same states; copy the latest one over, or start afresh with "
-            "--overwrite")
-    return tag
-
-
 def step_saver(args, engine, sampler, epoch, best, hyp_optimizer=None):
     """Saves a mid-epoch training state every --save_every_steps micro-batches, at optimizer
     step boundaries only (gradients accumulated since the last step are not saved)."""
@@ -431,7 +398,7 @@ def build_run(args):
     task = GlossTextTask(args, spec) if args.task == "G2T" else mixing.build_task(args, spec)
     paths = resolve_run_paths(args, task)
     run_folder.check_sharing(args)
-    check_resume_changes(args)
+    resume_flags.check_resume_changes(args)
     deepspeed_config = ds_config.build(args)
     ds_config.write_run_files(args, deepspeed_config)
     utils.set_seed(args.seed)

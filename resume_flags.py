@@ -11,7 +11,10 @@ import bisect
 import collections
 import os
 
+import checkpoint
+import ds_config
 import reshard
+import utils
 from config import ConfigError
 
 # Read afresh by the resumed run.
@@ -112,3 +115,35 @@ def rebuild_schedule(engine, args, changes, updates_per_epoch):
     for group, base, factor in zip(groups, scheduler.base_lrs, factors * len(groups)):
         group["lr"] = base * factor
     scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def check_resume_changes(args):
+    """Before anything is built: the flags that differ from those of the training state the run
+    will resume from, each honoured or refused (the tables above); resolves --zero_stage auto."""
+    if args.resume == "none" or args.overwrite or not args.output_dir or args.eval:
+        ds_config.resolve_zero_stage(args)
+        return {}  # --overwrite starts afresh: rank 0 removes the states the other ranks see
+    tag = agreed_training_state(args)
+    saved = checkpoint.saved_flags(args.output_dir, tag) if tag else None
+    ds_config.resolve_zero_stage(args, saved)
+    if not saved:
+        return {}
+    changes = check_changes(saved, args, f"{args.output_dir}/training_state/{tag}")
+    if getattr(args, "load_universal", False):
+        args.resume_tag = reshard.universal_tag(args.output_dir, tag)
+    return changes
+
+
+def agreed_training_state(args):
+    """The tag of the training state every rank resumes from (each reads `latest` in its own
+    node's folder); ConfigError when the ranks see different ones."""
+    tag = checkpoint.latest_training_state(args.output_dir)
+    tags = utils.all_gather_objects(tag)
+    if len(set(tags)) > 1:
+        seen = ", ".join(f"rank {rank}: {t or 'none'}" for rank, t in enumerate(tags))
+        raise ConfigError(
+            f"the ranks see different training states in --output_dir {args.output_dir} "
+            f"({seen}): with one folder per node (--node_local_storage) every node's folder "
+            "must hold the same states; copy the latest one over, or start afresh with "
+            "--overwrite")
+    return tag

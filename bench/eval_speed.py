@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import (MT5_SHAPES, build_model, machine_description, make_batch,  # noqa: E402
-                        make_pool, make_tokenizer, phase_clock, synchronize, to_device)
-from step_phases import EVAL_PHASES, eval_split, phase_hooks, split_lines  # noqa: E402
+                        make_pool, make_tokenizer, synchronize, to_device)
+from step_phases import EVAL_PHASES, eval_split, phase_clock, phase_hooks, split_lines  # noqa: E402
 import cli  # noqa: E402
 from cli import add_flag  # noqa: E402
 from models import SPEED_DEFAULTS, UNISIGN_SPEED  # noqa: E402

@@ -3,6 +3,10 @@ to the pose encoder, the mT5 encoder or the decoder; the rest of a training forw
 target tokens, output layer, loss), the backward and the optimizer step are timed around them,
 and in evaluation the rest is the output layer and the beam search. Shared by the benches that
 compare with Uni-Sign's computation."""
+import time
+
+import torch
+
 PHASES = ('pose encoder', 'mT5 encoder', 'decoder', 'tokens, output layer, loss', 'backward',
           'optimizer')
 FORWARD_PARTS = PHASES[:3]
@@ -10,6 +14,13 @@ EVAL_PHASES = (*FORWARD_PARTS, 'output layer, search')
 POSE_MODULES = ('proj_linear.', 'gcn_modules.', 'fusion_gcn_modules.')
 HOOKED = {'mt5_model.encoder': 'mT5 encoder', 'mt5_model.decoder': 'decoder',
           'pose_proj': 'pose encoder'}
+
+
+def phase_clock(device):
+    """CPU time on a CPU; on CUDA the wall clock once the queued kernels are done."""
+    if device.type == 'cpu':
+        return time.process_time
+    return lambda: (torch.cuda.synchronize(), time.perf_counter())[1]
 
 
 def phase_hooks(model, clock):

@@ -58,7 +58,7 @@ from models import SPEED_DEFAULTS, UNISIGN_SPEED, SignTranslator  # noqa: E402
 from samplers import ResumableDistributedSampler, padding_fraction  # noqa: E402
 from utils import keep_freed_memory  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_phases import PHASES, per_step, phase_hooks, split_lines  # noqa: E402
+from step_phases import PHASES, per_step, phase_clock, phase_hooks, split_lines  # noqa: E402
 
 JOINTS = {'body': 9, 'left': 21, 'right': 21, 'face_all': 18}
 MT5_SHAPES = {  # d_ff, heads and d_kv of mt5-base; 'tiny' is for smoke runs
@@ -189,13 +189,6 @@ def current_rss_mb():
 def synchronize(device):
     if device.type == 'cuda':
         torch.cuda.synchronize()
-
-
-def phase_clock(device):
-    """CPU time on a CPU; on CUDA the wall clock once the queued kernels are done."""
-    if device.type == 'cpu':
-        return time.process_time
-    return lambda: (torch.cuda.synchronize(), time.perf_counter())[1]
 
 
 def train_step(model, batch, device, bf16, optimizer=None, clock=None, spent=None):

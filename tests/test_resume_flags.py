@@ -54,7 +54,7 @@ def test_changed_flags_are_listed_and_honoured_or_refused(demo_root, tmp_path, c
 
 
 def test_layout_changes_beside_a_refused_one_are_all_named():
-    args = flags.parse_args("fine_tuning.py", [])
+    args = flags.parse_args("fine_tuning.py", ["--zero_stage", "2"])
     args.world_size = 1
     saved = {"world_size": 2, "zero_stage": 3, "hidden_dim": 64}
     with pytest.raises(fine_tuning.config.ConfigError) as info:
@@ -67,7 +67,7 @@ def test_layout_changes_beside_a_refused_one_are_all_named():
 
 
 def test_layout_changes_alone_go_through_the_universal_checkpoint(capsys):
-    args = flags.parse_args("fine_tuning.py", [])
+    args = flags.parse_args("fine_tuning.py", ["--zero_stage", "2"])
     args.world_size = 1
     resume_flags.check_changes({"world_size": 2, "zero_stage": 1}, args, "out/training_state/epoch0")
     assert args.load_universal
