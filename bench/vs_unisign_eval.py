@@ -5,8 +5,8 @@ as its fine_tuning.evaluate does, batch by batch under torch.no_grad: the teache
 `stack_out = model(src_input, tgt_input)`, then `model.generate(stack_out, max_new_tokens=...,
 num_beams=...)` (Hugging Face's beam search, the mT5 encoder run again from the forward's input
 embeddings). This trainer's side builds its model with the trainer's defaults (as
-bench/vs_unisign.py does for a training step), loads the weights as --finetune does, and runs engine.predict's decoding: the pooled beam
-search over --decode_pool beam rows (the trainer's default) where it applies, batch by batch
+bench/vs_unisign.py does for a training step), loads the weights as --finetune does, and runs
+engine.predict's decoding: the pooled beam search over --decode_pool beam rows (the trainer's default) where it applies, batch by batch
 otherwise. Both sides get the same weights and batches (bench/vs_unisign.py's prepare: mt5-base
 layer shapes, untied output layer of 250,112 rows; `small` 2+2 layers, `base` 12+12).
 
@@ -16,7 +16,9 @@ and sentences end at varied lengths (the distribution is printed). Both sides' g
 be equal sentence by sentence, or the bench stops with an error. Each side runs in a fresh
 process; times are the process's CPU time (one thread with OMP_NUM_THREADS=1) and the wall clock
 of the evaluation loop, and peak memory is that of the evaluation (resident set high-water mark
-reset once the model and batches are ready; torch.cuda.max_memory_allocated on CUDA).
+reset once the model and batches are ready; torch.cuda.max_memory_allocated on CUDA). Module
+hooks split each side's time into the pose encoder, the mT5 encoder, the decoder and the rest
+(output layer, loss and search; bench/step_phases.py).
 
     OMP_NUM_THREADS=1 python bench/vs_unisign_eval.py --reference ../Uni-Sign --size small
 """
@@ -37,6 +39,7 @@ sys.path.insert(0, HERE)
 import vs_unisign  # noqa: E402  (imports nothing named like Uni-Sign's modules)
 from cli import count, non_negative, seed  # noqa: E402
 from peak_memory import peak_memory_mb, reset_peak_memory, resident_mb  # noqa: E402
+from step_phases import EVAL_PHASES, eval_split, phase_clock, phase_hooks, split_lines  # noqa: E402
 
 SIDES = vs_unisign.SIDES
 LM_HEAD = 'mt5_model.lm_head.weight'
@@ -92,7 +95,7 @@ def unisign_evaluation(opts, directory, device):
                 stack_out['loss'].item()  # fine_tuning.evaluate logs it
                 yield model.generate(stack_out, max_new_tokens=opts.max_new_tokens,
                                      num_beams=opts.num_beams)
-    return evaluate
+    return model, evaluate
 
 
 def our_flags(opts, directory):
@@ -128,7 +131,7 @@ def our_evaluation(opts, directory, device):
                       else engine.batch_predictions)
             for _, _, ids in decode(args, model, iter(batches)):
                 yield ids
-    return evaluate
+    return model, evaluate
 
 
 # ------------------------------------------------------------------------------- the worker
@@ -138,21 +141,24 @@ def run_side(opts, side):
     torch.manual_seed(opts.seed)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     build = unisign_evaluation if side == 'unisign' else our_evaluation
-    evaluate = build(opts, opts.workdir, device)
+    model, evaluate = build(opts, opts.workdir, device)
+    clock = phase_clock(device)
+    spent = phase_hooks(model, clock)
     ready_mb = resident_mb()
     if device.type == 'cuda':
         torch.cuda.synchronize()
     reset_peak_memory(device)
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start, start_cpu, begin = time.perf_counter(), time.process_time(), clock()
     ids = [row.tolist() for batch in evaluate() for row in batch.cpu()]
     if device.type == 'cuda':
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    phases = eval_split(spent, clock() - begin)
     with open(opts.ids_file, 'w') as f:
         json.dump(ids, f)
     return {'side': side, 'seconds': seconds, 'cpu_seconds': cpu,
             'peak_gb': peak_memory_mb(device) / 1024, 'ready_gb': ready_mb / 1024,
-            'sentences': len(ids)}
+            'sentences': len(ids), 'phases': phases}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -209,6 +215,10 @@ def report(opts, results, lengths):
     lines.append(f"{'peak memory':16s} {a:7.2f}GB {b:7.2f}GB {b / a:6.2f}x (this / Uni-Sign)")
     lines.append(f"{'ready (before)':16s} {uni['ready_gb']:7.2f}GB {ours['ready_gb']:7.2f}GB")
     lines.append("generated ids: identical, sentence by sentence")
+    if 'phases' in uni and 'phases' in ours:
+        lines += ["where the time goes (ratio: Uni-Sign / this)",
+                  *split_lines(['Uni-Sign', 'this'], [uni['phases'], ours['phases']],
+                               EVAL_PHASES, 'in all')]
     return lines
 
 

@@ -261,3 +261,7 @@ def test_vs_unisign_eval_report_gives_ratios_and_lengths():
     assert 'min 6, median 8, max 20; 6: 2, 10: 1, 20: 1' in text
     assert any(line.startswith('CPU time') and '4.00x' in line for line in lines)
     assert any(line.startswith('peak memory') and '0.50x' in line for line in lines)
+    phases = dict.fromkeys(vs_unisign_eval.EVAL_PHASES, 1.0)
+    lines = vs_unisign_eval.report(opts, {'unisign': dict(side, phases=dict(phases, decoder=3.0)),
+                                          'ours': dict(fast, phases=phases)}, [6, 6, 20, 10])
+    assert any(line.startswith('decoder') and line.endswith('3.00x') for line in lines)
