@@ -246,11 +246,7 @@ def report(results, frames):
 
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--reference', required=True,
-                   help="a checkout of ZechengLi19/Uni-Sign (its models.py, stgcn_layers/, "
-                        "utils.py, config.py)")
-    p.add_argument('--size', default='small', choices=['small', 'base'])
-    p.add_argument('--batch_size', type=count, default=4)
+    add_shared_options(p)
     p.add_argument('--steps', type=count, default=3, help="timed steps per side (after one warm-up)")
     p.add_argument('--repeats', type=count, default=1, help="interleaved rounds of both sides")
     p.add_argument('--seed', type=seed, default=0)
@@ -262,10 +258,30 @@ def parse_options(argv=None):
     p.add_argument('--worker', default='', choices=['', *SIDES], help=argparse.SUPPRESS)
     p.add_argument('--workdir', default='', help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
-    for name in ('models.py', 'utils.py', 'config.py'):
-        if not os.path.isfile(os.path.join(opts.reference, name)):
-            p.error(f"--reference {opts.reference}: no {name} (a Uni-Sign checkout is needed)")
+    check_reference(p, opts.reference)
     return opts
+
+
+def add_shared_options(p):
+    """The Uni-Sign checkout, the model size and the batch size (both benches against it)."""
+    p.add_argument('--reference', required=True,
+                   help="a checkout of ZechengLi19/Uni-Sign (its models.py, stgcn_layers/, "
+                        "utils.py, config.py)")
+    p.add_argument('--size', default='small', choices=['small', 'base'])
+    p.add_argument('--batch_size', type=count, default=4)
+
+
+def check_reference(parser, reference):
+    """A parser error unless `reference` looks like a Uni-Sign checkout."""
+    for name in ('models.py', 'utils.py', 'config.py'):
+        if not os.path.isfile(os.path.join(reference, name)):
+            parser.error(f"--reference {reference}: no {name} (a Uni-Sign checkout is needed)")
+
+
+def run_description(opts):
+    """The first line of a report: torch, its threads and the model size."""
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), size {opts.size}")
 
 
 def main(argv=None):
@@ -273,9 +289,8 @@ def main(argv=None):
     if opts.worker:
         print(json.dumps(run_side(opts, opts.worker)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), size {opts.size}, "
-          f"batch {opts.batch_size}, {opts.steps} timed steps per side, Uni-Sign's ZeRO stage {opts.zero_stage}")
+    print(f"{run_description(opts)}, batch {opts.batch_size}, {opts.steps} timed steps per "
+          f"side, Uni-Sign's ZeRO stage {opts.zero_stage}")
     with tempfile.TemporaryDirectory() as directory:
         opts.workdir = directory
         frames = prepare(opts, directory)

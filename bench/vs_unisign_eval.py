@@ -224,11 +224,7 @@ def report(opts, results, lengths):
 
 def parse_options(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--reference', required=True,
-                   help="a checkout of ZechengLi19/Uni-Sign (its models.py, stgcn_layers/, "
-                        "utils.py, config.py)")
-    p.add_argument('--size', default='small', choices=['small', 'base'])
-    p.add_argument('--batch_size', type=count, default=4)
+    vs_unisign.add_shared_options(p)
     p.add_argument('--batches', type=count, default=8)
     p.add_argument('--num_beams', type=count, default=4)
     p.add_argument('--max_new_tokens', type=count, default=20)
@@ -242,9 +238,7 @@ def parse_options(argv=None):
     p.add_argument('--workdir', default='', help=argparse.SUPPRESS)
     p.add_argument('--ids_file', default='', help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
-    for name in ('models.py', 'utils.py', 'config.py'):
-        if not os.path.isfile(os.path.join(opts.reference, name)):
-            p.error(f"--reference {opts.reference}: no {name} (a Uni-Sign checkout is needed)")
+    vs_unisign.check_reference(p, opts.reference)
     return opts
 
 
@@ -253,8 +247,7 @@ def main(argv=None):
     if opts.worker:
         print(json.dumps(run_side(opts, opts.worker)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), size {opts.size}")
+    print(vs_unisign.run_description(opts))
     results, outputs = {}, {}
     with tempfile.TemporaryDirectory() as directory:
         opts.workdir = directory

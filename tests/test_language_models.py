@@ -60,20 +60,18 @@ def test_unknown_language_code_is_named(tiny_lm_dirs):
         language_models.read_tokenizer(tiny_lm_dirs['mbart'], 'mbart', 'xx_YY')
 
 
-def test_tiny_mbart_trains_evaluates_and_translates(demo_root, tiny_lm_dirs, tmp_path, capsys,
-                                                    in_process_trainer):
-    """fine_tuning.main trains a tiny mBART-50 for an epoch and evaluates it; translate.py on
-    the checkpoint, and on its exported folder, writes the trainer's test predictions."""
+def train_tiny_mbart(demo_root, folder, **lm_options):
+    """Trains a tiny mBART built in `folder` for one short epoch on the Demo set through
+    fine_tuning.main; returns (output folder, the trainer's test predictions, the test files)."""
     import fine_tuning
-    import translate
     from datasets import load_labels
     from demo.data import dataset_paths, tokenizer_sentences
     from demo.tiny_lms import build_tiny_lm
     with open(dataset_paths(os.path.join(demo_root, 'Demo'))['corpus'], encoding='utf-8') as f:
         corpus = tokenizer_sentences([line.strip() for line in f if line.strip()])
-    mbart = build_tiny_lm('mbart', str(tmp_path / 'mbart'), corpus, vocab_size=256, d_model=32,
-                          d_ff=64, num_layers=1, num_heads=2)
-    out = tmp_path / 'run'
+    mbart = build_tiny_lm('mbart', str(folder / 'mbart'), corpus, vocab_size=256, d_model=32,
+                          d_ff=64, num_layers=1, num_heads=2, **lm_options)
+    out = folder / 'run'
     fine_tuning.main(flags.parse_args("fine_tuning.py", [
         "--dataset", "Demo", "--data_root", demo_root, "--mt5_path", mbart,
         "--output_dir", str(out), "--batch-size", "4", "--gradient-accumulation-steps", "1",
@@ -86,10 +84,19 @@ def test_tiny_mbart_trains_evaluates_and_translates(demo_root, tiny_lm_dirs, tmp
     assert 'test_bleu4' in record and record['train_loss'] > 0
     expected = trainer_predictions(out)
     assert len(expected) == 8
-    capsys.readouterr()
     demo = os.path.join(demo_root, 'Demo')
     files = [os.path.join(demo, 'pose_format', e['pose_file'])
              for e in load_labels(os.path.join(demo, 'labels.test'))]
+    return out, expected, files
+
+
+def test_tiny_mbart_trains_evaluates_and_translates(demo_root, tmp_path, capsys,
+                                                    in_process_trainer):
+    """fine_tuning.main trains a tiny mBART-50 for an epoch and evaluates it; translate.py on
+    the checkpoint, and on its exported folder, writes the trainer's test predictions."""
+    import translate
+    out, expected, files = train_tiny_mbart(demo_root, tmp_path)
+    capsys.readouterr()
     export = tmp_path / 'exported'
     translate.main(['--checkpoint', str(out / 'best_checkpoint.pth'), *files, '--num_beams', '2',
                     '--batch_size', '4', '--device', 'cpu', '--export', str(export)])
@@ -172,32 +179,9 @@ def test_tiny_cc25_trains_evaluates_and_translates(demo_root, tmp_path, capsys,
                                                    in_process_trainer):
     """fine_tuning.main trains a tiny cc25-layout mBART for an epoch and evaluates it;
     translate.py on the checkpoint writes the trainer's test predictions."""
-    import fine_tuning
     import translate
-    from datasets import load_labels
-    from demo.data import dataset_paths, tokenizer_sentences
-    from demo.tiny_lms import build_tiny_lm
-    with open(dataset_paths(os.path.join(demo_root, 'Demo'))['corpus'], encoding='utf-8') as f:
-        corpus = tokenizer_sentences([line.strip() for line in f if line.strip()])
-    cc25 = build_tiny_lm('mbart', str(tmp_path / 'cc25'), corpus, vocab_size=256, d_model=32,
-                         d_ff=64, num_layers=1, num_heads=2, cc25=True)
-    out = tmp_path / 'run'
-    fine_tuning.main(flags.parse_args("fine_tuning.py", [
-        "--dataset", "Demo", "--data_root", demo_root, "--mt5_path", cc25,
-        "--output_dir", str(out), "--batch-size", "4", "--gradient-accumulation-steps", "1",
-        "--lr", "3e-3", "--num_workers", "0", "--dtype", "fp32", "--epochs", "1",
-        "--quick_break", "3", "--stgcn_channels", "8,16", "--hidden_dim", "16",
-        "--temporal_layers", "1", "--max_length", "32", "--num_beams", "2",
-        "--max_new_tokens", "8"]))
-    with open(out / 'log.txt') as f:
-        record = json.loads(f.readlines()[-1])
-    assert 'test_bleu4' in record and record['train_loss'] > 0
-    expected = trainer_predictions(out)
-    assert len(expected) == 8
+    out, expected, files = train_tiny_mbart(demo_root, tmp_path, cc25=True)
     capsys.readouterr()
-    demo = os.path.join(demo_root, 'Demo')
-    files = [os.path.join(demo, 'pose_format', e['pose_file'])
-             for e in load_labels(os.path.join(demo, 'labels.test'))]
     translate.main(['--checkpoint', str(out / 'best_checkpoint.pth'), *files, '--num_beams', '2',
                     '--batch_size', '4', '--device', 'cpu'])
     rows = [line.split('\t') for line in capsys.readouterr().out.splitlines()]
