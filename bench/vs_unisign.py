@@ -212,7 +212,11 @@ def run_worker(opts, side):
                '--workdir', opts.workdir, '--reference', opts.reference, '--size', opts.size,
                '--batch_size', str(opts.batch_size), '--steps', str(opts.steps),
                '--seed', str(opts.seed), '--zero_stage', str(opts.zero_stage)]
-    command += [f'--ours={flag}' for flag in opts.ours_flags]
+    return run_side_process(command + [f'--ours={flag}' for flag in opts.ours_flags], side)
+
+
+def run_side_process(command, side):
+    """Runs one side's worker in a fresh process; its result, the last JSON line it prints."""
     done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{"side"')]
     if done.returncode or not lines:

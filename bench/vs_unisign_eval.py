@@ -27,7 +27,6 @@ import collections
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -171,13 +170,9 @@ def run_worker(opts, side):
                  'seed'):
         command += [f'--{name}', str(getattr(opts, name))]
     command += [f'--ours={flag}' for flag in opts.ours_flags]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
-    lines = [line for line in done.stdout.splitlines() if line.startswith('{"side"')]
-    if done.returncode or not lines:
-        raise SystemExit(f"error: the {side} side failed (exit {done.returncode}):\n"
-                         f"{done.stderr[-3000:]}")
+    result = vs_unisign.run_side_process(command, side)
     with open(ids_file) as f:
-        return json.loads(lines[-1]), json.load(f)
+        return result, json.load(f)
 
 
 def generated_lengths(ids, eos):
