@@ -70,7 +70,8 @@ def auto_zero_stage(args, saved):
     if saved.get("zero_stage") in (0, 1, 2, 3):
         return saved["zero_stage"], "the stage of the training state resumed"
     if args.deepspeed_config:
-        found, stage = lookup(load_user_config(args.deepspeed_config), ("zero_optimization", "stage"))
+        found, stage = lookup(load_user_config(args.deepspeed_config),
+                              ("zero_optimization", "stage"))
         if found and stage in (0, 1, 2, 3):
             return stage, f"zero_optimization.stage of {args.deepspeed_config}"
     if utils.get_world_size() > 1:

@@ -121,8 +121,9 @@ def add_distributed_flags(p):
     add_flag(g, "--dtype", default=None, choices=["bf16", "fp16", "fp32"],
          help="default: bf16 on a GPU that supports it, fp32 otherwise")
     add_flag(g, "--zero_stage", type=zero_stage, default="auto",
-             help="DeepSpeed ZeRO stage 0-3, or auto: 2 on several ranks (or with --offload, "
-                  "fp16 or a resumed ZeRO-2 state), 0 on one rank, where ZeRO only adds copies")
+             help="DeepSpeed ZeRO stage 0-3, or auto: a resumed state's stage; 2 on several "
+                  "ranks, with --offload or under bf16/fp16; 0 for float32 on one rank, where "
+                  "ZeRO only adds copies")
     add_flag(g, "--compute_fp32_loss", action="store_true",
              help="cross-entropy on float32 logits under bf16/fp16")
 

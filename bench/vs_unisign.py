@@ -1,12 +1,12 @@
 """One training step of Uni-Sign's own model code against this trainer's, side by side.
 
 Both sides get the same weights and the same batches, and both train the way their own scripts
-do: a DeepSpeed engine (fp32, one rank) over AdamW. Uni-Sign's side
-imports `models.Uni_Sign` from a checkout of ZechengLi19/Uni-Sign given with --reference (it is
-not shipped here), loads mT5 with its own `from_pretrained` call, and steps AdamW over the
-parameter groups Uni-Sign's timm `create_optimizer` forms (no weight decay on biases and 1-D
-parameters), with DeepSpeed's config from Uni-Sign's own `utils.get_train_ds_config` at --zero_stage (2,
-Uni-Sign's default). This trainer's side builds its model and DeepSpeed config
+do: a DeepSpeed engine (fp32, one rank) over AdamW. Uni-Sign's side imports `models.Uni_Sign`
+from a checkout of ZechengLi19/Uni-Sign given with --reference (it is not shipped here), loads
+mT5 with its own `from_pretrained` call, and steps AdamW over the parameter groups Uni-Sign's
+timm `create_optimizer` forms (no weight decay on biases and 1-D parameters), with DeepSpeed's
+config from Uni-Sign's own `utils.get_train_ds_config` at --zero_stage (2, Uni-Sign's
+default). This trainer's side builds its model and DeepSpeed config
 (`ds_config.generated`, the ZeRO stage resolved as a run resolves it) with the trainer's
 defaults, its engine with `fine_tuning.init_engine` (the trainer's optimizer), and keeps freed
 memory for reuse on a CPU as the trainer does (--keep_freed_memory auto). Trainer flags go
@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from cli import count, seed  # noqa: E402  (imports nothing named like Uni-Sign's modules)
-from step_phases import PHASES, per_step, phase_hooks  # noqa: E402
+from step_phases import PHASES, per_step, phase_clock, phase_hooks  # noqa: E402
 SIDES = ('unisign', 'ours')
 
 
@@ -131,7 +131,7 @@ def our_side(opts, directory):
 
     def make_engine(model, ds):  # the trainer's own engine: its optimizer and one-rank path
         import fine_tuning
-        return fine_tuning.init_engine(args, model, len(PHASES), ds)
+        return fine_tuning.init_engine(args, model, opts.steps + 1, ds)  # warm-up + timed
     return model, make_engine, ds_config.generated(args), collate
 
 
@@ -174,7 +174,7 @@ def run_side(opts, side):
     ds.update(train_micro_batch_size_per_gpu=opts.batch_size, gradient_accumulation_steps=1,
               gradient_clipping=1.0, steps_per_print=10 ** 9)
     engine = make_engine(model, ds)
-    clock = time.process_time if device.type == 'cpu' else time.perf_counter
+    clock = phase_clock(device)
     spent = phase_hooks(model, clock)
     one_step(engine, batches[0], clock, spent)  # warm-up
     spent.update(dict.fromkeys(PHASES, 0.0))

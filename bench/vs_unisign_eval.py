@@ -6,8 +6,8 @@ as its fine_tuning.evaluate does, batch by batch under torch.no_grad: the teache
 num_beams=...)` (Hugging Face's beam search, the mT5 encoder run again from the forward's input
 embeddings). This trainer's side builds its model with the trainer's defaults (as
 bench/vs_unisign.py does for a training step), loads the weights as --finetune does, and runs
-engine.predict's decoding: the pooled beam search over --decode_pool beam rows (the trainer's default) where it applies, batch by batch
-otherwise. Both sides get the same weights and batches (bench/vs_unisign.py's prepare: mt5-base
+engine.predict's decoding: the pooled beam search over --decode_pool beam rows (the trainer's
+default) where it applies, batch by batch otherwise. Both sides get the same weights and batches (bench/vs_unisign.py's prepare: mt5-base
 layer shapes, untied output layer of 250,112 rows; `small` 2+2 layers, `base` 12+12).
 
 Random weights never pick end-of-sentence, so the shared weights scale the output layer's EOS
