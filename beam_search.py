@@ -9,17 +9,23 @@ beam. Here each batch keeps its own decoder pass, cache and beam state (the same
   about `pool_rows` beam rows, refilled from the next batches as sentences end);
 - a sentence leaves the pool as soon as its best hypotheses are final;
 - the first step runs one row per sentence (all beams start identical), and the cross-attention
-  cache is never reordered (a sentence's beams share it).
+  cache is never reordered: with sdpa attention a sentence's beams share one copy of it
+  (beam_attention.py), otherwise each beam holds its own.
+The logits are the same up to float32 rounding (beam_attention.py, cpu_kernels.py); the tokens
+are those of `generate` wherever two candidates are not within that rounding of each other.
 The beam bookkeeping follows transformers' `GenerationMixin._beam_search`: the same top-k
 candidates, length penalty, early-stopping heuristic and output padding, and the forced first and
 last tokens of `forced_bos_token_id` / `forced_eos_token_id` (mBART's target language code and
 </s>). It serves every language model of language_models.py (mT5, mBART, T5, ByT5).
 """
+import contextlib
+
 import torch
 import transformers
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+import beam_attention
 import language_models
 
 # generation_config fields that add logits processors or change the search; with any of them
@@ -89,8 +95,8 @@ class SearchSettings:
 class BatchBeams:
     """One batch's beam search state; rows of sentences whose result is final are dropped."""
 
-    def __init__(self, key, encoder_states, encoder_mask, settings):
-        self.key, self.settings = key, settings
+    def __init__(self, key, encoder_states, encoder_mask, settings, share_keys=False):
+        self.key, self.settings, self.share_keys = key, settings, share_keys
         batch, beams, device = len(encoder_states), settings.num_beams, encoder_states.device
         self.states, self.mask = encoder_states, encoder_mask
         # Later steps pass a zero-stride stand-in of this shape (the cache holds the keys).
@@ -130,7 +136,10 @@ class BatchBeams:
             ids = self.running[:, :, self.cur_len - 1].reshape(-1, 1)
             mask = self.row_mask
             encoder_states = self.zero.expand(len(mask), *self.state_shape)
-        out = mt5.get_decoder()(input_ids=ids, encoder_hidden_states=encoder_states,
+        decoder = mt5.get_decoder()
+        with (beam_attention.shared_keys(decoder) if self.share_keys
+              else contextlib.nullcontext()):
+            out = decoder(input_ids=ids, encoder_hidden_states=encoder_states,
                           encoder_attention_mask=mask, past_key_values=self.cache,
                           use_cache=True, return_dict=True)
         return out.last_hidden_state[:, -1]
@@ -140,8 +149,12 @@ class BatchBeams:
         s, beams = self.settings, self.settings.num_beams
         if not self.expanded:  # first step: every beam of a sentence holds the same row
             log_probs = log_probs.repeat_interleave(beams, dim=0)
-            self.cache.batch_repeat_interleave(beams)
-            self.row_mask = self.mask.repeat_interleave(beams, dim=0)
+            if self.share_keys:  # one cross-attention row per sentence
+                self.cache.self_attention_cache.batch_repeat_interleave(beams)
+                self.row_mask = self.mask
+            else:
+                self.cache.batch_repeat_interleave(beams)
+                self.row_mask = self.mask.repeat_interleave(beams, dim=0)
             self.zero = self.states.new_zeros(())
             self.states = self.mask = None
             self.expanded = True
@@ -226,10 +239,11 @@ class BatchBeams:
         for name in ('active', 'running', 'running_scores', 'sequences', 'scores', 'finished',
                      'lengths', 'improvable'):
             setattr(self, name, getattr(self, name)[keep])
-        kept_rows = (torch.nonzero(keep)[:, 0, None] * beams
-                     + torch.arange(beams, device=keep.device)).flatten()
-        self.cache.cross_attention_cache.reorder_cache(kept_rows)
-        self.row_mask = self.row_mask[kept_rows]
+        kept = torch.nonzero(keep)[:, 0]
+        if not self.share_keys:
+            kept = (kept[:, None] * beams + torch.arange(beams, device=keep.device)).flatten()
+        self.cache.cross_attention_cache.reorder_cache(kept)
+        self.row_mask = self.row_mask[kept]
 
     @property
     def done(self):
@@ -249,6 +263,7 @@ def pooled_generate(mt5, encoded_batches, num_beams, max_new_tokens, pool_rows=6
     if reasons:
         raise ValueError("pooled beam search cannot reproduce generate() with "
                          + ", ".join(reasons))
+    share_keys = beam_attention.shares_keys(mt5.get_decoder())
     pending = iter(encoded_batches)
     in_flight = []
     while True:
@@ -260,7 +275,7 @@ def pooled_generate(mt5, encoded_batches, num_beams, max_new_tokens, pool_rows=6
             key, states, mask = batch
             settings = SearchSettings(mt5.generation_config, num_beams, max_new_tokens,
                                       states.device)
-            in_flight.append(BatchBeams(key, states, mask, settings))
+            in_flight.append(BatchBeams(key, states, mask, settings, share_keys))
         if not in_flight:
             return
         step(mt5, in_flight)

@@ -26,6 +26,7 @@ import json
 import os
 
 import config
+import cpu_kernels
 
 LMS = ('mt5', 'mbart', 't5', 'byt5')
 # mBART's language codes of the datasets' languages (FAIRSEQ_LANGUAGE_CODES spelling).
@@ -196,6 +197,6 @@ def output_logits(model, hidden):
     """Vocabulary logits of decoder states, as the model's own forward computes them."""
     if getattr(model.config, 'scale_decoder_outputs', False):
         hidden = hidden * (model.config.d_model ** -0.5)
-    logits = model.lm_head(hidden)
+    logits = cpu_kernels.output_product(model.lm_head, hidden)
     bias = getattr(model, 'final_logits_bias', None)
     return logits if bias is None else logits + bias.to(logits.dtype)
