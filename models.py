@@ -293,8 +293,10 @@ class SignTranslator(PoseEncoder):
 
     @torch.no_grad()
     def encode(self, src_input):
-        """mT5 encoder states (B, P+T, D) and their attention mask, as generate() computes them."""
-        inputs_embeds, attention_mask = self.embed_inputs(src_input)
+        """mT5 encoder states (B, P+T, D) and their attention mask, as generate() computes them
+        at every unmasked position (the pose encoder skips padding: encode_real_frames)."""
+        pose_embeds = self.project_pose(self.fuse_parts(self.encode_real_frames(src_input)))
+        inputs_embeds, attention_mask = self.embed_inputs(src_input, pose_embeds=pose_embeds)
         states = self.mt5_model.get_encoder()(inputs_embeds=inputs_embeds,
                                               attention_mask=attention_mask,
                                               return_dict=True).last_hidden_state

@@ -16,6 +16,11 @@ are `graph_product` and `temporal_conv` (stgcn_layers.py), `hands_batch` ('on': 
 through their shared encoder as one batch with per-hand BatchNorm statistics; 'auto': on CUDA
 only; 'joint': one statistic for both hands, which is not Uni-Sign's model) and
 `compile_encoder`; the translator adds `target_logits` and `embed_once`.
+
+At inference `encode_real_frames` skips padding: with BatchNorm on its running statistics every
+layer but the temporal convolutions acts frame by frame, so a clip's real frames read only its
+own frames and the few padded ones the temporal kernels reach (`padding_reach`). Each clip is
+encoded on those alone, with the same features at its real frames.
 """
 import math
 import os
@@ -28,8 +33,9 @@ import torch.nn as nn
 from config import ConfigError
 from fusion import build_fusion, fuse
 from keypoints import PARTS
-from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, batch_groups, get_stgcn_chain,
-                          set_checkpointing, set_graph_product, set_temporal_conv)
+from stgcn_layers import (GRAPH_PRODUCTS, TEMPORAL_CONVS, Graph, TemporalConv2d, batch_groups,
+                          get_stgcn_chain, set_checkpointing, set_graph_product,
+                          set_temporal_conv)
 
 # body joint whose spatial feature is added (detached) to each other part
 BODY_ANCHOR_JOINT = {'left': -2, 'right': -1, 'face_all': 0}
@@ -173,6 +179,42 @@ class PoseEncoder(nn.Module):
                 feat = spatial_features(self, part, x[part]) + anchor_feature(body, part)
                 features[part] = temporal_features(self, part, feat)
         return [features[part] for part in PARTS]
+
+    def padding_reach(self):
+        """How many frames past a clip's end its real frames' features read: the temporal
+        kernels' half-widths, summed along the deepest chain (the spatial chain has none)."""
+        return max(sum(conv.padding[0] * conv.dilation[0] for conv in chain.modules()
+                       if isinstance(conv, TemporalConv2d))
+                   for chain in self.fusion_gcn_modules.values())
+
+    def frame_by_frame(self):
+        """Whether every BatchNorm normalises with running statistics (eval mode), so that only
+        the temporal convolutions mix frames."""
+        return not any(m.training or not m.track_running_stats for m in self.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+    def encode_real_frames(self, src_input):
+        """encode_parts' four (B, T, C) part features at every real frame (attention_mask 1),
+        each clip encoded on its own from its real frames and the `padding_reach` frames after
+        them; features past those are zero. Falls back to encode_parts in training mode, for
+        masks that are not a prefix of ones, or when no frame would be skipped."""
+        mask = src_input['attention_mask']
+        batch, frames = mask.shape
+        lengths = mask.sum(1)
+        prefix = torch.arange(frames, device=mask.device)[None] < lengths[:, None]
+        needed = torch.clamp(lengths + self.padding_reach(), max=frames).tolist()
+        if (not self.frame_by_frame() or not torch.equal(mask.bool(), prefix)
+                or sum(needed) == batch * frames):
+            return self.encode_parts(src_input)
+        features = None
+        for i, length in enumerate(needed):
+            clip = {part: src_input[part][i:i + 1, :length] for part in PARTS}
+            parts = self.encode_parts(clip)
+            if features is None:
+                features = [part.new_zeros(batch, frames, part.shape[-1]) for part in parts]
+            for whole, part in zip(features, parts):
+                whole[i, :length] = part[0]
+        return features
 
 
 def spatial_features(encoder, part, x, groups=1):

@@ -88,3 +88,60 @@ def test_a_bad_checkpoint_stops_the_trainer_before_data_is_read(
     with pytest.raises(SystemExit) as stop:
         fine_tuning.run_command_line(fine_tuning.main, args)
     assert str(stop.value.code).startswith(f"error: {flag} {path} {problem}")
+
+
+def padded_batch(lengths, frames, seed=0):
+    """Part tensors of random keypoints (padded frames random too) and a prefix mask."""
+    generator = torch.Generator().manual_seed(seed)
+    src = {part: torch.rand(len(lengths), frames, joints, 3, generator=generator) for part, joints
+           in {"body": 9, "left": 21, "right": 21, "face_all": 18}.items()}
+    src["attention_mask"] = (torch.arange(frames)[None] < torch.tensor(lengths)[:, None]).long()
+    return src
+
+
+def test_the_temporal_kernels_reach_six_frames_past_a_clip():
+    three_blocks = dict(ENCODER, temporal_layers=3)  # the default: three (5, 1) kernels
+    assert PoseEncoder(default_args(**three_blocks)).padding_reach() == 6
+    assert PoseEncoder(default_args(**dict(ENCODER, temporal_kernel=3,
+                                           temporal_layers=2))).padding_reach() == 2
+
+
+def test_real_frames_get_the_features_of_the_padded_batch():
+    encoder = PoseEncoder(default_args(**ENCODER)).eval()
+    for bn in encoder.modules():  # running statistics away from 0 and 1
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    src = padded_batch([30, 9, 21, 2], 30)
+    mask = src["attention_mask"].bool()
+    with torch.no_grad():
+        whole = encoder.encode_parts(src)
+        skipped = encoder.encode_real_frames(src)
+    for full, trimmed in zip(whole, skipped):
+        torch.testing.assert_close(trimmed[mask], full[mask], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(trimmed[~mask], full[~mask])  # padding was skipped
+        reach = encoder.padding_reach()
+        assert torch.all(trimmed[1, 9 + reach:] == 0) and torch.all(trimmed[3, 2 + reach:] == 0)
+
+
+def test_one_frame_less_of_reach_would_change_the_last_real_frames():
+    """The reach is needed: cutting each clip at its last real frame changes its features."""
+    encoder = PoseEncoder(default_args(**dict(ENCODER, temporal_layers=3))).eval()
+    src = padded_batch([12, 20], 20)
+    with torch.no_grad():
+        full = encoder.encode_parts(src)[0][0, :12]
+        cut = encoder.encode_parts({part: src[part][:1, :12] for part in src
+                                    if part != "attention_mask"})[0][0]
+    assert not torch.allclose(cut[-3:], full[-3:], atol=1e-5)
+    torch.testing.assert_close(cut[:6], full[:6], rtol=1e-5, atol=1e-6)
+
+
+def test_padding_is_kept_where_frames_are_not_independent():
+    encoder = PoseEncoder(default_args(**ENCODER))
+    src = padded_batch([30, 9], 30)
+    with torch.no_grad():
+        training = encoder.train().encode_real_frames(src)  # batch statistics include padding
+        assert not torch.all(training[0][1, 20:] == 0)
+        src["attention_mask"][1, 2] = 0  # a gap: not a prefix mask
+        gap = encoder.eval().encode_real_frames(src)
+        torch.testing.assert_close(gap[0], encoder.encode_parts(src)[0])
