@@ -237,8 +237,8 @@ def add_generation_flags(p):
     add_flag(g, "--num_beams", type=count, default=4, help="beam width (1: greedy)")
     add_flag(g, "--max_new_tokens", type=count, default=100, help="longest output in tokens")
     add_flag(g, "--decode_pool", type=non_negative_int, default=64,
-         help="beam rows of several evaluation batches decoded together, with the same output "
-              "as batch by batch (0: Hugging Face generate per batch)")
+         help="beam rows of several evaluation batches decoded together, with the tokens of "
+              "batch by batch up to float32 rounding (0: Hugging Face generate per batch)")
 
 
 def add_tracking_flags(p):

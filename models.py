@@ -294,12 +294,11 @@ class SignTranslator(PoseEncoder):
     @torch.no_grad()
     def encode(self, src_input):
         """mT5 encoder states (B, P+T, D) and their attention mask, as generate() computes them
-        at every unmasked position (the pose encoder skips padding: encode_real_frames)."""
+        at every unmasked position (padding skipped: encode_real_frames, encode_real_positions)."""
         pose_embeds = self.project_pose(self.fuse_parts(self.encode_real_frames(src_input)))
         inputs_embeds, attention_mask = self.embed_inputs(src_input, pose_embeds=pose_embeds)
-        states = self.mt5_model.get_encoder()(inputs_embeds=inputs_embeds,
-                                              attention_mask=attention_mask,
-                                              return_dict=True).last_hidden_state
+        states = language_models.encode_real_positions(self.mt5_model.get_encoder(),
+                                                       inputs_embeds, attention_mask)
         return states, attention_mask
 
     @torch.no_grad()

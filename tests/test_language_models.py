@@ -186,3 +186,26 @@ def test_tiny_cc25_trains_evaluates_and_translates(demo_root, tmp_path, capsys,
                     '--batch_size', '4', '--device', 'cpu'])
     rows = [line.split('\t') for line in capsys.readouterr().out.splitlines()]
     assert rows == [[name, ' '.join(text.split())] for name, text in expected]
+
+
+@pytest.mark.parametrize("kind", ["mt5", "t5", "mbart"])
+def test_encoder_skips_trailing_padding_with_the_same_states(tiny_lm_dirs, tiny_mt5_dir, kind):
+    folder = tiny_mt5_dir if kind == "mt5" else tiny_lm_dirs[kind]
+    kind = language_models.resolve(folder)
+    encoder = language_models.model_class(kind).from_pretrained(folder).eval().get_encoder()
+    torch.manual_seed(0)
+    width = encoder.config.d_model
+    embeds = torch.randn(3, 12, width)
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[0, 7:] = 0
+    mask[1, 0] = 0  # leading padding stays: positions count from the start
+    mask[1, 10:] = 0
+    with torch.no_grad():
+        full = encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        skipped = language_models.encode_real_positions(encoder, embeds, mask)
+        unpadded = language_models.encode_real_positions(encoder, embeds[2:], mask[2:])
+    real = mask.bool()
+    torch.testing.assert_close(skipped[real], full[real], rtol=1e-5, atol=1e-5)
+    assert torch.all(skipped[0, 7:] == 0) and torch.all(skipped[1, 10:] == 0)
+    assert not torch.equal(full[0, 7:], skipped[0, 7:])
+    torch.testing.assert_close(unpadded, full[2:], rtol=1e-5, atol=1e-5)
