@@ -22,9 +22,9 @@ with the folder. What each model gets:
 `output_logits` is the models' vocabulary projection on decoder states: T5's rescaling of tied
 models and mBART's final_logits_bias included, as their forward applies them.
 
-`encode_real_positions` runs the encoder for inference without each sequence's trailing padding:
-no real position attends to it, and positions (T5's relative buckets, mBART's learned table)
-count from the start, so the real positions' states are those of the padded batch.
+`encode_real_positions` runs the encoder for inference on CPU without each sequence's trailing
+padding: no real position attends to it, and positions (T5's relative buckets, mBART's learned
+table) count from the start, so the real positions' states are those of the padded batch.
 """
 import json
 import os
@@ -211,11 +211,12 @@ def output_logits(model, hidden):
 def encode_real_positions(encoder, inputs_embeds, attention_mask):
     """Encoder states (B, L, D) at every unmasked position, each sequence encoded on its own up
     to its last unmasked position; the masked positions after it come back as zeros. A batch
-    without trailing padding is encoded as it is."""
+    without trailing padding, or off the CPU (a GPU runs the padded batch at once), is encoded
+    as it is."""
     length = attention_mask.shape[1]
     positions = torch.arange(1, length + 1, device=attention_mask.device)
     ends = (attention_mask.bool() * positions).amax(1).tolist()
-    if all(end == length for end in ends):
+    if inputs_embeds.device.type != 'cpu' or all(end == length for end in ends):
         return encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                        return_dict=True).last_hidden_state
     states = None

@@ -19,8 +19,8 @@ only; 'joint': one statistic for both hands, which is not Uni-Sign's model) and
 
 At inference `encode_real_frames` skips padding: with BatchNorm on its running statistics every
 layer but the temporal convolutions acts frame by frame, so a clip's real frames read only its
-own frames and the few padded ones the temporal kernels reach (`padding_reach`). Each clip is
-encoded on those alone, with the same features at its real frames.
+own frames and the few padded ones the temporal kernels reach (`padding_reach`). On CPU each
+clip is encoded on those alone, with the same features at its real frames.
 """
 import math
 import os
@@ -197,14 +197,15 @@ class PoseEncoder(nn.Module):
         """encode_parts' four (B, T, C) part features at every real frame (attention_mask 1),
         each clip encoded on its own from its real frames and the `padding_reach` frames after
         them; features past those are zero. Falls back to encode_parts in training mode, for
-        masks that are not a prefix of ones, or when no frame would be skipped."""
+        masks that are not a prefix of ones, when no frame would be skipped, and off the CPU
+        (a GPU runs the padded batch at once; clip by clip it would wait on small kernels)."""
         mask = src_input['attention_mask']
         batch, frames = mask.shape
         lengths = mask.sum(1)
         prefix = torch.arange(frames, device=mask.device)[None] < lengths[:, None]
         needed = torch.clamp(lengths + self.padding_reach(), max=frames).tolist()
-        if (not self.frame_by_frame() or not torch.equal(mask.bool(), prefix)
-                or sum(needed) == batch * frames):
+        if (self.part_para.device.type != 'cpu' or not self.frame_by_frame()
+                or not torch.equal(mask.bool(), prefix) or sum(needed) == batch * frames):
             return self.encode_parts(src_input)
         features = None
         for i, length in enumerate(needed):
