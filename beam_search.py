@@ -26,6 +26,7 @@ from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 import beam_attention
+import cpu_kernels
 import language_models
 
 # generation_config fields that add logits processors or change the search; with any of them
@@ -299,7 +300,8 @@ def pooled_generate_in_order(mt5, encoded_batches, num_beams, max_new_tokens, po
 
 def step(mt5, batches):
     """One decoding step for every batch in flight, with one output-layer product for all."""
-    hidden = [batch.decoder_hidden(mt5) for batch in batches]
+    with cpu_kernels.onednn_linears(mt5.device):
+        hidden = [batch.decoder_hidden(mt5) for batch in batches]
     sizes = [len(h) for h in hidden]
     logits = language_models.output_logits(
         mt5, torch.cat(hidden) if len(hidden) > 1 else hidden[0]).float()

@@ -54,3 +54,35 @@ def test_unknown_kernel_is_refused():
     layer, hidden = layer_and_states()
     with pytest.raises(ValueError, match="unknown output-layer kernel 'mkl'"):
         cpu_kernels.output_product(layer, hidden, 'mkl')
+
+
+@needs_onednn
+def test_every_linear_in_the_block_goes_through_onednn():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 1000, bias=False))
+    hidden = torch.randn(3, 5, 48)
+    calls = []
+    original = cpu_kernels.onednn_linear
+
+    def counted(*args):
+        calls.append(args[1].shape)
+        return original(*args)
+    cpu_kernels.onednn_linear = counted
+    try:
+        with torch.no_grad():
+            expected = model(hidden)
+            with cpu_kernels.onednn_linears('cpu'):
+                fast = model(hidden)
+    finally:
+        cpu_kernels.onednn_linear = original
+    assert calls == [(64, 48), (1000, 64)]
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linears_wanting_gradients_or_off_the_cpu_are_left_alone():
+    layer, hidden = layer_and_states(bias=True)
+    with cpu_kernels.onednn_linears('cpu'):
+        out = layer(hidden)  # autograd: MKL's product, bit for bit
+    assert out.requires_grad and torch.equal(out, layer(hidden))
+    assert not isinstance(cpu_kernels.onednn_linears('meta'), cpu_kernels.OneDNNLinears)
