@@ -265,3 +265,13 @@ def test_vs_unisign_eval_report_gives_ratios_and_lengths():
     lines = vs_unisign_eval.report(opts, {'unisign': dict(side, phases=dict(phases, decoder=3.0)),
                                           'ours': dict(fast, phases=phases)}, [6, 6, 20, 10])
     assert any(line.startswith('decoder') and line.endswith('3.00x') for line in lines)
+
+
+def test_linear_kernels_bench_compares_both_products(capsys):
+    import linear_kernels
+    linear_kernels.main(['--rows', '2,3', '--repeats', '1', '--vocabulary', '50'])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith('output layer')]
+    assert len(rows) == 2 and all('x' in line.split()[-2] for line in rows)
+    assert sum(line.startswith(('encoder', 'decoder')) for line in lines) == 6
+    assert all(float(line.split()[-1]) < 1e-4 for line in lines[2:])  # rounding only
