@@ -1,4 +1,4 @@
-"""Beam search over several batches at once, token for token what Hugging Face's `generate` gives.
+"""Beam search over several batches at once, step for step as Hugging Face's `generate` runs it.
 
 `generate` decodes one batch at a time: every step reads the whole (vocabulary x d_model) output
 layer for a few rows, keeps stepping sentences whose result can no longer change until the last

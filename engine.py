@@ -234,7 +234,7 @@ def root_parameters_gathered(model, zero_stage):
 
 
 def pooled_decoding(args, model):
-    """Whether predict() can use the pooled beam search (same ids as generate, batch by batch):
+    """Whether predict() can use the pooled beam search (generate's ids up to float rounding):
     not where ZeRO-3 ranks must step together, nor for settings it does not reproduce."""
     if args.decode_pool <= 0 or args.num_beams < 2 or (args.zero_stage == 3
                                                          and utils.get_world_size() > 1):
