@@ -3,8 +3,8 @@
 `generate` decodes one batch at a time: every step reads the whole (vocabulary x d_model) output
 layer for a few rows, keeps stepping sentences whose result can no longer change until the last
 sentence of the batch ends, and computes and reorders the cross-attention keys and values once per
-beam. Here each batch keeps its own decoder pass, cache and beam state (the same tensors
-`generate` would use, so the same numbers), while
+beam. Here each batch keeps its own decoder pass, cache and beam state, as `generate` has them,
+while
 - one output-layer product and log-softmax per step serve all the batches in flight (a pool of
   about `pool_rows` beam rows, refilled from the next batches as sentences end);
 - a sentence leaves the pool as soon as its best hypotheses are final;
