@@ -300,7 +300,7 @@ def pooled_generate_in_order(mt5, encoded_batches, num_beams, max_new_tokens, po
 
 def step(mt5, batches):
     """One decoding step for every batch in flight, with one output-layer product for all."""
-    with cpu_kernels.onednn_linears(mt5.device):
+    with cpu_kernels.onednn_linears(mt5.get_decoder()):
         hidden = [batch.decoder_hidden(mt5) for batch in batches]
     sizes = [len(h) for h in hidden]
     logits = language_models.output_logits(

@@ -12,17 +12,18 @@ It applies only in float32 on CPU, when no gradient is wanted, to ordinary tenso
 partitions, which only a module's own call gathers), in a PyTorch built with oneDNN; every other
 call takes the default path, bit for bit.
 - `output_product(layer, hidden)`: one nn.Linear;
-- `onednn_linears()`: every `F.linear` (so every nn.Linear) called inside the block.
+- `onednn_linears(model)`: every nn.Linear of a model, inside the block.
 """
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 KERNELS = ('onednn', 'blas')
 
 
+@functools.cache
 def onednn_available():
     """Whether this PyTorch has oneDNN's linear operator (x86 and most ARM builds)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
@@ -59,22 +60,32 @@ def output_product(layer, hidden, kernel='onednn'):
     return onednn_linear(hidden, layer.weight, layer.bias)
 
 
-class OneDNNLinears(TorchFunctionMode):
-    """Sends `F.linear` calls that `inference_on_cpu` allows to oneDNN; all else runs as is."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            hidden, weight, *rest = args
-            bias = rest[0] if rest else kwargs.get('bias')
-            if inference_on_cpu(hidden, weight, bias):
-                return onednn_linear(hidden, weight, bias)
-        return func(*args, **kwargs)
+def onednn_forward(layer):
+    """An nn.Linear forward that takes oneDNN's product where `inference_on_cpu` allows."""
+    def forward(hidden):
+        if inference_on_cpu(hidden, layer.weight, layer.bias):
+            return onednn_linear(hidden, layer.weight, layer.bias)
+        return torch.nn.Linear.forward(layer, hidden)
+    return forward
 
 
-def onednn_linears(device):
-    """A context in which every eligible F.linear runs through oneDNN (see OneDNNLinears); off
-    the CPU, or without oneDNN, a context that changes nothing (and costs no dispatch)."""
-    if torch.device(device).type != 'cpu' or not onednn_available():
-        return contextlib.nullcontext()
-    return OneDNNLinears()
+@contextlib.contextmanager
+def onednn_linears(model):
+    """Inside the block every nn.Linear of `model` (weights on CPU, not ZeRO-3 partitions) runs
+    through oneDNN wherever `inference_on_cpu` allows the call; after it, as before. The layers'
+    own forward is swapped, so other operations pay no dispatch."""
+    layers = []
+    if onednn_available():
+        layers = [m for m in model.modules() if type(m) is torch.nn.Linear
+                  and m.weight.device.type == 'cpu' and not hasattr(m.weight, 'ds_id')]
+    saved = [layer.__dict__.get('forward') for layer in layers]
+    for layer in layers:
+        layer.forward = onednn_forward(layer)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward

@@ -298,9 +298,9 @@ class SignTranslator(PoseEncoder):
         at every unmasked position (padding skipped: encode_real_frames, encode_real_positions)."""
         pose_embeds = self.project_pose(self.fuse_parts(self.encode_real_frames(src_input)))
         inputs_embeds, attention_mask = self.embed_inputs(src_input, pose_embeds=pose_embeds)
-        with cpu_kernels.onednn_linears(inputs_embeds.device):
-            states = language_models.encode_real_positions(self.mt5_model.get_encoder(),
-                                                           inputs_embeds, attention_mask)
+        encoder = self.mt5_model.get_encoder()
+        with cpu_kernels.onednn_linears(encoder):
+            states = language_models.encode_real_positions(encoder, inputs_embeds, attention_mask)
         return states, attention_mask
 
     @torch.no_grad()

@@ -72,17 +72,30 @@ def test_every_linear_in_the_block_goes_through_onednn():
     try:
         with torch.no_grad():
             expected = model(hidden)
-            with cpu_kernels.onednn_linears('cpu'):
+            with cpu_kernels.onednn_linears(model):
                 fast = model(hidden)
+            after = model(hidden)
     finally:
         cpu_kernels.onednn_linear = original
-    assert calls == [(64, 48), (1000, 64)]
+    assert calls == [(64, 48), (1000, 64)]  # inside the block only
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, expected)
+    assert all('forward' not in layer.__dict__ for layer in model)
 
 
 def test_linears_wanting_gradients_or_off_the_cpu_are_left_alone():
     layer, hidden = layer_and_states(bias=True)
-    with cpu_kernels.onednn_linears('cpu'):
+    with cpu_kernels.onednn_linears(layer):
         out = layer(hidden)  # autograd: MKL's product, bit for bit
     assert out.requires_grad and torch.equal(out, layer(hidden))
-    assert not isinstance(cpu_kernels.onednn_linears('meta'), cpu_kernels.OneDNNLinears)
+    on_meta = torch.nn.Linear(4, 4, device='meta')
+    with cpu_kernels.onednn_linears(on_meta):
+        assert 'forward' not in on_meta.__dict__
+
+
+def test_a_forward_set_on_the_layer_before_is_restored():
+    layer, hidden = layer_and_states()
+    own = layer.forward = lambda x: x + 1  # e.g. a wrapper another tool installed
+    with torch.no_grad(), cpu_kernels.onednn_linears(layer):
+        assert layer.forward is not own
+    assert layer.forward is own
