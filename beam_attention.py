@@ -1,10 +1,10 @@
 """Cross-attention whose keys and values are stored once per sentence and shared by its beams.
 
 Hugging Face's beam search repeats each sentence's cross-attention keys and values once per beam
-(num_beams copies of a (layers x 2 x heads x frames x d_kv) cache, about 220 MB per batch of 4
-at mt5-base) and reads every copy at every step. The beams of a sentence attend to the same
-encoder states, so their query rows can instead be folded into the query length of one
-attention over the sentence's single copy: the same attention, row by row, as the same scaled
+(num_beams copies of a (layers x 2 x heads x frames x d_kv) cache, by its shape about 220 MB
+per batch of 4 at mt5-base) and reads every copy at every step. The beams of a sentence attend
+to the same encoder states, so their query rows can instead be folded into the query length of
+one attention over the sentence's single copy: the same attention, row by row, as the same scaled
 dot-product kernel computes it for a batch of queries (outputs equal up to float32 rounding).
 
 `shared_keys(decoder)` switches a decoder to this attention for the duration of a call: its

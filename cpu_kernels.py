@@ -5,8 +5,9 @@ runs well below the core's peak: the (vocabulary x d_model) output layer, 250,11
 mT5, times a few dozen decoder states, and the language model's layers for a few hundred
 encoder positions or a few dozen beam rows. oneDNN's matrix product, which PyTorch ships for its
 own CPU fusions, takes the weight as it is stored (no packed copy, no extra memory) and runs the
-output layer 1.3-1.8x faster, the model's layers about 1.1x. It is the same product summed in
-another order: results differ from MKL's by float32 rounding (a few 1e-7 relative).
+output layer 1.3-1.5x faster, the model's layers 1.04-1.22x (bench/linear_kernels.py). It is
+the same product summed in another order: results differ from MKL's by float32 rounding (a few
+1e-7 relative).
 
 It applies only in float32 on CPU, when no gradient is wanted, to ordinary tensors (not ZeRO-3
 partitions, which only a module's own call gathers), in a PyTorch built with oneDNN; every other
